@@ -1,11 +1,21 @@
 """quadsgd: exact theory and fast simulation of averaged SGD in the linear model (Sandler et al.)."""
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
 from .model import LinearModel, stability_bound
-from .theory import equivalent_schedule
+from .theory import (
+    effective_lr,
+    equivalent_schedule,
+    expected_loss,
+    kernel_variance_ratio,
+    stationary_covariance,
+    stationary_loss,
+    stationary_loss_per_coordinate,
+    stationary_radius,
+)
 
 __all__ = [
     "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel",
     "LinearModel", "stability_bound",
-    "equivalent_schedule",
+    "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate", "effective_lr",
+    "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,318 @@
+r"""Numba kernels for the exact transient moments of averaged iterates (no I/O, no validation).
+
+Everything runs in the eigen-coordinates of :math:`\Omega` (identity for a diagonal omega), where
+each mode i evolves independently with state :math:`z^i = (u_i)` (SGD) or :math:`(u_i, b_i)`
+(heavy-ball, PyTorch convention) and transition, at step t with learning rate :math:`\lambda_t`,
+
+.. math:: M^i_t = \begin{pmatrix}1-\lambda_t\kappa_i & -\lambda_t\beta\\ \kappa_i & \beta\end{pmatrix},\qquad
+          N_t = (\lambda_t, -1)^\top,\qquad z_{t+1} = M_t z_t + N_t\xi'_t .
+
+Second moments are propagated per *pair* of modes (i, j):
+:math:`\Sigma^{ij}_{t+1} = M^i_t\Sigma^{ij}_t (M^j_t)^H + \sigma'_{ij}N_tN_t^\top`, with
+:math:`\sigma' = V^{-1}V^{-H}` the noise covariance in eigen-coordinates.
+
+A finite kernel with non-zero weights :math:`w_k` at lags :math:`kD` gives, at time t,
+
+.. math:: \mathrm{Cov}(\hat u_i,\hat u_j) = \sum_k w_k\big[\rho^i_k\Sigma^{ij}_{t-kD}e
+          + e^\top\Sigma^{ij}_{t-kD}(\rho^j_k)^H - w_k e^\top\Sigma^{ij}_{t-kD}e\big],\quad
+          \rho^i_k = \rho^i_{k-1}A^i_{t-(k-1)D,\,t-kD} + w_k e^\top,
+
+where :math:`A^i_{a,b} = M^i_{a-1}\cdots M^i_b` (window products over D steps, computed in O(1)
+amortised per step by splitting time into blocks of length D: suffix products of one block times
+prefix products of the next). EMA is Markov: the state is augmented by
+:math:`e_{t+1} = (1-a)e_t + a u_{t+1}`.
+
+The reduction over pairs uses a fixed partition into chunks (independent of the thread count), so
+results are bit-identical for any NUMBA_NUM_THREADS.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _fill_transition(lam, lr, beta, s, ema, M, Nv):
+    """Transition M (ss x ss) and noise vector Nv (ss,) of one mode at learning rate lr.
+
+    s = 1 (SGD) or 2 (heavy ball); ema > 0 appends the EMA coordinate (ss = s + 1).
+    """
+    for a in range(M.shape[0]):
+        for b in range(M.shape[1]):
+            M[a, b] = 0.0
+    M[0, 0] = 1.0 - lr * lam
+    Nv[0] = lr
+    if s == 2:
+        M[0, 1] = -lr * beta
+        M[1, 0] = lam
+        M[1, 1] = beta
+        Nv[1] = -1.0
+    if ema > 0.0:
+        k = s
+        for b in range(s):
+            M[k, b] = ema * M[0, b]
+        M[k, k] = 1.0 - ema
+        Nv[k] = ema * Nv[0]
+
+
+@njit(cache=True)
+def _matmul_small(A, B, out):
+    n = A.shape[0]
+    for a in range(n):
+        for b in range(n):
+            acc = A[a, 0] * B[0, b]
+            for c in range(1, n):
+                acc += A[a, c] * B[c, b]
+            out[a, b] = acc
+
+
+@njit(cache=True)
+def _window_products(lam, lrs, beta, s, D, W, Suf, Pre, M, Nv, tmp):
+    """W[tau] = A_{tau+D, tau} = M_{tau+D-1} ... M_tau for tau = 0..T-D; shape (T-D+1, s, s)."""
+    T = lrs.shape[0]
+    # suffix products within each block [jD, (j+1)D): Suf[tau] = M_{end-1} ... M_tau
+    for start in range(0, T, D):
+        end = min(start + D, T)
+        for tau in range(end - 1, start - 1, -1):
+            _fill_transition(lam, lrs[tau], beta, s, 0.0, M, Nv)
+            if tau == end - 1:
+                for a in range(s):
+                    for b in range(s):
+                        Suf[tau, a, b] = M[a, b]
+            else:
+                _matmul_small(Suf[tau + 1], M, Suf[tau])
+    # prefix products from each block start: Pre[x] = M_{x-1} ... M_{start}, Pre[start] = I
+    for start in range(0, T + 1, D):
+        for a in range(s):
+            for b in range(s):
+                Pre[start, a, b] = 1.0 if a == b else 0.0
+        for x in range(start + 1, min(start + D, T + 1)):
+            _fill_transition(lam, lrs[x - 1], beta, s, 0.0, M, Nv)
+            _matmul_small(M, Pre[x - 1], Pre[x])
+    for tau in range(0, T - D + 1):
+        start = (tau // D) * D
+        # the window [tau, tau+D) spans the end of this block and the start of the next one
+        if tau == start:
+            for a in range(s):
+                for b in range(s):
+                    W[tau, a, b] = Suf[tau, a, b]
+        else:
+            _matmul_small(Pre[tau + D], Suf[tau], tmp)
+            for a in range(s):
+                for b in range(s):
+                    W[tau, a, b] = tmp[a, b]
+
+
+@njit(cache=True)
+def _pair_cov_curve(li, lj, sig, lrs, beta, s, D, w, Wi, Wj, Sig, Mi, Mj, Nv, tmp, out, scale):
+    """Adds scale * Cov(u_hat_i, u_hat_j)_t for t = 0..T to out (finite kernel); uses Sig scratch."""
+    T = lrs.shape[0]
+    n = w.shape[0]
+    for a in range(s):
+        for b in range(s):
+            Sig[0, a, b] = 0.0
+    for t in range(T):
+        _fill_transition(li, lrs[t], beta, s, 0.0, Mi, Nv)
+        _fill_transition(lj, lrs[t], beta, s, 0.0, Mj, Nv)
+        # tmp = Mi Sig_t
+        _matmul_small(Mi, Sig[t], tmp)
+        for a in range(s):
+            for b in range(s):
+                acc = tmp[a, 0] * np.conj(Mj[b, 0])
+                for c in range(1, s):
+                    acc += tmp[a, c] * np.conj(Mj[b, c])
+                Sig[t + 1, a, b] = acc + sig * Nv[a] * Nv[b]
+    rho_i = np.zeros(s, dtype=Sig.dtype)
+    rho_j = np.zeros(s, dtype=Sig.dtype)
+    new_i = np.zeros(s, dtype=Sig.dtype)
+    new_j = np.zeros(s, dtype=Sig.dtype)
+    for t in range(1, T + 1):
+        acc = 0.0 * Sig[0, 0, 0]
+        for k in range(n):
+            tau = t - k * D
+            if tau <= 0:
+                break  # Sigma_tau = 0 for tau <= 0 (the chain sits at u0)
+            if k == 0:
+                for a in range(s):
+                    rho_i[a] = 0.0
+                    rho_j[a] = 0.0
+                rho_i[0] = w[0]
+                rho_j[0] = w[0]
+            else:
+                A_i = Wi[tau]
+                A_j = Wj[tau]
+                for b in range(s):
+                    vi = rho_i[0] * A_i[0, b]
+                    vj = rho_j[0] * A_j[0, b]
+                    for c in range(1, s):
+                        vi += rho_i[c] * A_i[c, b]
+                        vj += rho_j[c] * A_j[c, b]
+                    new_i[b] = vi
+                    new_j[b] = vj
+                for b in range(s):
+                    rho_i[b] = new_i[b]
+                    rho_j[b] = new_j[b]
+                rho_i[0] += w[k]
+                rho_j[0] += w[k]
+            S = Sig[tau]
+            term = -w[k] * S[0, 0]
+            for c in range(s):
+                term += rho_i[c] * S[c, 0] + S[0, c] * np.conj(rho_j[c])
+            acc += w[k] * term
+        out[t] += (scale * acc).real
+
+
+@njit(cache=True)
+def _pair_cov_curve_ema(li, lj, sig, lrs, beta, s, a_ema, Mi, Mj, Nv, Sig, Sig2, tmp, out, scale):
+    """Adds scale * Cov(e_i, e_j)_t for t = 0..T to out (EMA, Markov augmentation)."""
+    T = lrs.shape[0]
+    ss = s + 1
+    for a in range(ss):
+        for b in range(ss):
+            Sig[a, b] = 0.0
+    for t in range(T):
+        _fill_transition(li, lrs[t], beta, s, a_ema, Mi, Nv)
+        _fill_transition(lj, lrs[t], beta, s, a_ema, Mj, Nv)
+        _matmul_small(Mi, Sig, tmp)
+        for a in range(ss):
+            for b in range(ss):
+                acc = tmp[a, 0] * np.conj(Mj[b, 0])
+                for c in range(1, ss):
+                    acc += tmp[a, c] * np.conj(Mj[b, c])
+                Sig2[a, b] = acc + sig * Nv[a] * Nv[b]
+        for a in range(ss):
+            for b in range(ss):
+                Sig[a, b] = Sig2[a, b]
+        out[t + 1] += (scale * Sig[s, s]).real
+
+
+@njit(parallel=True, cache=True)
+def cov_loss_curves(lam, pairs, sig, hw, lrs, beta, D, w, a_ema, n_chunks):
+    r"""Covariance part of the expected loss, :math:`\tfrac12\sum_{ij}\mathrm{Re}(h_{ij}\mathrm{Cov}_{ij,t})`.
+
+    lam: (d,) eigenvalues; pairs: (P, 2) int64 with i <= j; sig: (P,) noise covariance
+    :math:`\sigma'_{ij}`; hw: (P,) loss weights (already doubled for i < j); lrs: (T,) per-step lr;
+    beta: momentum; D, w: stride and point weights of a finite kernel (ignored when a_ema > 0);
+    a_ema: EMA decay (0 for a finite kernel); n_chunks: fixed partition of the pairs.
+    Returns (T+1,) float64.
+    """
+    T = lrs.shape[0]
+    P = pairs.shape[0]
+    s = 2 if beta != 0.0 else 1
+    n_chunks = max(1, min(n_chunks, P))
+    partial = np.zeros((n_chunks, T + 1))
+    dt = lam.dtype
+    for ch in prange(n_chunks):
+        lo = (P * ch) // n_chunks
+        hi = (P * (ch + 1)) // n_chunks
+        ss = s + 1
+        Mi = np.zeros((ss, ss), dtype=dt)
+        Mj = np.zeros((ss, ss), dtype=dt)
+        Nv = np.zeros(ss, dtype=dt)
+        tmp = np.zeros((ss, ss), dtype=dt)
+        if a_ema > 0.0:
+            Sig = np.zeros((ss, ss), dtype=dt)
+            Sig2 = np.zeros((ss, ss), dtype=dt)
+            for p in range(lo, hi):
+                i = pairs[p, 0]
+                j = pairs[p, 1]
+                _pair_cov_curve_ema(lam[i], lam[j], sig[p], lrs, beta, s, a_ema, Mi, Mj, Nv, Sig, Sig2,
+                                    tmp, partial[ch], 0.5 * hw[p])
+        else:
+            nW = max(T - D + 1, 1)
+            Wi = np.zeros((nW, s, s), dtype=dt)
+            Wj = np.zeros((nW, s, s), dtype=dt)
+            Suf = np.zeros((T + 1, s, s), dtype=dt)
+            Pre = np.zeros((T + 1, s, s), dtype=dt)
+            SigT = np.zeros((T + 1, s, s), dtype=dt)
+            Ms = np.zeros((s, s), dtype=dt)
+            Ns = np.zeros(s, dtype=dt)
+            tmps = np.zeros((s, s), dtype=dt)
+            Mis = np.zeros((s, s), dtype=dt)
+            Mjs = np.zeros((s, s), dtype=dt)
+            last_i = -1
+            for p in range(lo, hi):
+                i = pairs[p, 0]
+                j = pairs[p, 1]
+                if w.shape[0] > 1 and T >= D:
+                    if i != last_i:
+                        _window_products(lam[i], lrs, beta, s, D, Wi, Suf, Pre, Ms, Ns, tmps)
+                        last_i = i
+                    if j == i:
+                        Wj[:] = Wi
+                    else:
+                        _window_products(lam[j], lrs, beta, s, D, Wj, Suf, Pre, Ms, Ns, tmps)
+                _pair_cov_curve(lam[i], lam[j], sig[p], lrs, beta, s, D, w, Wi, Wj, SigT, Mis, Mjs, Ns,
+                                tmps, partial[ch], 0.5 * hw[p])
+    out = np.zeros(T + 1)
+    for ch in range(n_chunks):
+        for t in range(T + 1):
+            out[t] += partial[ch, t]
+    return out
+
+
+@njit(cache=True)
+def mean_curves(lam, u0, lrs, beta, D, w, a_ema):
+    r"""Mean of the averaged iterate per mode, :math:`E\hat u'_{i,t}` for t = 0..T; shape (T+1, d).
+
+    u0: (d,) start in eigen-coordinates; t < 0 sits at u0; buffer starts at 0.
+    """
+    T = lrs.shape[0]
+    d = lam.shape[0]
+    out = np.zeros((T + 1, d), dtype=lam.dtype)
+    m = np.zeros(T + 1, dtype=lam.dtype)
+    for i in range(d):
+        u = u0[i]
+        b = 0.0 * u0[i]
+        m[0] = u
+        e = u
+        if a_ema > 0.0:
+            out[0, i] = e
+        for t in range(T):
+            lr = lrs[t]
+            b_new = beta * b + lam[i] * u
+            u = u - lr * b_new
+            b = b_new
+            m[t + 1] = u
+            if a_ema > 0.0:
+                e = (1.0 - a_ema) * e + a_ema * u
+                out[t + 1, i] = e
+        if a_ema == 0.0:
+            for t in range(T + 1):
+                acc = 0.0 * u0[i]
+                for k in range(w.shape[0]):
+                    tau = t - k * D
+                    acc += w[k] * (m[tau] if tau >= 0 else u0[i])
+                out[t, i] = acc
+    return out
+
+
+@njit(cache=True)
+def mean_loss_diag(lam, h, u0, lrs, beta, D, w, a_ema):
+    """0.5 * sum_i h_i * (E u_hat_i)^2 for t = 0..T without storing (T+1, d); diagonal real case."""
+    T = lrs.shape[0]
+    d = lam.shape[0]
+    out = np.zeros(T + 1)
+    m = np.zeros(T + 1)
+    for i in range(d):
+        u = u0[i]
+        b = 0.0
+        m[0] = u
+        e = u
+        if a_ema > 0.0:
+            out[0] += 0.5 * h[i] * e * e
+        for t in range(T):
+            b = beta * b + lam[i] * u
+            u = u - lrs[t] * b
+            m[t + 1] = u
+            if a_ema > 0.0:
+                e = (1.0 - a_ema) * e + a_ema * u
+                out[t + 1] += 0.5 * h[i] * e * e
+        if a_ema == 0.0:
+            for t in range(T + 1):
+                acc = 0.0
+                for k in range(w.shape[0]):
+                    tau = t - k * D
+                    acc += w[k] * (m[tau] if tau >= 0 else u0[i])
+                out[t] += 0.5 * h[i] * acc * acc
+    return out
