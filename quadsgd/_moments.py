@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+_TINY = 1e-150  # magnitudes below this are flushed to 0 in products whose squares feed a loss
+
 
 @njit(cache=True)
 def _fill_transition(lam, lr, beta, s, ema, M, Nv):
@@ -288,31 +290,197 @@ def mean_curves(lam, u0, lrs, beta, D, w, a_ema):
 
 
 @njit(cache=True)
+def _hb_step(u, b, lm, beta, lr, nb):
+    """One deterministic heavy-ball step of the means of nb coordinates (vectorizable loop)."""
+    for c in range(nb):
+        bc = beta * b[c] + lm[c] * u[c]
+        uc = u[c] - lr * bc
+        # flush means below 1e-150 to zero: their squares (< 1e-300) cannot change any loss, and
+        # subnormal arithmetic is ~100x slower
+        if abs(uc) < _TINY and abs(bc) < _TINY:
+            uc = 0.0
+            bc = 0.0
+        b[c] = bc
+        u[c] = uc
+
+
+@njit(cache=True)
+def _mean_curve_finite(lam, u0, beta, lrs, D, w, m):
+    """In place: m[t] = mean of the averaged iterate of one coordinate, t = 0..T (uses m as history)."""
+    T = lrs.shape[0]
+    n = w.shape[0]
+    u = u0
+    b = 0.0
+    m[0] = u
+    for t in range(T):
+        b = beta * b + lam * u
+        u = u - lrs[t] * b
+        if abs(u) < _TINY and abs(b) < _TINY:  # see _hb_step
+            u = 0.0
+            b = 0.0
+        m[t + 1] = u
+    if n > 1:
+        # overwrite from the end: m_hat[t] needs m[t - kD] <= t only
+        for t in range(T, -1, -1):
+            acc = 0.0
+            for k in range(n):
+                tau = t - k * D
+                acc += w[k] * (m[tau] if tau >= 0 else u0)
+            m[t] = acc
+    else:
+        for t in range(T + 1):
+            m[t] = w[0] * m[t]
+
+
+@njit(cache=True)
+def _axpy(y, a, x, nb):
+    for c in range(nb):
+        y[c] += a * x[c]
+
+
+@njit(cache=True)
+def _weighted_square_sum(h, x, nb):
+    acc = 0.0
+    for c in range(nb):
+        acc += h[c] * x[c] * x[c]
+    return acc
+
+
+@njit(cache=True)
+def _ema_step_loss(e, u, hh, a, nb):
+    for c in range(nb):
+        e[c] = (1.0 - a) * e[c] + a * u[c]
+    acc = 0.0
+    for c in range(nb):
+        acc += hh[c] * e[c] * e[c]
+    return acc
+
+
+@njit(parallel=True, cache=True)
 def mean_loss_diag(lam, h, u0, lrs, beta, D, w, a_ema):
-    """0.5 * sum_i h_i * (E u_hat_i)^2 for t = 0..T without storing (T+1, d); diagonal real case."""
+    """0.5 * sum_i h_i * (E u_hat_i)^2 for t = 0..T without storing (T+1, d); diagonal real case.
+
+    Coordinates are processed in fixed chunks of 64 (time outer, coordinates inner, so the inner
+    loop vectorizes); the chunk sums are added in a fixed order (thread-count independent).
+    """
     T = lrs.shape[0]
     d = lam.shape[0]
-    out = np.zeros(T + 1)
-    m = np.zeros(T + 1)
-    for i in range(d):
-        u = u0[i]
-        b = 0.0
-        m[0] = u
-        e = u
+    B = 64
+    n_chunks = (d + B - 1) // B
+    partial = np.zeros((n_chunks, T + 1))
+    for ch in prange(n_chunks):
+        lo = ch * B
+        hi = min(d, lo + B)
+        nb = hi - lo
+        u = np.empty(nb)
+        b = np.zeros(nb)
+        e = np.empty(nb)
+        lm = np.empty(nb)
+        hh = np.empty(nb)
+        for c in range(nb):
+            u[c] = u0[lo + c]
+            e[c] = u0[lo + c]
+            lm[c] = lam[lo + c]
+            hh[c] = 0.5 * h[lo + c]
+        out = partial[ch]
         if a_ema > 0.0:
-            out[0] += 0.5 * h[i] * e * e
-        for t in range(T):
-            b = beta * b + lam[i] * u
-            u = u - lrs[t] * b
-            m[t + 1] = u
+            out[0] = _weighted_square_sum(hh, e, nb)
+            for t in range(T):
+                _hb_step(u, b, lm, beta, lrs[t], nb)
+                out[t + 1] = _ema_step_loss(e, u, hh, a_ema, nb)
+        else:
+            m = np.empty(T + 1)
+            for c in range(nb):
+                _mean_curve_finite(lm[c], u0[lo + c], beta, lrs, D, w, m)
+                for t in range(T + 1):
+                    out[t] += hh[c] * m[t] * m[t]
+    res = np.zeros(T + 1)
+    for ch in range(n_chunks):
+        for t in range(T + 1):
+            res[t] += partial[ch, t]
+    return res
+
+
+@njit(cache=True)
+def _sgd_var_curve_finite(lam, lrs, D, w, v, g, Wn, Suf, Pre, out, scale):
+    """Real SGD fast path of _pair_cov_curve (one diagonal coordinate, beta = 0)."""
+    T = lrs.shape[0]
+    n = w.shape[0]
+    v[0] = 0.0
+    for t in range(T):
+        g[t] = 1.0 - lrs[t] * lam
+        v[t + 1] = g[t] * g[t] * v[t] + lrs[t] * lrs[t]
+    if n > 1 and T >= D:
+        # window products Wn[tau] = g_tau ... g_{tau+D-1} by blocks (suffix x prefix)
+        for start in range(0, T, D):
+            end = min(start + D, T)
+            acc = 1.0
+            for tau in range(end - 1, start - 1, -1):
+                acc *= g[tau]
+                if abs(acc) < _TINY:  # products below 1e-150 weigh nothing next to w_k v_tau
+                    acc = 0.0
+                Suf[tau] = acc
+        for start in range(0, T + 1, D):
+            acc = 1.0
+            Pre[start] = 1.0
+            for x in range(start + 1, min(start + D, T + 1)):
+                acc *= g[x - 1]
+                if abs(acc) < _TINY:
+                    acc = 0.0
+                Pre[x] = acc
+        for tau in range(0, T - D + 1):
+            Wn[tau] = Suf[tau] * Pre[tau + D]
+    for t in range(1, T + 1):
+        acc = 0.0
+        rho = 0.0
+        for k in range(n):
+            tau = t - k * D
+            if tau <= 0:
+                break
+            rho = w[0] if k == 0 else rho * Wn[tau] + w[k]
+            acc += w[k] * v[tau] * (2.0 * rho - w[k])
+        out[t] += scale * acc
+
+
+@njit(cache=True)
+def _sgd_var_curve_ema(lam, lrs, a, out, scale):
+    """Real SGD fast path of the EMA curve: state (u, e), second moments (v, c, q)."""
+    T = lrs.shape[0]
+    v = 0.0
+    c = 0.0
+    q = 0.0
+    b = 1.0 - a
+    for t in range(T):
+        g = 1.0 - lrs[t] * lam
+        l2 = lrs[t] * lrs[t]
+        q = b * b * q + 2.0 * b * a * g * c + a * a * (g * g * v + l2)
+        c = g * b * c + a * (g * g * v + l2)
+        v = g * g * v + l2
+        out[t + 1] += scale * q
+
+
+@njit(parallel=True, cache=True)
+def sgd_diag_cov_loss(lam, hw, lrs, D, w, a_ema, n_chunks):
+    """0.5 sum_i hw_i Var(u_hat_i)_t for t = 0..T: diagonal omega, beta = 0 (real fast path)."""
+    T = lrs.shape[0]
+    d = lam.shape[0]
+    n_chunks = max(1, min(n_chunks, d))
+    partial = np.zeros((n_chunks, T + 1))
+    for ch in prange(n_chunks):
+        lo = (d * ch) // n_chunks
+        hi = (d * (ch + 1)) // n_chunks
+        v = np.empty(T + 1)
+        g = np.empty(T)
+        Wn = np.empty(max(T - D + 1, 1))
+        Suf = np.empty(T + 1)
+        Pre = np.empty(T + 1)
+        for i in range(lo, hi):
             if a_ema > 0.0:
-                e = (1.0 - a_ema) * e + a_ema * u
-                out[t + 1] += 0.5 * h[i] * e * e
-        if a_ema == 0.0:
-            for t in range(T + 1):
-                acc = 0.0
-                for k in range(w.shape[0]):
-                    tau = t - k * D
-                    acc += w[k] * (m[tau] if tau >= 0 else u0[i])
-                out[t] += 0.5 * h[i] * acc * acc
+                _sgd_var_curve_ema(lam[i], lrs, a_ema, partial[ch], 0.5 * hw[i])
+            else:
+                _sgd_var_curve_finite(lam[i], lrs, D, w, v, g, Wn, Suf, Pre, partial[ch], 0.5 * hw[i])
+    out = np.zeros(T + 1)
+    for ch in range(n_chunks):
+        for t in range(T + 1):
+            out[t] += partial[ch, t]
     return out

@@ -76,7 +76,19 @@ class _Ops:
             self.I = np.ones_like(like)
 
     def mul(self, a, b):
-        return a @ b if self.matrix else a * b
+        if not self.matrix:
+            return a * b
+        if a.shape[-1] == 2 and a.ndim > 2:
+            # stacks of 2x2 matrices: explicit products are ~10x faster than np.matmul's per-matrix loop
+            out = np.empty(np.broadcast_shapes(a.shape, b.shape), dtype=np.result_type(a, b))
+            a00, a01, a10, a11 = a[..., 0, 0], a[..., 0, 1], a[..., 1, 0], a[..., 1, 1]
+            b00, b01, b10, b11 = b[..., 0, 0], b[..., 0, 1], b[..., 1, 0], b[..., 1, 1]
+            out[..., 0, 0] = a00 * b00 + a01 * b10
+            out[..., 0, 1] = a00 * b01 + a01 * b11
+            out[..., 1, 0] = a10 * b00 + a11 * b10
+            out[..., 1, 1] = a10 * b01 + a11 * b11
+            return out
+        return a @ b
 
     def inv_solve(self, a, b):
         """a^-1 b."""
@@ -581,7 +593,10 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
         pairs = np.stack([np.arange(d), np.arange(d)], axis=1).astype(np.int64)
         sig = np.ones(d)
         hw = np.asarray(H, dtype=np.float64)
-        cov = _moments.cov_loss_curves(lam, pairs, sig, hw, lrs, beta, D, w, a, 64)
+        if beta == 0.0:
+            cov = _moments.sgd_diag_cov_loss(lam, hw, lrs, D, w, a, 64)
+        else:
+            cov = _moments.cov_loss_curves(lam, pairs, sig, hw, lrs, beta, D, w, a, 64)
         mean = _moments.mean_loss_diag(lam, hw, u0, lrs, beta, D, w, a)
         return mean + cov
     lam, V, Vinv, cond = m._eig
