@@ -1,6 +1,7 @@
 """quadsgd: exact theory and fast simulation of averaged SGD in the linear model (Sandler et al.)."""
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
 from .model import LinearModel, stability_bound
+from .simulate import SimulationResult, simulate
 from .theory import (
     effective_lr,
     equivalent_schedule,
@@ -15,6 +16,7 @@ from .theory import (
 __all__ = [
     "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel",
     "LinearModel", "stability_bound",
+    "simulate", "SimulationResult",
     "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate", "effective_lr",
     "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
 ]

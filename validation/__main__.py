@@ -1,0 +1,57 @@
+"""``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] --out OUT``.
+
+Exit status 0 when every claim was evaluated (whether it passed or failed; the report says which),
+1 when a claim could not be evaluated (an error), 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .reproduce import CLAIM_IDS, reproduce
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m validation",
+                                 description="Verify the claims of Sandler et al. and write a report.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("reproduce", help="run every claim and write OUT/report.md, OUT/verdicts.json, figures")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="embedded digits data, 2-core CPU (default)")
+    g.add_argument("--full", action="store_true", help="larger sizes (more chains, longer runs)")
+    r.add_argument("--run", help="existing realnet run directory to validate (e.g. a GPU ImageNet run)")
+    r.add_argument("--data-dir", help="train the realnet run on a local data set at this path")
+    r.add_argument("--dataset", help="data set name for --data-dir (imagenet, cifar10, cifar100, digits)")
+    r.add_argument("--out", required=True, help="output directory (created; re-running resumes)")
+    r.add_argument("--only", nargs="+", metavar="ID", help=f"only these claims (ids: {', '.join(CLAIM_IDS)})")
+    r.add_argument("--synthetic-only", action="store_true", help="skip the real-network claims")
+    r.add_argument("--real-only", action="store_true", help="skip the synthetic claims")
+    r.add_argument("--force", action="store_true", help="redo finished claims")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    if args.data_dir and not args.dataset:
+        ap.error("--data-dir needs --dataset NAME")
+    if args.run and args.data_dir:
+        ap.error("give either --run (validate an existing run) or --data-dir (train one), not both")
+    if args.synthetic_only and args.real_only:
+        ap.error("--synthetic-only and --real-only exclude each other")
+    try:
+        verdicts = reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
+                             data_dir=args.data_dir, dataset=args.dataset, only=args.only,
+                             synthetic=not args.real_only, real=not args.synthetic_only,
+                             progress=not args.no_progress, force=args.force)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_err = sum(v.error is not None for v in verdicts)
+    n_pass = sum(v.passed for v in verdicts)
+    print(f"{n_pass}/{len(verdicts)} claims verified; report: {args.out}/report.md")
+    for v in verdicts:
+        status = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
+        print(f"  {status:5s} {v.id}: {v.value:.4g} {v.comparison} {v.threshold:.4g}"
+              + (f"  ({v.error})" if v.error else ""))
+    return 1 if n_err else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
