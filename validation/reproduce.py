@@ -43,7 +43,8 @@ def _fingerprint(obj) -> str:
 
 
 def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, only=None,
-              synthetic: bool = True, real: bool = True, progress: bool = True, force: bool = False):
+              synthetic: bool = True, real: bool = True, progress: bool = True, force: bool = False,
+              synthetic_config=None, real_config=None):
     """Verify the paper's claims and write the report into ``out``; returns the list of verdicts.
 
     mode: "quick" (embedded digits data set, 2-core CPU, about 10 minutes) or "full".
@@ -51,7 +52,8 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     data_dir, dataset: train the realnet run on a local data set instead of the embedded default.
     only: optional list of claim ids. synthetic / real: select the claim families.
     A claim whose part file exists with the same configuration fingerprint is not redone
-    (``force=True`` redoes everything).
+    (``force=True`` redoes everything). ``synthetic_config`` / ``real_config`` override the sizes
+    of ``mode`` (e.g. tiny sizes for tests).
     """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
@@ -62,12 +64,12 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
         unknown = sorted(set(only) - set(CLAIM_IDS))
         if unknown:
             raise ValueError(f"unknown claim id(s) {unknown}; known: {CLAIM_IDS}")
-    syn_cfg = SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full()
+    syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
     real_cfg = None
     if real:
         from .realclaims import RealConfig
 
-        real_cfg = RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
+        real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
     config = dict(mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
                   dataset=dataset, synthetic=asdict(syn_cfg), real=real_cfg.to_dict() if real_cfg else None)
     config["environment"] = environment()

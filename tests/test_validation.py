@@ -1,0 +1,111 @@
+"""validation: the verdict machinery, the report's structure, and a small end-to-end reproduce run."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from validation import Verdict, decide
+from validation.__main__ import main as cli_main
+from validation.reproduce import reproduce
+from validation.stats import bonferroni, covariance_zscores, slope_with_ci, variance_chi2_pvalues
+from validation.synthetic import SyntheticConfig
+
+REQUIRED = {"id", "claim", "statistic", "value", "threshold", "passed", "figure"}
+TINY = SyntheticConfig(chains_curve=200, chains_stationary=3000, steps_curve=6000, record_every=100, seed=7)
+
+
+def test_decide_and_verdict_rules():
+    assert decide(0.3, "<", 0.5) and not decide(0.7, "<", 0.5)
+    assert decide(2.0, ">=", 2.0) and not decide(float("nan"), "<", 1.0)
+    with pytest.raises(ValueError, match="comparison"):
+        decide(1.0, "~", 1.0)
+    v = Verdict(id="x", claim="c", statistic="s", value=0.2, comparison="<", threshold=0.5)
+    assert v.passed
+    v.check("sub", 3.0, "<", 2.0, "a failing sub-test")
+    assert not v.passed and v.checks["sub"]["passed"] is False
+    d = v.to_dict()
+    assert REQUIRED <= set(d) and d["passed"] is False
+    assert Verdict.from_dict(json.loads(json.dumps(d))).passed is False
+
+
+def test_chi2_variance_test_has_its_stated_false_alarm_rate():
+    # 400 independent tests of a true hypothesis at alpha = 0.05: rejection count ~ Binomial(400, 0.05)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 400)) * 2.0
+    p = variance_chi2_pvalues(x, np.full(400, 4.0))
+    rejections = int(np.sum(p < 0.05))
+    assert 8 <= rejections <= 35  # 99.9% binomial range around 20
+    # and it has power against a 20% variance error
+    p_bad = variance_chi2_pvalues(x, np.full(400, 4.0 * 1.2))
+    assert np.mean(p_bad < 0.05) > 0.65  # power ~0.8 at N = 500 (normal approximation: 0.76)
+    assert bonferroni([0.01, 0.5]) == pytest.approx(0.02)
+
+
+def test_covariance_zscores_and_slope():
+    rng = np.random.default_rng(1)
+    C = np.array([[2.0, 0.6], [0.6, 1.0]])
+    x = rng.multivariate_normal([0, 0], C, size=20000)
+    z = covariance_zscores(x, C)
+    assert np.max(np.abs(z)) < 4.5
+    assert np.max(np.abs(covariance_zscores(x, C * 1.1))) > 5
+    s, half, _ = slope_with_ci(np.log([1, 2, 4, 8]), 0.5 * np.log([1, 2, 4, 8]) + 3)
+    assert s == pytest.approx(0.5) and half < 1e-6
+
+
+def test_claim_built_to_fail_fails(tmp_path, monkeypatch):
+    # eq. 19 applied to the non-normal example: if the claim asserted "the paper's formula is exact"
+    # (gap < 1%), the measurement must fail it
+    import validation.synthetic as syn
+
+    monkeypatch.setattr(syn, "EQ19_GAP_MIN", 0.0)
+    v = syn.claim_eq19(TINY, tmp_path)
+    flipped = Verdict(id=v.id, claim="eq. 19 is exact for non-normal Omega", statistic=v.statistic,
+                      value=v.value, comparison="<", threshold=0.01)
+    assert not flipped.passed and v.value > 0.3
+
+
+def test_reproduce_synthetic_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "out"
+    verdicts = reproduce(out, real=False, progress=False, synthetic_config=TINY)
+    ids = [v.id for v in verdicts]
+    assert ids == ["fig9-ema-fast-slow", "fig11-per-coordinate", "eq13-radius-sqrt-lr", "eq20-two-point",
+                   "eq21-n-point", "table1-equivalent-schedule-linear", "eq19-non-normal-gap"]
+    data = json.loads((out / "verdicts.json").read_text())
+    assert [d["id"] for d in data] == ids
+    for d in data:
+        assert REQUIRED <= set(d)
+        assert (out / d["figure"]).stat().st_size > 10_000  # a real PNG
+        assert d["error"] is None and isinstance(d["passed"], bool)
+    # the theory is right, so with these sizes every synthetic claim passes
+    assert all(d["passed"] for d in data), [(d["id"], d["value"]) for d in data if not d["passed"]]
+    report = (out / "report.md").read_text()
+    assert "| id | statistic | value | rule | verdict | figure |" in report
+    for i in ids:
+        assert f"`{i}`" in report and f"({i}.png)" in report
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["environment"]["git_hash"] and cfg["synthetic"]["seed"] == 7
+    # resume: finished parts are not redone (their files are untouched)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    again = reproduce(out, real=False, progress=False, synthetic_config=TINY)
+    assert [v.to_dict() for v in again] == [v.to_dict() for v in verdicts]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == mtimes
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["reproduce", "--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert cli_main(["reproduce", "--out", str(tmp_path), "--only", "no-such-claim", "--synthetic-only"]) == 2
+    assert "unknown claim" in capsys.readouterr().err
+
+
+def test_cli_synthetic_subset(tmp_path, capsys):
+    rc = cli_main(["reproduce", "--out", str(tmp_path), "--synthetic-only", "--only", "eq20-two-point",
+                   "--no-progress"])
+    assert rc == 0
+    data = json.loads((tmp_path / "verdicts.json").read_text())
+    assert [d["id"] for d in data] == ["eq20-two-point"] and data[0]["passed"]
+    assert not math.isnan(data[0]["value"])
