@@ -569,8 +569,10 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
     .. math:: E\,\ell_t = \tfrac12\,\bar u_t^\top H\bar u_t + \tfrac12\mathrm{tr}(H\,\mathrm{Cov}\,\hat u_t).
 
     lr: None (constant ``m.lr``), or an array of shape (steps,) (lr of step t -> t+1).
-    Cost: O(d T n) for diagonal omega (n = number of points of the kernel: 1 for Last and EMA,
-    2 for TwoPoint, n for NPoint, the window for SWA); O(d^2 T n) for dense diagonalizable omega.
+    Cost for diagonal omega: O(d T) for Last, EMA, TwoPoint and (SGD) SWA of any window -- the SWA
+    window sums use block suffix/prefix sums, so nothing is subtracted -- and O(d T n) for NPoint
+    (n points), for an arbitrary ``Kernel`` (its support) and for SWA with momentum (its window).
+    Dense diagonalizable omega: the same per pair of eigen-directions, O(d^2 T n).
     Returns: shape (steps + 1,).
     """
     from . import _moments
@@ -593,11 +595,17 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
         pairs = np.stack([np.arange(d), np.arange(d)], axis=1).astype(np.int64)
         sig = np.ones(d)
         hw = np.asarray(H, dtype=np.float64)
-        if beta == 0.0:
+        swa = isinstance(kernel, SWA) and kernel.window >= 2
+        if beta == 0.0 and swa:
+            cov = _moments.sgd_diag_cov_loss_swa(lam, hw, lrs, kernel.window, 64)  # O(d T)
+        elif beta == 0.0:
             cov = _moments.sgd_diag_cov_loss(lam, hw, lrs, D, w, a, 64)
         else:
             cov = _moments.cov_loss_curves(lam, pairs, sig, hw, lrs, beta, D, w, a, 64)
-        mean = _moments.mean_loss_diag(lam, hw, u0, lrs, beta, D, w, a)
+        if swa:
+            mean = _moments.mean_loss_diag_swa(lam, hw, u0, lrs, beta, kernel.window)
+        else:
+            mean = _moments.mean_loss_diag(lam, hw, u0, lrs, beta, D, w, a)
         return mean + cov
     lam, V, Vinv, cond = m._eig
     if Vinv is None or cond >= 1e8:
