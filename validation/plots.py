@@ -150,3 +150,138 @@ def draw_covariance_comparison(ax, simulated, exact, paper):
     ax.set_ylabel("stationary covariance entry (whitened u)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+
+
+# ------------------------------------------------------------------------------------ real network
+def _fl(rows, key):
+    out = []
+    for r in rows:
+        try:
+            out.append(float(r[key]))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return np.array(out)
+
+
+def draw_lr_sweep(axes, lr, train, held, held_std, held_min, held_max, summary):
+    """Fig. 2: loss vs single-step size; left: full log range, right: zoom around the minima (linear)."""
+    for ax, log in zip(axes, (True, False)):
+        sel = lr > 0 if log else (lr <= 2.5 * max(summary["best_lr_train"], summary["best_lr_heldout"]))
+        ax.plot(lr[sel], train[sel], "-o", ms=2.5, color=COLORS[0], label="training batch")
+        ax.plot(lr[sel], held[sel], "-o", ms=2.5, color=COLORS[1], label="held-out batches (mean)")
+        ax.fill_between(lr[sel], (held - held_std)[sel], (held + held_std)[sel], color=COLORS[1], alpha=0.35, lw=0,
+                        label="held-out +- std")
+        ax.fill_between(lr[sel], held_min[sel], held_max[sel], color=COLORS[1], alpha=0.12, lw=0,
+                        label="held-out min/max")
+        ax.axhline(summary["train_start_loss"], color="gray", lw=0.6, ls=":")
+        ax.set_xlabel("step size (learning rate of the single step)")
+        ax.set_ylabel("loss after one step")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+
+
+def draw_fixed_batch(axes, rows):
+    """Fig. 3: loss along the interpolation between corresponding fixed-batch GD points, per GD step."""
+    steps = sorted({int(r["gd_step"]) for r in rows})
+    cmap = plt.get_cmap("viridis")
+    for ax, key, name in zip(axes, ("train_loss", "heldout_mean"), ("training batch", "held-out batches")):
+        for j in steps:
+            rr = [r for r in rows if int(r["gd_step"]) == j]
+            ax.plot(_fl(rr, "alpha"), _fl(rr, key), color=cmap(j / max(1, steps[-1])), lw=1.1, label=f"GD step {j}")
+        ax.set_xlabel("interpolation alpha (0: from first checkpoint, 1: from second)")
+        ax.set_ylabel(f"loss on the {name}")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+
+
+def draw_averaging(axes, summary):
+    """Fig. 5: validation accuracy and loss of each average (dashed) and its equivalent side-trip (markers)."""
+    traj = summary.get("trajectory", [])
+    for ax, key, label in zip(axes, ("val_acc", "val_loss"), ("validation accuracy", "validation loss")):
+        if traj:
+            ax.plot([max(t["k"], 0.5) for t in traj], [t[key] for t in traj], "k-", lw=1.2, label="trajectory")
+        for i, (spec, kres) in enumerate(summary["kernels"].items()):
+            c = COLORS[i % len(COLORS)]
+            ks = [r["k"] for r in kres["results"]]
+            ax.plot(ks, [r["average"][key] for r in kres["results"]], "--", color=c, lw=1.2, label=f"{spec}: average")
+            ax.plot(ks, [r["sidetrip"][key] for r in kres["results"]], "o", color=c, ms=5, mfc="none",
+                    label=f"{spec}: equivalent side-trip")
+        ax.set_xscale("log")
+        ax.set_xlabel("steps after the checkpoint")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+
+
+def draw_divergence(axes, rows, losses):
+    """Fig. 6: distances between side-trips (left) and losses of A, lr/2 and the two-point average (right)."""
+    t = _fl(rows, "t")
+    ax = axes[0]
+    for key, label in (("dist_A_B", "|theta - theta'| (other batch order)"),
+                       ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
+                       ("dist_A_H", "|theta at lr - theta at lr/2|"), ("dist_A_start", "|theta - theta_S|")):
+        ax.plot(np.maximum(t, 0.5), _fl(rows, key), lw=1.2, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the checkpoint")
+    ax.set_ylabel("L2 distance in weight space")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for i, model in enumerate(("A", "H", "twopoint", "B")):
+        rr = [r for r in losses if r["model"] == model]
+        name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
+        ax.plot(np.maximum(_fl(rr, "t"), 0.5), _fl(rr, "val_loss"), "-o", ms=4, color=COLORS[i], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the checkpoint")
+    ax.set_ylabel("validation loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def draw_alignment(axes, rows, different):
+    """Fig. 7: cosine of the fixed batch's gradient with its start (left) and its norm ratio (right)."""
+    t = np.maximum(_fl(rows, "t"), 0.5)
+    ax = axes[0]
+    ax.plot(t, _fl(rows, "cos_start_constant"), label="fixed batch, constant lr")
+    ax.plot(t, _fl(rows, "cos_start_linear"), label="fixed batch, linearly decaying lr")
+    ax.plot(t, _fl(rows, "cos_between_schedules"), label="fixed batch, between the two schedules")
+    ax.plot(t, _fl(rows, "cos_train_vs_fixed_constant"), label="training batch of the step vs fixed batch")
+    ax.axhspan(different["cos_mean"] - 2 * different["cos_std"], different["cos_mean"] + 2 * different["cos_std"],
+               color="gray", alpha=0.2, label="different batches at the start (mean +- 2 std)")
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the checkpoint")
+    ax.set_ylabel("cosine")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    ax.plot(t, _fl(rows, "norm_ratio_constant"), label="constant lr")
+    ax.plot(t, _fl(rows, "norm_ratio_linear"), label="linearly decaying lr")
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the checkpoint")
+    ax.set_ylabel("||g_b(theta_t)|| / ||g_b(theta_S)||")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def draw_endpoint_distance(ax, steps, d, branch):
+    ax.plot(steps, d, "-o", ms=3, label="|theta_t - theta'_end|")
+    ax.axvline(branch, color="gray", lw=0.8, ls=":", label="branch point (batch orders differ after it)")
+    ax.set_xlabel("training step t")
+    ax.set_ylabel("L2 distance to the independent end point")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def draw_batch_size(ax, rows):
+    b = [r["batch_size"] for r in rows]
+    ax.plot(b, [r["train_drop"] for r in rows], "-o", label="training batch: log(start / best-step loss)")
+    ax.plot(b, [r["heldout_drop"] for r in rows], "-s", label="held-out batches: log(start / best-step loss)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("maximum single-step loss drop (log ratio)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
