@@ -13,7 +13,7 @@ Random numbers
   order in which chains are processed, the chunking of the run into segments, or the number of chains.
 * **Normals**: the 256-layer ziggurat of Marsaglia & Tsang (2000) in the 64-bit form used by NumPy
   (Doornik's variant): one 64-bit draw gives 8 bits of layer index, 1 sign bit and a 52-bit abscissa;
-  ~98.8% of the draws return after one table look-up, the rest go to the exact wedge / tail
+  ~98.5% of the draws return after one table look-up, the rest go to the exact wedge / tail
   (Marsaglia 1964) rejection steps in :func:`_normal_slow`. Exact up to the 52-bit resolution of the
   abscissa and the double-precision tables.
 
@@ -376,7 +376,7 @@ def _sweep_0m(s0, s1, s2, s3, uc, bc, omega, h, lt, beta, rec):
 
 
 @njit(inline="always")
-def _sweep_1(s0, s1, s2, s3, uc, e0, omega, h, lt, a, rec):
+def _sweep_1(s0, s1, s2, s3, uc, ec, omega, h, lt, a, rec):
     lu = 0.0
     le = 0.0
     for i in range(uc.shape[0]):
@@ -384,17 +384,17 @@ def _sweep_1(s0, s1, s2, s3, uc, e0, omega, h, lt, a, rec):
         ui = float64(uc[i])
         uc[i] = ui - lt * (omega[i] * ui - z)
         ui = float64(uc[i])
-        e0[i] = (1.0 - a) * float64(e0[i]) + a * ui
+        ec[0, i] = (1.0 - a) * float64(ec[0, i]) + a * ui
         if rec:
             hi = h[i]
             lu += hi * ui * ui
-            ej = float64(e0[i])
+            ej = float64(ec[0, i])
             le += hi * ej * ej
     return 0.5 * lu, 0.5 * le, s0, s1, s2, s3
 
 
 @njit(inline="always")
-def _sweep_1m(s0, s1, s2, s3, uc, bc, e0, omega, h, lt, beta, a, rec):
+def _sweep_1m(s0, s1, s2, s3, uc, bc, ec, omega, h, lt, beta, a, rec):
     lu = 0.0
     le = 0.0
     for i in range(uc.shape[0]):
@@ -404,11 +404,11 @@ def _sweep_1m(s0, s1, s2, s3, uc, bc, e0, omega, h, lt, beta, a, rec):
         bc[i] = bi
         uc[i] = ui - lt * bi
         ui = float64(uc[i])
-        e0[i] = (1.0 - a) * float64(e0[i]) + a * ui
+        ec[0, i] = (1.0 - a) * float64(ec[0, i]) + a * ui
         if rec:
             hi = h[i]
             lu += hi * ui * ui
-            ej = float64(e0[i])
+            ej = float64(ec[0, i])
             le += hi * ej * ej
     return 0.5 * lu, 0.5 * le, s0, s1, s2, s3
 
@@ -504,10 +504,10 @@ def _chain_steps(c, rng, u, b, ema, acc, omega, Om, dense, h_diag, H, u0, lr, be
                 lsum_u, s0, s1, s2, s3 = _sweep_0(s0, s1, s2, s3, uc, omega, h_diag, lt, rec)
         elif m == 1:
             if mom:
-                lsum_u, le, s0, s1, s2, s3 = _sweep_1m(s0, s1, s2, s3, uc, bc, ec[0], omega, h_diag,
+                lsum_u, le, s0, s1, s2, s3 = _sweep_1m(s0, s1, s2, s3, uc, bc, ec, omega, h_diag,
                                                        lt, beta, ema_a[0], rec)
             else:
-                lsum_u, le, s0, s1, s2, s3 = _sweep_1(s0, s1, s2, s3, uc, ec[0], omega, h_diag, lt,
+                lsum_u, le, s0, s1, s2, s3 = _sweep_1(s0, s1, s2, s3, uc, ec, omega, h_diag, lt,
                                                       ema_a[0], rec)
             lsum_e[0] = le
         else:
@@ -604,22 +604,33 @@ def _exact_chain(c, rng, X, acc, A, L, tr_id, has_S, u0, h, ev_ptr, ev_kind, ev_
         if has_S:
             for i in range(d):
                 x[i, p - 1] = 0.0
-        for i in range(d):
-            for q in range(p):
-                zq, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
-                z[q] = zq
-            Ai = A[tr, i]
-            Li = L[tr, i]
-            for q in range(p):
-                v = 0.0
-                for r in range(p):
-                    v += Ai[q, r] * float64(x[i, r])
-                w_ = 0.0
-                for r in range(p):
-                    w_ += Li[q, r] * z[r]
-                xn[q] = v + w_
-            for q in range(p):
-                x[i, q] = xn[q]
+        if p == 1:
+            for i in range(d):
+                z0, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
+                x[i, 0] = A[tr, i, 0, 0] * float64(x[i, 0]) + L[tr, i, 0, 0] * z0
+        elif p == 2:
+            for i in range(d):
+                z0, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
+                z1, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
+                x0 = float64(x[i, 0])
+                x1 = float64(x[i, 1])
+                x[i, 0] = (A[tr, i, 0, 0] * x0 + A[tr, i, 0, 1] * x1) + (L[tr, i, 0, 0] * z0 + L[tr, i, 0, 1] * z1)
+                x[i, 1] = (A[tr, i, 1, 0] * x0 + A[tr, i, 1, 1] * x1) + (L[tr, i, 1, 0] * z0 + L[tr, i, 1, 1] * z1)
+        else:
+            for i in range(d):
+                for q in range(p):
+                    zq, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
+                    z[q] = zq
+                for q in range(p):  # (no array views in this loop: they cost reference counting)
+                    v = 0.0
+                    for r in range(p):
+                        v += A[tr, i, q, r] * float64(x[i, r])
+                    w_ = 0.0
+                    for r in range(p):
+                        w_ += L[tr, i, q, r] * z[r]
+                    xn[q] = v + w_
+                for q in range(p):
+                    x[i, q] = xn[q]
         for e in range(ev_ptr[it], ev_ptr[it + 1]):
             row = ac[ev_slot[e]]
             w = ev_w[e]

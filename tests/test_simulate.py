@@ -166,13 +166,15 @@ def test_diagonal_and_dense_paths_agree():
     np.testing.assert_allclose(a.final, b.final, rtol=1e-12, atol=1e-14)
 
 
-def test_float32_tracks_float64():
-    m = MODELS["diag_mom"]
-    a = simulate(m, 200, 8, KERNELS, record_every=20, seed=3)
-    b = simulate(m, 200, 8, KERNELS, record_every=20, seed=3, dtype=np.float32)
+@pytest.mark.parametrize("name", ["diag_mom", "nonnormal", "dense_blas"])
+@pytest.mark.parametrize("method", ["step", "exact"])
+def test_float32_tracks_float64(name, method):
+    m = MODELS[name]
+    a = simulate(m, 200, 8, KERNELS, record_every=20, seed=3, method=method)
+    b = simulate(m, 200, 8, KERNELS, record_every=20, seed=3, dtype=np.float32, method=method)
     assert b.final.dtype == np.float32 and b.loss.dtype == np.float64
-    np.testing.assert_allclose(b.final, a.final, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
+    np.testing.assert_allclose(b.final, a.final, rtol=0, atol=2e-4 * np.abs(a.final).max())
+    np.testing.assert_allclose(b.loss, a.loss, rtol=2e-4)
 
 
 # =========================================================================== reproducibility
