@@ -697,7 +697,7 @@ def exact_chains(rng, X, acc, A, L, tr_id, has_S, u0, h, ev_ptr, ev_kind, ev_slo
 # ---------------------------------------------------------------------------------------------
 # Reductions over chains (deterministic: a fixed serial order per output)
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def chain_mean_std(chain_loss, n_rec, mean_out, std_out, offset):
     """mean and std (ddof=1; 0 for one chain) over chains of chain_loss[k, r, :] for r < n_rec.
 
@@ -705,7 +705,7 @@ def chain_mean_std(chain_loss, n_rec, mean_out, std_out, offset):
     """
     K = chain_loss.shape[0]
     C = chain_loss.shape[2]
-    for kr in prange(K * n_rec):
+    for kr in range(K * n_rec):
         k = kr // n_rec
         r = kr % n_rec
         row = chain_loss[k, r]

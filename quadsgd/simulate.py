@@ -54,6 +54,7 @@ diagonal omega and the small-d dense path, for any number of other chains. The d
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +76,9 @@ _SEG_LOSS_BYTES = 1 << 25
 _SEG_EVENTS = 1 << 22
 #: work per segment when a progress bar is shown (chain-coordinate-steps)
 _SEG_WORK_PROGRESS = 1 << 26
+#: below this much work per kernel call (chain-coordinate-steps) run on one thread: waking the
+#: thread pool costs more (results do not depend on the number of threads)
+_PARALLEL_MIN_WORK = 1 << 18
 _METHODS = ("step", "exact")
 
 
@@ -195,7 +199,8 @@ def draw_normals(seed: int, chains: int, count: int) -> np.ndarray:
     count = _as_int("count", count, 0)
     rng = _stream_states(seed, chains)
     out = np.empty((chains, count))
-    nb.fill_normals(rng, out)
+    with _threads_for(out.size):
+        nb.fill_normals(rng, out)
     return out
 
 
@@ -555,6 +560,22 @@ def _reduce(ctx, chain_loss_seg, r0, nr):
         out["chain_loss"][:, :, r0:r0 + nr] = np.swapaxes(chain_loss_seg[:, :nr, :], 1, 2)
 
 
+@contextmanager
+def _threads_for(work):
+    """One Numba thread for small calls (bit-identical results either way)."""
+    if work >= _PARALLEL_MIN_WORK:
+        yield
+        return
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
 def _init_slots(ctx, acc):
     plan = ctx["plan"]
     u0 = ctx["u0"]
@@ -630,10 +651,11 @@ def _step_segment(ctx, path, t0, t1, u, b, ema, acc):
         else:
             omega, Om = np.zeros(1), np.array(m.omega, np.float64, order="C")
             h, H = np.zeros(1), ctx["H"]
-        nb.step_chains(ctx["rng"], u, b, ema, acc, omega, Om, path == "numba", h, H, u0, lr,
-                       float(m.momentum), plan.ema_a, ev_ptr, ev_slot, ev_w, ev_init,
-                       rec_local, rec_global, plan.k_type, plan.k_idx, plan.k_nslots,
-                       chain_loss, out["sel"], out["states"], out["final"], last)
+        with _threads_for(C * (d * d if path == "numba" else d) * nsteps):
+            nb.step_chains(ctx["rng"], u, b, ema, acc, omega, Om, path == "numba", h, H, u0, lr,
+                           float(m.momentum), plan.ema_a, ev_ptr, ev_slot, ev_w, ev_init,
+                           rec_local, rec_global, plan.k_type, plan.k_idx, plan.k_nslots,
+                           chain_loss, out["sel"], out["states"], out["final"], last)
     else:
         OmT = np.ascontiguousarray(np.asarray(m.omega, np.float64).T, dtype=u.dtype)
         G = np.empty((C, d), dtype=u.dtype)
@@ -644,12 +666,13 @@ def _step_segment(ctx, path, t0, t1, u, b, ema, acc):
         for tl in range(nsteps):
             j = tl % kb
             if j == 0:
-                if nsteps - tl >= kb:
-                    nb.fill_normals(ctx["rng"], Z)
-                else:  # last, shorter block: a contiguous buffer of the right length
-                    Zr = np.empty((C, (nsteps - tl) * d))
-                    nb.fill_normals(ctx["rng"], Zr)
-                    Z[:, :Zr.shape[1]] = Zr
+                with _threads_for(Z.size):
+                    if nsteps - tl >= kb:
+                        nb.fill_normals(ctx["rng"], Z)
+                    else:  # last, shorter block: a contiguous buffer of the right length
+                        Zr = np.empty((C, (nsteps - tl) * d))
+                        nb.fill_normals(ctx["rng"], Zr)
+                        Z[:, :Zr.shape[1]] = Zr
             np.matmul(u, OmT, out=G)
             nb.update_dense(u, b, ema, acc, G, Z, j * d, u0, float(lr[tl]), beta, plan.ema_a,
                             int(ev_ptr[tl]), int(ev_ptr[tl + 1]), ev_slot, ev_w, ev_init)
@@ -919,13 +942,15 @@ def _run_exact(ctx):
             ev_slot = np.ascontiguousarray(sched["ev_slot"][e0:e1])
             ev_w = np.ascontiguousarray(sched["ev_w"][e0:e1])
             if m.diagonal:
-                nb.exact_chains(ctx["rng"], X, acc, A, L, np.ascontiguousarray(tr_id[i0:i1]), has_S, u0,
-                                ctx["H"], ev_ptr, ev_kind, ev_slot, ev_w,
-                                rec_local, rec_global, plan.k_type, plan.k_idx, plan.k_nslots,
-                                chain_loss, out["sel"], out["states"], out["final"], times.size - 1)
+                with _threads_for(C * d * p * p * (i1 - i0)):
+                    nb.exact_chains(ctx["rng"], X, acc, A, L, np.ascontiguousarray(tr_id[i0:i1]), has_S,
+                                    u0, ctx["H"], ev_ptr, ev_kind, ev_slot, ev_w, rec_local, rec_global,
+                                    plan.k_type, plan.k_idx, plan.k_nslots, chain_loss, out["sel"],
+                                    out["states"], out["final"], times.size - 1)
             else:
                 for it in range(i0, i1):
-                    nb.fill_normals(ctx["rng"], Z)
+                    with _threads_for(Z.size):
+                        nb.fill_normals(ctx["rng"], Z)
                     if has_S:
                         X[:, (p - 1) * d:] = 0.0
                     tr = tr_id[it]
