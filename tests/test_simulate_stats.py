@@ -1,26 +1,28 @@
 """Statistical agreement of quadsgd.simulate with the exact theory and with independent ground truth.
 
-False alarms: every example runs a family of tests (all kernels, all coordinates / covariance entries /
-records) combined by Bonferroni at family-wise rate ALPHA = 1e-4. Hypothesis is derandomized (a fixed
-set of examples and simulation seeds), so a CI run is deterministic; the chance that a correct
-simulator fails a given test function is <= max_examples * 1e-4. Effective sample sizes are the
-numbers of independent chains: only the final state of each chain (after a burn-in of >= 40 mixing
-times from u0 = 0, so the mean is exactly 0) or the per-record mean over chains enter a test.
+The stationary and transient tests use quadsgd.testing (the same strategies and assertions the
+package offers its users): the final averaged iterates of independent chains after a burn-in of 40
+mixing times from u0 = 0 (mean exactly 0, effective sample size = chains) against the independent
+Lyapunov covariance by the exact Wishart (Bartlett decomposition) test; the mean loss over chains at
+every record against the independent coefficient curve by max |z| with Bonferroni. Several kernels
+share one simulation and are Bonferroni-combined: the family-wise false-alarm rate of an example is
+<= ALPHA = 1e-4. Hypothesis is derandomized (a fixed set of examples and simulation seeds), so a CI
+run is deterministic; the chance that a correct simulator fails a given test function is
+<= max_examples * 1e-4. The exact-vs-step test is a two-sample test (own statistics below).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 import quadsgd as qs
-from quadsgd.simulate import simulate
+from quadsgd import testing as qst
+from quadsgd.simulate import record_times, simulate
 
-from .simtruth import coefficient_expected_loss, gaussian_pvalues, lyapunov_kernel_cov, mixing_steps
+from .simtruth import coefficient_expected_loss, lyapunov_kernel_cov
 
 ALPHA = 1e-4
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -28,48 +30,25 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=N
 
 
 # ----------------------------------------------------------------------------- strategies
-@st.composite
-def models(draw, dmax=3):
-    kind = draw(st.sampled_from(["diagonal", "dense", "non_normal"]))
-    d = draw(st.integers(1, dmax))
-    rs = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    beta = draw(st.sampled_from([0.0, 0.0, 0.5, 0.9]))
-    frac = draw(st.floats(0.2, 0.8))
-    if kind == "diagonal":
-        om = np.exp(rs.uniform(np.log(0.3), np.log(2.0), size=d))
-        return qs.LinearModel(om, frac * qs.stability_bound(om, beta), momentum=beta)
-    if kind == "dense":
-        Q, _ = np.linalg.qr(rs.standard_normal((d, d)))
-        om = (Q * np.exp(rs.uniform(np.log(0.3), np.log(2.0), size=d))) @ Q.T
-        om = 0.5 * (om + om.T)
-        return qs.LinearModel(om, frac * qs.stability_bound(np.linalg.eigvalsh(om), beta), momentum=beta)
-    A = rs.standard_normal((d, d))
-    A = A @ A.T / d + 0.5 * np.eye(d)
-    B = rs.standard_normal((d, d))
-    C = B @ B.T / d + 0.3 * np.eye(d)
-    m0 = qs.LinearModel.from_quadratic(A, C, lr=1e-3, momentum=beta)
-    return m0.with_lr(frac * m0.lr_bound)
+def models(dmax=3):
+    """quadsgd.testing.models over this file's ranges: diagonal / dense / non-normal, d <= dmax,
+    momentum 0 (twice as often), 0.5, 0.9, lr 0.2..0.8 of the bound, eigenvalues 0.3..2, mixing <= 150 steps."""
+    return qst.models(dim=(1, dmax), kind="any", momentum=(0.0, 0.0, 0.5, 0.9), lr_fraction=(0.2, 0.8),
+                      curvature=(0.3, 2.0), max_mixing=150)
 
 
 @st.composite
 def kernel_sets(draw):
-    ks = [qs.Last(), qs.EMA(draw(st.floats(0.05, 0.6))), qs.TwoPoint(draw(st.integers(1, 25))),
-          qs.NPoint(draw(st.integers(2, 4)), draw(st.integers(1, 8))), qs.SWA(draw(st.integers(2, 30)))]
+    """One kernel of every family (quadsgd.testing.kernels per family) and a Kernel with a zero weight."""
+    ks = [qs.Last(), draw(qst.kernels(kind="ema", ema_decay=(0.05, 0.6))),
+          draw(qst.kernels(kind="two_point", max_support=26)), draw(qst.kernels(kind="n_point", max_support=25)),
+          draw(qst.kernels(kind="swa", max_support=30))]
     w = np.array(draw(st.lists(st.floats(0.05, 1.0), min_size=2, max_size=6)))
     w[draw(st.integers(0, w.size - 2))] = 0.0  # an interior (or leading) zero weight
     if w[-1] == 0.0:
         w[-1] = 0.5
     ks.append(qs.Kernel(w / w.sum()))
     return tuple(ks)
-
-
-def _burn_in(m, kernels):
-    tau = mixing_steps(m)
-    for k in kernels:
-        if isinstance(k, qs.EMA):
-            tau = max(tau, 1.0 / k.decay)
-    support = max(1 if isinstance(k, qs.EMA) else k.support for k in kernels)
-    return tau, int(40 * tau) + support + 1
 
 
 def _bonferroni_ok(pvals):
@@ -82,21 +61,16 @@ def _bonferroni_ok(pvals):
 @given(m=models(), kernels=kernel_sets(), method=st.sampled_from(["step", "exact"]),
        seed=st.integers(0, 2**32 - 1))
 def test_stationary_covariance_every_kernel(m, kernels, method, seed):
-    """Final averaged iterates of 12000 independent chains ~ N(0, stationary_covariance(m, kernel))."""
-    tau, steps = _burn_in(m, kernels)
-    assume(tau < 150)
-    chains = 20000
-    res = simulate(m, steps, chains, kernels, u0=np.zeros(m.dim), record_every=steps, seed=seed, method=method)
-    pv = []
-    for i, k in enumerate(kernels):
+    """Final averaged iterates of 20000 independent chains ~ N(0, Lyapunov truth), every kernel at once."""
+    truths = []
+    for k in kernels:
         theory = np.atleast_2d(qs.stationary_covariance(m, k))
         if m.diagonal:
             theory = np.diag(np.ravel(theory))
         truth = lyapunov_kernel_cov(m, k)
         np.testing.assert_allclose(theory, truth, rtol=1e-7, atol=1e-10 * np.abs(truth).max())
-        pv.append(gaussian_pvalues(res.final[i], truth))
-    ok, pmin = _bonferroni_ok(pv)
-    assert ok, f"Bonferroni p = {pmin:.3g} ({m!r}, {kernels}, {method})"
+        truths.append(truth)
+    qst.assert_stationary_matches(truths, m, kernels, chains=20000, alpha=ALPHA, method=method, seed=seed)
 
 
 @pytest.mark.parametrize("kind", ["diagonal", "dense", "non_normal"])
@@ -121,14 +95,9 @@ def test_stationary_covariance_fixed_cases(kind, beta, method):
         m = m0.with_lr(0.5 * m0.lr_bound)
         assert not m.normal
     kernels = (qs.Last(), qs.EMA(0.2), qs.TwoPoint(6), qs.NPoint(3, 4), qs.SWA(7), qs.Kernel([0.6, 0.0, 0.4]))
-    tau, steps = _burn_in(m, kernels)
-    assert tau < 150
-    res = simulate(m, steps, 20000, kernels, u0=np.zeros(d), record_every=steps, seed=17, method=method)
-    pv = []
-    for i, k in enumerate(kernels):
-        pv.append(gaussian_pvalues(res.final[i], lyapunov_kernel_cov(m, k)))
-    ok, pmin = _bonferroni_ok(pv)
-    assert ok, f"Bonferroni p = {pmin:.3g}"
+    assert qst.mixing_time(m) < 150
+    qst.assert_stationary_matches([lyapunov_kernel_cov(m, k) for k in kernels], m, kernels, chains=20000,
+                                  alpha=ALPHA, method=method, seed=17)
 
 
 # ============================================================================ transients
@@ -147,26 +116,23 @@ def schedules(draw, m, T):
 @SETTINGS
 @given(m=models(), kernels=kernel_sets(), data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_transient_loss_curve_matches_expected_loss(m, kernels, data, seed):
-    """Mean loss over 8000 chains at every record vs the exact expected_loss curve (z-tests)."""
+    """Mean loss over 8000 chains at every record vs the independent coefficient curve (max |z|, Bonferroni)."""
     T = data.draw(st.integers(20, 60))
     every = data.draw(st.integers(1, 7))
     lr = data.draw(schedules(m, T))
     method = "exact" if lr is None or np.unique(lr).size <= 2 else "step"
     method = data.draw(st.sampled_from(["step", method]))
     u0 = np.random.default_rng(seed).uniform(-2, 2, m.dim)
-    res = simulate(m, T, 8000, kernels, lr=lr, u0=u0, record_every=every, seed=seed, method=method)
-    pv = []
-    for i, k in enumerate(kernels):
-        truth = coefficient_expected_loss(m, k, T, lrs=lr, u0=u0, times=res.times)
-        theory = qs.expected_loss(m, k, steps=T, lr=lr, u0=u0)[res.times]
+    times = record_times(T, every)
+    truths = []
+    for k in kernels:
+        truth = coefficient_expected_loss(m, k, T, lrs=lr, u0=u0, times=times)
+        theory = qs.expected_loss(m, k, steps=T, lr=lr, u0=u0)[times]
         np.testing.assert_allclose(theory, truth, rtol=1e-8, atol=1e-12)
-        # records whose average involves no noise yet (e.g. a pure lag at t = 1) are deterministic
-        det = res.loss_sem[i] <= 1e-12 * np.abs(truth)
-        np.testing.assert_allclose(res.loss[i][det], truth[det], rtol=1e-10)
-        z = (res.loss[i][~det] - truth[~det]) / res.loss_sem[i][~det]
-        pv.append(2 * stats.norm.sf(np.abs(z)))
-    ok, pmin = _bonferroni_ok(pv)
-    assert ok, f"Bonferroni p = {pmin:.3g} ({m!r}, {kernels}, {method})"
+        truths.append(truth)
+    # records whose average involves no noise yet (e.g. a pure lag at t = 1) are compared exactly
+    qst.assert_curve_matches(truths, m, kernels, T, chains=8000, alpha=ALPHA, lr=lr, u0=u0, record_every=every,
+                             method=method, seed=seed)
 
 
 # ============================================================================ exact vs step
@@ -217,19 +183,18 @@ def test_exact_and_step_agree_in_distribution(m, kernels, data, seed):
 
 
 def test_paper_fast_slow_system_exact_long_run():
-    """The paper's fast/slow system (omega = (1, 0.015), lr 0.05, EMA 1/450) over 10^5 steps, exact
-    method: stationary per-coordinate loss of SGD and EMA within 4.5 standard errors (Bonferroni 4)."""
+    """The paper's fast/slow system (omega = (1, 0.015), lr 0.05, EMA 1/450), exact method, 10^5 steps:
+    the stationary covariance and loss after 75 mixing times (1/(lr*0.015) = 1333 steps), and the loss
+    curve from u0 = 0 recorded every 10^4 steps, against the theory (20000 chains, alpha 1e-4 each)."""
     m = qs.LinearModel(np.array([1.0, 0.015]), lr=0.05)
     ks = (qs.Last(), qs.EMA(1 / 450))
-    res = simulate(m, 10**5, 20000, ks, u0=np.zeros(2), record_every=10**4, method="exact", seed=31)
-    for i, k in enumerate(ks):
-        var = qs.stationary_covariance(m, k)
-        x = res.final[i].astype(float)
-        q = (x * x).sum(0) / var
-        p = 2 * np.minimum(stats.chi2.cdf(q, x.shape[0]), stats.chi2.sf(q, x.shape[0]))
-        assert p.min() * 4 > ALPHA, (k, p)
-    # and the mean loss at the last records sits on the stationary loss (z-test, 10 records x 2)
-    th = np.array([qs.stationary_loss(m, k) for k in ks])[:, None]
-    z = (res.loss[:, -3:] - th) / res.loss_sem[:, -3:]
-    assert 2 * stats.norm.sf(np.abs(z)).min() * z.size > ALPHA
-    assert math.isclose(res.times[-1], 10**5)
+    r = qst.assert_stationary_matches([np.diag(qs.stationary_covariance(m, k)) for k in ks], m, ks, chains=20000,
+                                      alpha=ALPHA, burn_in=75, seed=31)
+    assert r.steps >= 10**5 and r.method == "exact"
+    qst.assert_stationary_matches([qs.stationary_loss(m, k) for k in ks], m, ks, chains=20000, alpha=ALPHA,
+                                  burn_in=75, seed=31)
+    T = 10**5
+    r = qst.assert_curve_matches([qs.expected_loss(m, k, steps=T, u0=np.zeros(2)) for k in ks], m, ks, T,
+                                 chains=20000, alpha=ALPHA, u0=np.zeros(2), record_every=10**4, method="exact",
+                                 seed=31)
+    assert r.steps == T
