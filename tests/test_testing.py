@@ -258,3 +258,20 @@ _P = qs.stationary_covariance(_M, qs.Last())
 def test_bad_input_says_which(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ============================================================================ the documented example
+@pytest.mark.slow
+def test_example_check_a_formula(capsys):
+    import pathlib
+    import runpy
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "check_a_formula.py"
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    sections = out.split("\n=== ")[1:]
+    verdicts = [s.split("\n")[1] for s in sections]
+    assert verdicts == ["all examples passed", "caught; shrunk counterexample:", "caught; shrunk counterexample:",
+                        "all examples passed", "caught; shrunk counterexample:"], out
+    assert "not symmetric" in sections[1] and "dense non-normal, d=2" in sections[2]
+    assert "NPoint(n=2, delta=1)" in sections[4]
