@@ -2,6 +2,7 @@
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
 from .model import LinearModel, stability_bound
 from .simulate import SimulationResult, simulate
+from .sweep import sweep
 from .theory import (
     effective_lr,
     equivalent_schedule,
@@ -16,8 +17,10 @@ from .theory import (
 __all__ = [
     "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel",
     "LinearModel", "stability_bound",
-    "simulate", "SimulationResult",
+    "simulate", "SimulationResult", "sweep", "testing",
     "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate", "effective_lr",
     "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
 ]
+from . import testing  # noqa: E402  (hypothesis strategies and statistical assertions; loads hypothesis lazily)
+
 __version__ = "0.1.0"

@@ -8,9 +8,11 @@ import pytest
 PUBLIC = {
     "quadsgd": {
         "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "LinearModel", "stability_bound",
-        "simulate", "SimulationResult", "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate",
+        "simulate", "SimulationResult", "sweep", "testing", "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate",
         "effective_lr", "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
     },
+    "quadsgd.testing": {"models", "kernels", "assert_stationary_matches", "assert_curve_matches",
+                        "check_stationary", "check_curve", "CheckResult"},
     "validation": {"reproduce", "CLAIM_IDS", "Verdict", "decide", "SyntheticConfig", "SYNTHETIC_CLAIMS"},
 }
 
