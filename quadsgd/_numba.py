@@ -548,13 +548,12 @@ def step_chains(rng, u, b, ema, acc, omega, Om, dense, h_diag, H, u0, lr, beta, 
 @njit(cache=True)
 def update_dense(u, b, ema, acc, G, Z, off, u0, lt, beta, ema_a, e0, e1, ev_slot, ev_w, ev_init):
     r"""One step of every chain given ``G = U @ Omega^T`` (chains, d) and the step's normals
-    ``Z[:, off:off+d]`` (drawn ahead by :func:`fill_normals`, several steps at a time):
+    ``Z[:, off:off+d]`` (from :func:`fill_normals`):
     :math:`b \leftarrow \beta b + G - \xi`, :math:`u \leftarrow u - \lambda b`, EMA trackers, then the
     accumulator events e0:e1 of this step.
 
     Serial on purpose: it alternates with a multi-threaded BLAS call every step, and two thread pools
-    (OpenMP spin-waiting and OpenBLAS) handing the cores back and forth cost more than they gain; the
-    expensive part (the normals) is drawn in parallel for a block of steps at once.
+    (OpenMP spin-waiting and OpenBLAS) handing the cores back and forth cost more than they gain.
     """
     C = u.shape[0]
     d = u.shape[1]

@@ -67,8 +67,6 @@ __all__ = ["simulate", "SimulationResult", "draw_normals", "record_times"]
 
 #: dense omega with d <= this runs the per-chain mat-vec in Numba; larger d uses BLAS over chains
 _DENSE_NUMBA_MAX_D = 32
-#: buffer of normals drawn ahead by the dense BLAS path (bytes)
-_DENSE_NOISE_BYTES = 1 << 25
 #: most constant-lr pieces accepted by method="exact"
 _EXACT_MAX_PIECES = 4096
 #: per-segment caps: chain-loss buffer (bytes), number of accumulator events
@@ -660,21 +658,15 @@ def _step_segment(ctx, path, t0, t1, u, b, ema, acc):
         OmT = np.ascontiguousarray(np.asarray(m.omega, np.float64).T, dtype=u.dtype)
         G = np.empty((C, d), dtype=u.dtype)
         beta = float(m.momentum)
-        # normals for a block of steps at once (chain c's stream in step order: identical draws)
-        kb = max(1, min(nsteps, _DENSE_NOISE_BYTES // (8 * C * d)))
-        Z = np.empty((C, kb * d))
+        # This path alternates a multi-threaded BLAS call with O(chains d) work every step; Numba's
+        # own thread pool (OpenMP spin-waiting) would fight OpenBLAS's for the cores, so the normals
+        # and the update run on this thread (the matmul dominates: BLAS-bound).
+        Z = np.empty((C, d))
         for tl in range(nsteps):
-            j = tl % kb
-            if j == 0:
-                with _threads_for(Z.size):
-                    if nsteps - tl >= kb:
-                        nb.fill_normals(ctx["rng"], Z)
-                    else:  # last, shorter block: a contiguous buffer of the right length
-                        Zr = np.empty((C, (nsteps - tl) * d))
-                        nb.fill_normals(ctx["rng"], Zr)
-                        Z[:, :Zr.shape[1]] = Zr
+            with _threads_for(0):
+                nb.fill_normals(ctx["rng"], Z)
             np.matmul(u, OmT, out=G)
-            nb.update_dense(u, b, ema, acc, G, Z, j * d, u0, float(lr[tl]), beta, plan.ema_a,
+            nb.update_dense(u, b, ema, acc, G, Z, 0, u0, float(lr[tl]), beta, plan.ema_a,
                             int(ev_ptr[tl]), int(ev_ptr[tl + 1]), ev_slot, ev_w, ev_init)
             rl = rec_local[tl]
             if rl >= 0:
@@ -949,7 +941,7 @@ def _run_exact(ctx):
                                     out["states"], out["final"], times.size - 1)
             else:
                 for it in range(i0, i1):
-                    with _threads_for(Z.size):
+                    with _threads_for(0):  # alternates with BLAS: see the dense step path
                         nb.fill_normals(ctx["rng"], Z)
                     if has_S:
                         X[:, (p - 1) * d:] = 0.0
