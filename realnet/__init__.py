@@ -1,0 +1,28 @@
+"""realnet: ResNet trajectories, checkpoints and the paper's side-trip experiments (Sandler et al.).
+
+Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips from a checkpoint:
+:func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging`, :func:`alignment`, :func:`divergence`
+(CLI ``python -m realnet sidetrip NAME``). Output files and columns are documented in
+:mod:`realnet.trainer` and :mod:`realnet.sidetrips`.
+"""
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, resolve_config
+from .data import BatchOrder, DataBundle, build_data
+from .models import ResNet20, count_parameters, create_model
+from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LrSweepOptions,
+                        alignment, averaging, divergence, fixed_batch, kernel_at, lr_sweep, parse_kernel)
+from .trainer import evaluate, load_config, lr_at, train, train_step
+
+__all__ = [
+    # configuration and the main trajectory
+    "TrainConfig", "resolve_config", "ConfigError", "train", "train_step", "evaluate", "lr_at", "load_config",
+    # data and models
+    "build_data", "DataBundle", "BatchOrder", "create_model", "ResNet20", "count_parameters",
+    # checkpoints
+    "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError",
+    # side-trips
+    "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
+    "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions", "DivergenceOptions",
+    "parse_kernel", "kernel_at",
+]
+__version__ = "0.1.0"

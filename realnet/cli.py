@@ -1,0 +1,107 @@
+"""Command line: ``python -m realnet train ...`` and ``python -m realnet sidetrip NAME ...``.
+
+    python -m realnet train --dataset digits --out runs/d0 [--model resnet20] [--steps 600] [--lr 0.1]
+        [--batch-size 32] [--seed 0] [--checkpoint-every 100] [--config file.toml] [--key=value ...]
+    python -m realnet sidetrip lr-sweep --run runs/d0 --step 500 --out runs/d0-sweep [--key=value ...]
+
+Every key of :class:`realnet.config.TrainConfig` (or of the side-trip's options dataclass) can be given
+as ``--key=value`` / ``--key value`` (dashes or underscores) or in the TOML file; unknown keys are
+refused. ``python -m realnet train --help`` lists the keys with their defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import re
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, TrainConfig, build_options, parse_overrides
+
+__all__ = ["main"]
+
+USAGE = """usage:
+  python -m realnet train --out DIR [--dataset digits] [--config file.toml] [--key=value ...]
+  python -m realnet sidetrip {lr-sweep,fixed-batch,averaging,alignment,divergence} --run DIR --step S --out OUT
+        [--config file.toml] [--key=value ...]
+  python -m realnet train --help | python -m realnet sidetrip NAME --help   (list the keys)
+"""
+
+
+def _describe(cls) -> str:
+    """One line per field: name, default and the comment beside it in the source."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):  # pragma: no cover
+        src = ""
+    comments = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#(.*)$", src, re.M)}
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        lines.append(f"  --{f.name.replace('_', '-')}={default!r:<14} {comments.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def _train(argv: list[str]) -> int:
+    from .trainer import train
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\ntrain keys (TrainConfig):\n" + _describe(TrainConfig))
+        return 0
+    reserved, over = parse_overrides(argv, reserved=("out", "config"))
+    if "out" not in reserved:
+        raise ConfigError("train needs --out DIR (the run directory)")
+    cfg = build_options(TrainConfig, reserved.get("config"), over)
+    summary = train(cfg, reserved["out"])
+    if summary is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: summary[k] for k in ("steps", "final_train_loss", "val_loss", "val_acc", "steps_per_s")}))
+    return 0
+
+
+def _sidetrip(argv: list[str]) -> int:
+    from . import sidetrips
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        raise ConfigError(f"sidetrip needs a name: one of {', '.join(sidetrips.SIDETRIPS)}")
+    name, rest = argv[0], argv[1:]
+    if name not in sidetrips.SIDETRIPS:
+        raise ConfigError(f"unknown side-trip {name!r}; choose one of {', '.join(sidetrips.SIDETRIPS)}")
+    fn, opt_cls = sidetrips.SIDETRIPS[name]
+    if any(a in ("-h", "--help") for a in rest):
+        print(USAGE + f"\n{name} keys ({opt_cls.__name__}):\n" + _describe(opt_cls))
+        return 0
+    reserved, over = parse_overrides(rest, reserved=("run", "step", "out", "config"))
+    missing = [k for k in ("run", "step", "out") if k not in reserved]
+    if missing:
+        raise ConfigError(f"sidetrip {name} needs " + ", ".join(f"--{k}" for k in missing))
+    try:
+        step = int(reserved["step"])
+    except ValueError:
+        raise ConfigError(f"--step must be an integer; got {reserved['step']!r}") from None
+    opts = build_options(opt_cls, reserved.get("config"), over)
+    summary = fn(reserved["run"], step, reserved["out"], opts)
+    print(json.dumps(sidetrips.headline(name, summary)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "train":
+            return _train(rest)
+        if cmd == "sidetrip":
+            return _sidetrip(rest)
+        raise ConfigError(f"unknown command {cmd!r}; use 'train' or 'sidetrip'")
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("REALNET_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,324 @@
+"""Run configuration: one flat ``@dataclass`` with commented fields (nanoGPT style).
+
+Values come from, in increasing precedence: the dataclass defaults, a TOML file (``--config f.toml``,
+read with :mod:`tomllib`) and ``--key=value`` / ``--key value`` command-line overrides (dashes in
+keys are read as underscores). An unknown key is refused with a :class:`ConfigError` that lists the
+valid keys. The same machinery (:func:`parse_overrides`, :func:`build_options`) serves the side-trip
+option dataclasses in :mod:`realnet.sidetrips`.
+
+``auto`` fields (``model``, ``small_stem``, ``image_size``, ...) are filled in by
+:func:`resolve_config`; ``config.json`` always stores the resolved values, and resuming compares
+resolved values (see :data:`RUNTIME_FIELDS` for the keys allowed to differ).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pyproject.toml)
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError", "TrainConfig", "RUNTIME_FIELDS", "resolve_config", "config_diff",
+    "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES",
+]
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
+MODELS = ("resnet34", "resnet18", "resnet20")
+SCHEDULES = ("constant", "step", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid (the message names the key and the allowed values)."""
+
+
+@dataclass
+class TrainConfig:
+    # ---- data -------------------------------------------------------------------------------
+    dataset: str = "digits"  # digits (scikit-learn's bundled 8x8 digits) | cifar10 | cifar100 | imagenet
+    data_dir: str | None = None  # local root for cifar10/100 (torchvision format) or imagenet; never downloaded
+    image_size: int = 0  # input side in pixels; 0 = dataset default (digits 16, cifar 32, imagenet 224)
+    heldout_size: int = 0  # held-out examples carved from the training split; 0 = default (300 / 5000 / 10000)
+    augment: bool = True  # random crop + flip for cifar/imagenet training batches (digits: never augmented)
+    # ---- model ------------------------------------------------------------------------------
+    model: str = "auto"  # resnet34 | resnet18 | resnet20 | auto (resnet20 for digits, resnet34 otherwise)
+    width: int = 16  # resnet20 base width (16 = He et al. 2015); ignored by resnet18/34
+    small_stem: bool | None = None  # 3x3 stride-1 stem, no max-pool (None = auto: True unless imagenet)
+    # ---- optimisation: SGD, PyTorch momentum convention (buf = m*buf + g; p -= lr*buf) ---------
+    steps: int = 1000  # total optimizer steps of the main trajectory
+    batch_size: int = 32  # global batch size (split evenly over DDP ranks)
+    lr: float = 0.1  # peak learning rate
+    lr_schedule: str = "constant"  # constant | step | linear | cosine
+    schedule_steps: int = 0  # horizon of step/linear/cosine schedules; 0 = steps (fixed once the run exists)
+    lr_step_size: int = 0  # step schedule: multiply lr by lr_gamma every lr_step_size steps (0 = horizon // 3)
+    lr_gamma: float = 0.1  # step schedule factor
+    lr_min: float = 0.0  # linear/cosine: lr at the end of the horizon (and after it)
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr over the first warmup_steps steps
+    momentum: float = 0.9  # SGD momentum (paper: 0.9)
+    weight_decay: float = 1e-4  # coupled L2 weight decay on all parameters (torchvision reference default)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    # ---- reproducibility --------------------------------------------------------------------
+    seed: int = 0  # model initialisation seed
+    data_seed: int | None = None  # batch order + augmentation seed (None = seed)
+    deterministic: bool | None = None  # torch.use_deterministic_algorithms while training (None = auto: CPU only)
+    # ---- checkpoints, evaluation, logging ---------------------------------------------------
+    checkpoint_every: int = 100  # write a checkpoint every K steps (step 0 and the last step always)
+    checkpoint_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint (e.g. 75000)
+    eval_every: int = 100  # validation loss/accuracy every K steps into evals.csv (0 = only at the end)
+    eval_samples: int = 10000  # cap on validation examples per evaluation
+    eval_batch_size: int = 256  # batch size for evaluation passes
+    log_every: int = 20  # flush metrics.csv every K steps (one row per step is always written)
+    # ---- hardware ---------------------------------------------------------------------------
+    device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on cuda, fp32 on cpu) | fp32 | bf16
+    channels_last: bool | None = None  # None = auto (on cuda)
+    compile: bool = False  # torch.compile the training module (checkpoints hold the uncompiled one)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    num_workers: int = 4  # DataLoader workers for file datasets (digits lives in memory)
+    threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
+    progress: bool = True  # tqdm progress bar
+
+
+#: keys that may differ when an existing run directory is continued (they do not change the trajectory's
+#: definition: where and how fast it is computed, what is logged, and the new total ``steps``)
+RUNTIME_FIELDS = frozenset({
+    "steps", "data_dir", "device", "channels_last", "compile", "num_workers", "threads", "progress",
+    "checkpoint_every", "checkpoint_steps", "eval_every", "eval_samples", "eval_batch_size", "log_every",
+    "deterministic",
+})
+
+_DATASET_DEFAULTS = {
+    "digits": dict(image_size=16, heldout_size=300, model="resnet20", small_stem=True),
+    "cifar10": dict(image_size=32, heldout_size=5000, model="resnet34", small_stem=True),
+    "cifar100": dict(image_size=32, heldout_size=5000, model="resnet34", small_stem=True),
+    "imagenet": dict(image_size=224, heldout_size=10000, model="resnet34", small_stem=False),
+}
+
+
+def _choice(name: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Validate ``cfg`` and return a copy with every ``auto`` value filled in.
+
+    Raises :class:`ConfigError` naming the key and the allowed range for any invalid value.
+    """
+    c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)))
+    _choice("dataset", c.dataset, DATASETS)
+    d = _DATASET_DEFAULTS[c.dataset]
+    if c.model == "auto":
+        c.model = d["model"]
+    _choice("model", c.model, MODELS)
+    if c.small_stem is None:
+        c.small_stem = d["small_stem"]
+    if c.image_size == 0:
+        c.image_size = d["image_size"]
+    if c.heldout_size == 0:
+        c.heldout_size = d["heldout_size"]
+    if c.data_seed is None:
+        c.data_seed = c.seed
+    if c.seed < 0 or c.data_seed < 0:
+        raise ConfigError(f"seed and data_seed must be integers >= 0; got seed={c.seed}, data_seed={c.data_seed}")
+    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
+    _choice("precision", c.precision, PRECISIONS)
+    positive_int = ["steps", "batch_size", "width", "image_size", "heldout_size", "eval_samples",
+                    "eval_batch_size", "log_every"]
+    for name in positive_int:
+        if int(getattr(c, name)) < 1:
+            raise ConfigError(f"{name} must be an integer >= 1; got {getattr(c, name)!r}")
+    for name in ["checkpoint_every", "eval_every", "warmup_steps", "schedule_steps", "lr_step_size",
+                 "num_workers", "threads"]:
+        if int(getattr(c, name)) < 0:
+            raise ConfigError(f"{name} must be an integer >= 0; got {getattr(c, name)!r}")
+    if not (c.lr > 0.0) or c.lr != c.lr or c.lr == float("inf"):
+        raise ConfigError(f"lr must be a finite number > 0; got {c.lr!r}")
+    if not (0.0 <= c.momentum < 1.0):
+        raise ConfigError(f"momentum must be in [0, 1); got {c.momentum!r}")
+    if c.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0; got {c.weight_decay!r}")
+    if not (0.0 <= c.label_smoothing < 1.0):
+        raise ConfigError(f"label_smoothing must be in [0, 1); got {c.label_smoothing!r}")
+    if not (0.0 <= c.lr_min <= c.lr):
+        raise ConfigError(f"lr_min must be in [0, lr={c.lr}]; got {c.lr_min!r}")
+    if not (0.0 < c.lr_gamma <= 1.0):
+        raise ConfigError(f"lr_gamma must be in (0, 1]; got {c.lr_gamma!r}")
+    if any(s < 0 for s in c.checkpoint_steps):
+        raise ConfigError(f"checkpoint_steps must be >= 0; got {c.checkpoint_steps!r}")
+    if c.dataset == "digits" and c.image_size < 8:
+        raise ConfigError(f"image_size for digits must be >= 8; got {c.image_size}")
+    # the schedule horizon is part of the trajectory's definition: resolve it once, store it
+    if c.lr_schedule == "constant":
+        c.schedule_steps = 0
+        c.lr_step_size = 0
+    else:
+        if c.schedule_steps == 0:
+            c.schedule_steps = c.steps
+        if c.lr_schedule == "step":
+            if c.lr_step_size == 0:
+                c.lr_step_size = max(1, c.schedule_steps // 3)
+        else:
+            c.lr_step_size = 0
+    return c
+
+
+def config_diff(old: dict, new: dict, ignore=RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two config dicts (ignoring ``ignore``): {key: (old, new)}."""
+    keys = (set(old) | set(new)) - set(ignore)
+    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+# ----------------------------------------------------------------------------------------------
+# generic dataclass overrides (TOML + --key=value)
+# ----------------------------------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _convert(key: str, value: Any, tp, from_text: bool) -> Any:
+    """Convert ``value`` (a CLI string if ``from_text`` else a TOML value) to the field type ``tp``."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} may not be None")
+    if from_text and optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "auto"):
+        return None
+    origin = typing.get_origin(base)
+    if origin is list:
+        (item_tp,) = typing.get_args(base)
+        if from_text:
+            items = [v for v in (s.strip() for s in str(value).split(",")) if v]
+        elif isinstance(value, list):
+            items = value
+        else:
+            raise ConfigError(f"{key} must be a list of {item_tp.__name__}; got {value!r}")
+        return [_convert(key, v, item_tp, from_text) for v in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise ConfigError(f"{key} must be a boolean (true/false); got {value!r}")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer; got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if from_text:
+            try:
+                return int(str(value).strip().replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = None
+                if f is not None and f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{key} must be an integer; got {value!r}")
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number; got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_text:
+            try:
+                return float(str(value).strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number; got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string; got {value!r}")
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")  # pragma: no cover
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(cls, key: str, types_: dict, where: str) -> ConfigError:
+    import difflib
+    close = difflib.get_close_matches(key, list(types_), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {cls.__name__} key {key!r} in {where}{hint}; valid keys: {', '.join(sorted(types_))}")
+
+
+def parse_overrides(argv: list[str], reserved: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """Split ``--key=value`` / ``--key value`` tokens into (reserved, overrides); dashes -> underscores.
+
+    A bare ``--flag`` (no value, followed by another ``--`` token or the end) means ``true``.
+    """
+    res: dict[str, str] = {}
+    over: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected argument {tok!r}: options are --key=value or --key value")
+        body = tok[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = body, argv[i + 1]
+            i += 2
+        else:
+            key, value = body, "true"
+            i += 1
+        key = key.replace("-", "_")
+        (res if key in reserved else over)[key] = value
+    return res, over
+
+
+def build_options(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  base=None):
+    """Instantiate dataclass ``cls``: defaults (or ``base``) < TOML file < ``overrides`` (strings or values).
+
+    Unknown keys raise :class:`ConfigError` listing the valid ones; values are type-checked.
+    """
+    types_ = _field_types(cls)
+    values: dict[str, Any] = {} if base is None else dataclasses.asdict(base)
+    if toml_path is not None:
+        p = Path(toml_path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {str(p)!r}")
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"cannot parse TOML config {str(p)!r}: {e}") from None
+        for k, v in data.items():
+            key = k.replace("-", "_")
+            if key not in types_:
+                raise _unknown(cls, k, types_, f"config file {str(p)!r}")
+            values[key] = _convert(key, v, types_[key], from_text=False)
+    for k, v in (overrides or {}).items():
+        key = k.replace("-", "_")
+        if key not in types_:
+            raise _unknown(cls, k, types_, "command-line options")
+        values[key] = _convert(key, v, types_[key], from_text=isinstance(v, str))
+    return cls(**values)

@@ -1,0 +1,463 @@
+"""The main trajectory: a small, flat SGD runner (torchvision-reference / nanoGPT style).
+
+``train(cfg, out_dir)`` writes into ``out_dir``:
+
+* ``config.json``  -- the resolved :class:`~realnet.config.TrainConfig` (all ``auto`` values filled in);
+* ``run_info.json`` -- provenance per session (time, command, seed, package versions, git hash, device);
+* ``metrics.csv``  -- one row per update: ``step`` (0-based update index; the loss is the training
+  batch's loss at the parameters *before* the update), ``epoch``, ``lr`` (used by that update),
+  ``train_loss``, ``train_acc`` (of that global batch), ``time_s`` (wall time of the session);
+* ``evals.csv``    -- ``step`` (parameters after ``step`` updates), ``val_loss``, ``val_acc``;
+* ``checkpoints/step_#########.pt`` -- see :mod:`realnet.checkpoint` (step 0, every
+  ``checkpoint_every`` steps, ``checkpoint_steps`` and the last step);
+* ``summary.json`` -- final numbers.
+
+Re-running on an existing directory continues from its last checkpoint (same result as one
+uninterrupted run; bit-identical on CPU); a config that differs in anything but
+:data:`~realnet.config.RUNTIME_FIELDS` is refused.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node=N -m realnet train ...`` (env:// rendezvous,
+DistributedDataParallel, each rank takes an equal share of the global batch, rank 0 writes). A single
+GPU trains with bf16 autocast and channels_last by default; otherwise the CPU is used (fp32).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_checkpoint,
+                         restore_rng_state, save_checkpoint)
+from .config import ConfigError, TrainConfig, build_options, config_diff, resolve_config
+from .data import BatchOrder, build_data
+from .files import atomic_write_text, provenance, read_json, write_json
+from .models import create_model
+
+__all__ = [
+    "Runtime", "make_runtime", "lr_at", "lr_schedule_array", "build_model", "build_optimizer",
+    "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
+    "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS",
+]
+
+METRICS_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "time_s"]
+EVAL_COLUMNS = ["step", "val_loss", "val_acc"]
+
+
+# ---------------------------------------------------------------------------------------------
+# runtime: device, precision, distributed
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # autocast dtype (None = fp32)
+    channels_last: bool = False
+    rank: int = 0
+    world: int = 1
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def make_runtime(device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
+                 distributed: bool = False) -> Runtime:
+    """Resolve ``device`` / ``precision`` / ``channels_last``; with ``distributed`` and torchrun's env
+    variables, initialise the process group (env://, nccl on CUDA, gloo on CPU)."""
+    rank, world, local = _dist_env() if distributed else (0, 1, 0)
+    if device == "auto":
+        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device!r} requested but CUDA is not available (use --device=cpu)")
+            if dev.index is None:
+                dev = torch.device(f"cuda:{local}")
+        elif dev.type != "cpu":
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision must be auto, fp32 or bf16; got {precision!r}")
+    amp = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and dev.type == "cuda")) else None
+    cl = (dev.type == "cuda") if channels_last is None else bool(channels_last)
+    if world > 1 and distributed:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+    return Runtime(dev, amp, cl, rank, world)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool, threads: int = 0):
+    """Temporarily ``torch.use_deterministic_algorithms(enabled)`` (and ``set_num_threads``); restored on exit."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    prev_bench = torch.backends.cudnn.benchmark
+    try:
+        torch.use_deterministic_algorithms(bool(enabled))
+        torch.backends.cudnn.benchmark = not enabled
+        if threads > 0:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+        if threads > 0:
+            torch.set_num_threads(prev_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule, model, optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of update ``step`` (0-based) under the resolved config's schedule."""
+    T = cfg.schedule_steps
+    if cfg.lr_schedule == "constant":
+        base = cfg.lr
+    elif cfg.lr_schedule == "step":
+        base = cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step_size)
+    elif cfg.lr_schedule == "linear":
+        base = cfg.lr_min + (cfg.lr - cfg.lr_min) * (1.0 - min(step, T) / T)
+    elif cfg.lr_schedule == "cosine":
+        base = cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * min(step, T) / T))
+    else:  # pragma: no cover - resolve_config validates
+        raise ConfigError(f"unknown lr_schedule {cfg.lr_schedule!r}")
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        base *= (step + 1) / cfg.warmup_steps
+    return float(base)
+
+
+def lr_schedule_array(cfg: TrainConfig, start: int, stop: int):
+    import numpy as np
+    return np.array([lr_at(cfg, s) for s in range(start, stop)], dtype=np.float64)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """Create the config's model, initialised from ``cfg.seed`` (the global RNG is re-seeded)."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, num_classes, small_stem=bool(cfg.small_stem), width=cfg.width)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum (PyTorch convention) and coupled weight decay on all parameters."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+               rt: Runtime | None = None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD update on batch ``(x, y)`` with learning rate ``lr`` (train-mode BatchNorm).
+
+    Returns the batch loss and the number of correct predictions (detached tensors; no host sync).
+    """
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    model.train()
+    ctx = rt.autocast() if rt is not None else contextlib.nullcontext()
+    if rt is not None:
+        x = rt.prep(x)
+    with ctx:
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (out.detach().argmax(1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rt: Runtime | None = None,
+             train_mode_bn: bool = False) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy over ``batches`` (eval-mode BatchNorm unless ``train_mode_bn``).
+
+    Returns ``{"loss", "acc", "n"}``. ``train_mode_bn`` normalises with each batch's own statistics
+    without touching the running statistics.
+    """
+    was = model.training
+    ctx = rt.autocast() if rt is not None else contextlib.nullcontext()
+    total = correct = n = None
+    saved = [(b, b.clone()) for b in model.buffers()] if train_mode_bn else None
+    model.train(train_mode_bn)
+    try:
+        for x, y in batches:
+            if rt is not None:
+                x = rt.prep(x)
+            with ctx:
+                out = model(x)
+            l = F.cross_entropy(out.float(), y, reduction="sum")
+            c = (out.argmax(1) == y).sum()
+            total = l if total is None else total + l
+            correct = c if correct is None else correct + c
+            n = len(y) if n is None else n + len(y)
+    finally:
+        model.train(was)
+        if saved is not None:
+            for b, v in saved:
+                b.copy_(v)
+    if not n:
+        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    return {"loss": float(total) / n, "acc": float(correct) / n, "n": int(n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_payload(step: int, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       order: BatchOrder, world: int = 1) -> dict[str, Any]:
+    return {
+        "step": int(step),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": {"name": cfg.lr_schedule, "lr": cfg.lr, "schedule_steps": cfg.schedule_steps,
+                     "lr_step_size": cfg.lr_step_size, "lr_gamma": cfg.lr_gamma, "lr_min": cfg.lr_min,
+                     "warmup_steps": cfg.warmup_steps, "next_lr": lr_at(cfg, step)},
+        "rng": capture_rng_state(),
+        "data_order": order.state(step),
+        "config": dataclasses.asdict(cfg),
+        "world_size": int(world),
+    }
+
+
+def restore_checkpoint(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                       rng: bool = True) -> int:
+    """Load model / optimizer (momentum buffers) / RNG states from a loaded checkpoint; returns its step."""
+    model.load_state_dict(ckpt["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if rng:
+        restore_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved :class:`TrainConfig` stored in ``run_dir/config.json``."""
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no config.json in run directory {str(Path(run_dir))!r} (not a realnet run?)")
+    return build_options(TrainConfig, overrides=read_json(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------------------------
+
+
+def _truncate_csv(path: Path, columns: list[str], keep) -> None:
+    """Rewrite ``path`` atomically keeping the header and well-formed rows whose step satisfies ``keep``."""
+    lines = [",".join(columns)]
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            rows = fh.read().split("\n")
+        for line in rows[1:]:
+            parts = line.split(",")
+            if len(parts) != len(columns):
+                continue
+            try:
+                step = int(parts[0])
+            except ValueError:
+                continue
+            if keep(step):
+                lines.append(line)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _prepare_run_dir(cfg: TrainConfig, out: Path) -> int | None:
+    """Validate ``out`` against ``cfg``; return the step to resume from (None for a fresh run)."""
+    cfg_path = out / "config.json"
+    steps = list_checkpoints(out)
+    if cfg_path.is_file():
+        old = dataclasses.asdict(load_config(out))
+        diff = config_diff(old, dataclasses.asdict(cfg))
+        if diff:
+            lines = "; ".join(f"{k}: {a!r} (stored) != {b!r} (now)" for k, (a, b) in diff.items())
+            hint = ""
+            if set(diff) <= {"schedule_steps", "lr_step_size"}:
+                hint = (f" -- the lr schedule horizon was fixed when the run started; pass "
+                        f"--schedule-steps={old['schedule_steps']} to extend it with the same schedule")
+            raise ConfigError(f"run directory {str(out)!r} holds a different config ({lines}){hint}; "
+                              f"use the same settings or a new --out")
+        if not steps:
+            return None
+        if steps[-1] > cfg.steps:
+            raise ValueError(f"run directory {str(out)!r} already has checkpoints up to step {steps[-1]} > "
+                             f"steps={cfg.steps}; use --steps >= {steps[-1]}")
+        return steps[-1]
+    if steps:
+        raise ValueError(f"run directory {str(out)!r} has checkpoints but no config.json; refusing to reuse it")
+    return None
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run (or continue) the main trajectory of ``cfg`` in ``out_dir``; returns the summary dict."""
+    cfg = resolve_config(cfg)
+    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, distributed=True)
+    out = Path(out_dir)
+    if cfg.batch_size % rt.world:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({rt.world})")
+    det = (rt.device.type == "cpu") if cfg.deterministic is None else cfg.deterministic
+    with deterministic_mode(det, cfg.threads):
+        return _train(cfg, out, rt)
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
+    start = _prepare_run_dir(cfg, out) if rt.is_main else None
+    if rt.world > 1:
+        import torch.distributed as dist
+        box = [start]
+        dist.broadcast_object_list(box, src=0)
+        start = box[0]
+    data = build_data(cfg)
+    order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
+    data = data.to(rt.device)
+    model = build_model(cfg, data.num_classes).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    resumed = start is not None
+    if resumed:
+        ckpt = load_checkpoint(checkpoint_path(out, start), map_location=rt.device)
+        restore_checkpoint(ckpt, model, optimizer, rng=True)
+        del ckpt
+    else:
+        start = 0
+    train_module: nn.Module = model
+    if cfg.sync_bn and rt.world > 1:
+        train_module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_module = DDP(train_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        train_module = torch.compile(train_module)
+
+    ckpt_steps = set(cfg.checkpoint_steps) | {cfg.steps}
+    metrics_path, evals_path = out / "metrics.csv", out / "evals.csv"
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+        info_path = out / "run_info.json"
+        info = read_json(info_path) if (resumed and info_path.is_file()) else {"sessions": []}
+        info["sessions"].append(provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed, resumed_from=start if resumed else None,
+                                           device=str(rt.device), world_size=rt.world,
+                                           precision="bf16" if rt.amp_dtype else "fp32",
+                                           deterministic=torch.are_deterministic_algorithms_enabled()))
+        write_json(info_path, info)
+        _truncate_csv(metrics_path, METRICS_COLUMNS, lambda s: s < start)
+        _truncate_csv(evals_path, EVAL_COLUMNS, lambda s: s < start)
+        if not resumed:
+            save_checkpoint(checkpoint_path(out, 0), checkpoint_payload(0, cfg, model, optimizer, order, rt.world))
+    _barrier(rt)
+
+    def run_eval(step: int) -> dict[str, float] | None:
+        res = None
+        if rt.is_main:
+            res = evaluate(model, data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, rt.device), rt)
+            with open(evals_path, "a", encoding="utf-8") as fh:
+                fh.write(f"{step},{res['loss']!r},{res['acc']!r}\n")
+        _barrier(rt)
+        return res
+
+    t0 = time.perf_counter()
+    pending: list[tuple[int, int, float, torch.Tensor, torch.Tensor, float]] = []
+    last_loss = float("nan")
+
+    def flush():
+        nonlocal last_loss
+        if not pending:
+            return
+        stats = torch.stack([torch.stack([p[3].float(), p[4].float()]) for p in pending])  # (n, 2)
+        if rt.world > 1:  # global-batch loss (mean of equal shares) and accuracy
+            import torch.distributed as dist
+            dist.all_reduce(stats)
+            stats[:, 0] /= rt.world
+        losses, corrects = stats[:, 0].cpu().tolist(), stats[:, 1].cpu().tolist()
+        if rt.is_main:
+            with open(metrics_path, "a", encoding="utf-8") as fh:
+                for (s, ep, lr, _, _, ts), l, c in zip(pending, losses, corrects):
+                    fh.write(f"{s},{ep},{lr!r},{l!r},{c / cfg.batch_size!r},{ts:.3f}\n")
+        last_loss = losses[-1]
+        pending.clear()
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not (cfg.progress and rt.is_main),
+               dynamic_ncols=True, mininterval=1.0)
+    batches = data.train_batches(order, start, cfg.steps, rt.device, rt.rank, rt.world, augment=cfg.augment)
+    try:
+        for step, (x, y) in zip(range(start, cfg.steps), batches):
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                run_eval(step)
+            lr = lr_at(cfg, step)
+            loss, correct = train_step(train_module, optimizer, x, y, lr, rt, cfg.label_smoothing)
+            pending.append((step, step // order.steps_per_epoch, lr, loss, correct, time.perf_counter() - t0))
+            done = step + 1
+            if len(pending) >= cfg.log_every:
+                flush()
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.4g}", refresh=False)
+            if done in ckpt_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                flush()
+                if rt.is_main:
+                    save_checkpoint(checkpoint_path(out, done),
+                                    checkpoint_payload(done, cfg, model, optimizer, order, rt.world))
+                _barrier(rt)
+            bar.update(1)
+        flush()
+    finally:
+        bar.close()
+    final_eval = run_eval(cfg.steps)
+    if last_loss != last_loss and rt.is_main and metrics_path.is_file():  # nothing trained in this session
+        with open(metrics_path, encoding="utf-8") as fh:
+            rows = [r for r in fh.read().split("\n")[1:] if r]
+        if rows:
+            last_loss = float(rows[-1].split(",")[3])
+    summary = {
+        "steps": cfg.steps, "resumed_from": start if resumed else None, "final_train_loss": last_loss,
+        "val_loss": final_eval["loss"] if final_eval else None, "val_acc": final_eval["acc"] if final_eval else None,
+        "checkpoints": list_checkpoints(out) if rt.is_main else None,
+        "session_wall_s": time.perf_counter() - t0,
+        "steps_per_s": (cfg.steps - start) / max(time.perf_counter() - t0, 1e-9),
+    }
+    if rt.is_main:
+        write_json(out / "summary.json", summary)
+    _barrier(rt)
+    return summary

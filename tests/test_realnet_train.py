@@ -1,0 +1,183 @@
+"""realnet main trajectory: outputs, bit-identical resume after a crash, refusals, CLI, other data/models, DDP."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import realnet
+from realnet import trainer
+from realnet.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
+from realnet.cli import main as cli_main
+from realnet.config import ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="digits", model="resnet20", width=4, batch_size=16, lr=0.1, progress=False, eval_samples=100)
+
+
+def _rows(path, drop=("time_s",)):
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(fh)]
+
+
+def _assert_same_state(a_path, b_path):
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for i in sa:
+        assert torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
+
+
+def test_short_trajectory_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    s = realnet.train(TrainConfig(**TINY, steps=12, checkpoint_every=5, eval_every=5, checkpoint_steps=[7]), out)
+    assert list_checkpoints(out) == [0, 5, 7, 10, 12]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "resnet20" and cfg["data_seed"] == 0 and cfg["small_stem"] is True
+    info = json.loads((out / "run_info.json").read_text())["sessions"][0]
+    assert info["seed"] == 0 and info["versions"]["torch"] == torch.__version__ and info["git"]
+    assert info["config"]["steps"] == 12
+    rows = _rows(out / "metrics.csv", drop=())
+    assert list(rows[0]) == trainer.METRICS_COLUMNS and [int(r["step"]) for r in rows] == list(range(12))
+    assert all(float(r["lr"]) == 0.1 and np.isfinite(float(r["train_loss"])) for r in rows)
+    assert [int(r["step"]) for r in _rows(out / "evals.csv")] == [0, 5, 10, 12]
+    assert s["steps"] == 12 and 0 <= s["val_acc"] <= 1
+    ck = load_checkpoint(checkpoint_path(out, 5))
+    assert ck["data_order"]["next_step"] == 5 and ck["data_order"]["position"] == 5
+    assert ck["config"]["lr"] == 0.1 and set(ck["rng"]) >= {"torch", "numpy", "python"}
+    assert ck["schedule"]["next_lr"] == 0.1 and ck["optimizer"]["state"]
+    # checkpoints stay small for the tiny digits model
+    assert checkpoint_path(out, 12).stat().st_size < 400_000
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
+    cfg = TrainConfig(**TINY, steps=16, checkpoint_every=4, eval_every=4, lr_schedule="cosine", weight_decay=5e-4)
+    ref = tmp_path / "ref"
+    realnet.train(cfg, ref)
+
+    crashed = tmp_path / "crashed"
+    real_step = trainer.train_step
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise RuntimeError("simulated crash")
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(trainer, "train_step", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        realnet.train(cfg, crashed)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert list_checkpoints(crashed) == [0, 4, 8]
+    s = realnet.train(cfg, crashed)  # the same command again continues from step 8
+    assert s["resumed_from"] == 8
+    _assert_same_state(checkpoint_path(ref, 16), checkpoint_path(crashed, 16))
+    assert _rows(ref / "metrics.csv") == _rows(crashed / "metrics.csv")
+    assert _rows(ref / "evals.csv") == _rows(crashed / "evals.csv")
+    assert len(json.loads((crashed / "run_info.json").read_text())["sessions"]) == 2
+
+    # a shorter run extended with a larger --steps equals the uninterrupted run too
+    ext = tmp_path / "ext"
+    realnet.train(TrainConfig(**{**cfg.__dict__, "steps": 6, "schedule_steps": 16}), ext)
+    realnet.train(TrainConfig(**{**cfg.__dict__, "schedule_steps": 16}), ext)
+    _assert_same_state(checkpoint_path(ref, 16), checkpoint_path(ext, 16))
+    assert _rows(ref / "metrics.csv") == _rows(ext / "metrics.csv")
+
+
+def test_different_config_and_bad_states_are_refused(tmp_path):
+    out = tmp_path / "run"
+    realnet.train(TrainConfig(**TINY, steps=4, checkpoint_every=2, lr_schedule="linear"), out)
+    with pytest.raises(ConfigError, match=r"different config \(lr: 0\.1 \(stored\) != 0\.2"):
+        realnet.train(TrainConfig(**{**TINY, "lr": 0.2}, steps=4, lr_schedule="linear"), out)
+    with pytest.raises(ConfigError, match="--schedule-steps=4"):  # the linear horizon was fixed at 4 steps
+        realnet.train(TrainConfig(**TINY, steps=8, lr_schedule="linear"), out)
+    with pytest.raises(ValueError, match="checkpoints up to step 4 > steps=2"):
+        realnet.train(TrainConfig(**TINY, steps=2, lr_schedule="linear", schedule_steps=4), out)
+    p = checkpoint_path(out, 4)
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"step_000000004\.pt"):
+        realnet.train(TrainConfig(**TINY, steps=6, lr_schedule="linear", schedule_steps=4), out)
+    with pytest.raises(ValueError, match=r"batch_size must be in \[1, 1197\]"):
+        realnet.train(TrainConfig(**{**TINY, "batch_size": 5000}, steps=1), tmp_path / "big")
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
+        realnet.train(TrainConfig(**{**TINY, "lr": 0.0}, steps=1), tmp_path / "zero")
+
+
+def test_resnet34_trains_on_digits(tmp_path):
+    out = tmp_path / "r34"
+    s = realnet.train(TrainConfig(**{**TINY, "model": "resnet34", "batch_size": 8, "eval_samples": 16}, steps=2,
+                                  checkpoint_every=0, eval_every=0), out)
+    assert list_checkpoints(out) == [0, 2] and np.isfinite(s["final_train_loss"])
+    assert "layer4.2.bn2.running_var" in load_checkpoint(checkpoint_path(out, 2))["model"]
+
+
+def test_imagefolder_dataset_trains_and_resumes(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imnet"
+    for split, n in (("train", 10), ("val", 3)):
+        for c in ("n01", "n02"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    kw = dict(dataset="imagenet", data_dir=str(root), model="resnet20", width=4, image_size=32, heldout_size=4,
+              batch_size=4, num_workers=0, progress=False, eval_samples=6, checkpoint_every=2, eval_every=0)
+    data = realnet.build_data(realnet.resolve_config(TrainConfig(**kw)))
+    assert (len(data.train), len(data.heldout), len(data.val), data.num_classes) == (16, 4, 6, 2)
+    order = realnet.BatchOrder(len(data.train), 4, seed=0)
+    x1, y1 = data.batch_at(order, 3, "cpu")
+    x2, y2 = data.batch_at(order, 3, "cpu")
+    assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)  # seeded augmentation
+    ref, res = tmp_path / "a", tmp_path / "b"
+    realnet.train(TrainConfig(**kw, steps=4), ref)
+    realnet.train(TrainConfig(**kw, steps=2), res)
+    realnet.train(TrainConfig(**kw, steps=4), res)
+    _assert_same_state(checkpoint_path(ref, 4), checkpoint_path(res, 4))
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    toml = tmp_path / "t.toml"
+    toml.write_text("width = 4\nbatch-size = 16\neval_samples = 50\n")
+    rc = cli_main(["train", "--dataset", "digits", "--out", str(out), "--steps", "3", "--checkpoint-every=2",
+                   "--config", str(toml)])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out.strip().splitlines()[-1])["steps"] == 3
+    assert "train cli" in cap.err and "3/3" in cap.err  # tqdm progress bar
+    assert json.loads((out / "config.json").read_text())["width"] == 4 and list_checkpoints(out) == [0, 2, 3]
+    assert cli_main(["train", "--out", str(tmp_path / "x"), "--widht=3"]) == 2
+    assert "unknown TrainConfig key 'widht'" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "x"), "--model=resnet50"]) == 2
+    assert "model must be one of" in capsys.readouterr().err
+    assert cli_main(["train", "--out", str(tmp_path / "x"), "--dataset=cifar10", f"--data-dir={tmp_path / 'no'}"]) == 2
+    assert "cifar-10-batches-py" in capsys.readouterr().err
+    assert cli_main(["train", "--help"]) == 0
+    assert "--checkpoint-every" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_with_torchrun(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "realnet",
+           "train", "--dataset", "digits", "--out", str(out), "--steps", "4", "--width", "4", "--batch-size", "16",
+           "--checkpoint-every", "2", "--eval-every", "2", "--eval-samples", "50", "--progress=false"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list_checkpoints(out) == [0, 2, 4]
+    info = json.loads((out / "run_info.json").read_text())["sessions"][0]
+    assert info["world_size"] == 2
+    assert len(_rows(out / "metrics.csv")) == 4 and len(_rows(out / "evals.csv")) == 3
