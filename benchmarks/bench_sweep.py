@@ -11,8 +11,10 @@ persisted to a fresh directory each time):
 
 Executors: a warm local process pool (forkserver, one Numba thread per worker so the ratio measures the
 sweep's parallelism, not Numba's), and a Dask LocalCluster on loopback (processes, 1 thread each).
-Each configuration runs ``--repeat`` times; the median points/s is printed, and the 2-worker / 1-worker
-ratio of those medians. The "serial" line is the in-process run (no pickling, no pool).
+Each configuration runs ``--repeat`` times (the configurations take turns); the median points/s is
+printed, and the 2-worker / 1-worker ratio of those medians, with the CPU seconds the workers used per
+wall second ("cores busy": about 2 for two workers on an idle 2-core machine, less when other processes
+hold the cores). The "serial" line is the in-process run (no pickling, no pool).
 """
 from __future__ import annotations
 
@@ -48,16 +50,33 @@ def sim_spec(quick):
     }
 
 
+def worker_cpu(executor) -> float:
+    """CPU seconds used so far by the executor's worker processes (and this process, for "serial")."""
+    if executor == "serial":
+        return time.process_time()
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for p in list(executor._processes.values()):
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        return total
+    return sum(executor.run(time.process_time).values())  # Dask: every worker process
+
+
 def run_once(spec, executor):
     out = tempfile.mkdtemp(prefix="bench-sweep-")
     try:
+        c0 = worker_cpu(executor)
         t0 = time.perf_counter()
         df = sweep(spec.function(), spec.points, executor, out=out, seed=spec.seed, fingerprint=spec.fingerprint,
                    batch_size=spec.batch_size, progress=False)
         dt = time.perf_counter() - t0
+        cpu = worker_cpu(executor) - c0
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return len(spec.points) / dt, df
+    return (len(spec.points) / dt, cpu / dt), df
 
 
 def warm(spec, executor):
@@ -69,15 +88,22 @@ def measure(spec, executors, repeat):
     for ex in executors.values():
         warm(spec, ex)
     rates = {k: [] for k in executors}
+    cores = {k: [] for k in executors}
     tables = {}
     for _ in range(repeat):
         for k, ex in executors.items():
-            r, df = run_once(spec, ex)
+            (r, c), df = run_once(spec, ex)
             rates[k].append(r)
+            cores[k].append(c)
             if k in tables:
                 assert df.equals(tables[k]), "results differ between repeats"
             tables[k] = df
-    return {k: statistics.median(v) for k, v in rates.items()}, tables
+    return ({k: statistics.median(v) for k, v in rates.items()},
+            {k: statistics.median(v) for k, v in cores.items()}, tables)
+
+
+def line(label, rate, cores):
+    return f"    {label:34s}{rate:8.2f} points/s   ({cores:4.2f} cores busy in the workers)"
 
 
 def main(argv=None):
@@ -95,16 +121,16 @@ def main(argv=None):
         pools = {n: cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker, initargs=(1,))
                  for n in (1, 2)}
         try:
-            res, tables = measure(spec, {"serial": "serial", **pools}, args.repeat)
+            res, cores, tables = measure(spec, {"serial": "serial", **pools}, args.repeat)
         finally:
             for p in pools.values():
                 p.shutdown()
         ref = tables["serial"]
         assert tables[1].equals(ref) and tables[2].equals(ref), "pool results differ from the serial run"
-        print(f"    serial (in process)              {res['serial']:8.2f} points/s")
+        print(line("serial (in process)", res["serial"], cores["serial"]))
         for n in (1, 2):
-            print(f"    local pool, {n} worker{'s' if n > 1 else ' '}             {res[n]:8.2f} points/s")
-        print(f"    speed-up 2 vs 1 workers          {res[2] / res[1]:8.2f}x")
+            print(line(f"local pool, {n} worker{'s' if n > 1 else ''}", res[n], cores[n]))
+        print(f"    speed-up 2 vs 1 workers           {res[2] / res[1]:8.2f}x")
         if not args.no_dask:
             from contextlib import ExitStack
 
@@ -116,11 +142,12 @@ def main(argv=None):
                     cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                                host="127.0.0.1", dashboard_address="127.0.0.1:0"))
                     clients[n] = stack.enter_context(Client(cluster))
-                dres, dtables = measure(spec, clients, args.repeat)
+                dres, dcores, dtables = measure(spec, clients, args.repeat)
             assert dtables[1].equals(ref) and dtables[2].equals(ref), "Dask results differ from the serial run"
             for n in (1, 2):
-                print(f"    dask LocalCluster, {n} worker{'s' if n > 1 else ' '}      {dres[n]:8.2f} points/s")
-            print(f"    speed-up 2 vs 1 Dask workers     {dres[2] / dres[1]:8.2f}x")
+                print(line(f"dask LocalCluster, {n} worker{'s' if n > 1 else ''}", dres[n], dcores[n]))
+            print(f"    speed-up 2 vs 1 Dask workers      {dres[2] / dres[1]:8.2f}x")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f} (other processes on the cores lower the 2-worker rate)")
 
 
 if __name__ == "__main__":

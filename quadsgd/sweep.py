@@ -322,6 +322,7 @@ def _shutdown(ex, interrupted: bool) -> None:
                 pass
         for p in procs:
             p.join(timeout=5)
+        ex.shutdown(wait=True)  # joins the pool's manager thread
         return
     ex.shutdown(wait=not interrupted, cancel_futures=True) if isinstance(ex, cf.ProcessPoolExecutor) \
         else ex.shutdown(wait=not interrupted)
