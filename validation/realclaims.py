@@ -52,10 +52,10 @@ class RealConfig:
     second_offset_fraction: float = 0.15  # fixed-batch's second checkpoint, later by this fraction
     sweep_batch_size: int = 128  # lr-sweep batch (paper: 512 on ImageNet)
     sweep_batch_sizes: list = field(default_factory=lambda: [16, 64, 256])  # Fig. 13
-    averaging_steps: int = 200  # K of the averaging side-trip
+    averaging_steps: int = 100  # K of the averaging side-trip
     averaging_kernels: list = field(default_factory=lambda: ["swa", "ema:0.02", "twopoint"])
-    alignment_steps: int = 200
-    divergence_steps: int = 300
+    alignment_steps: int = 100
+    divergence_steps: int = 150
     eval_samples: int = 2048  # train / validation examples per evaluation
     threads: int = 0
     device: str = "auto"
@@ -196,7 +196,9 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
     ho_std = np.array([_f(r["heldout_std"]) for r in rows])
     ho_min = np.array([_f(r["heldout_min"]) for r in rows])
     ho_max = np.array([_f(r["heldout_max"]) for r in rows])
-    ratio = s["train_min_loss"] / s["heldout_min_loss"]
+    # relative to where each curve starts, so a generalization gap at the branch point (train batch
+    # already below the held-out ones) does not count as the single-step effect
+    ratio = (s["train_min_loss"] / s["train_start_loss"]) / (s["heldout_min_loss"] / s["heldout_start_loss"])
     r2_train = _r2_poly(lr[lr <= 2 * s["best_lr_train"]], tr[lr <= 2 * s["best_lr_train"]])
     r2_held = _r2_poly(lr[lr <= 2 * max(s["best_lr_heldout"], s["best_lr_train"])],
                        ho[lr <= 2 * max(s["best_lr_heldout"], s["best_lr_train"])])
@@ -207,12 +209,13 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
         id="fig2-single-step", source="realnet",
         claim="After its best single step the training batch's loss is far below the loss the held-out "
               "batches reach after their best step; both curves are smooth, low-degree-polynomial-like (Fig. 2)",
-        statistic="training-batch loss after its best step / mean held-out loss after its best step "
-                  f"(10 held-out batches, step {S})",
+        statistic="(training-batch loss after its best step / before it) divided by (mean held-out loss after "
+                  f"its best step / before it) (10 held-out batches, step {S})",
         value=ratio, comparison="<", threshold=FIG2_RATIO_MAX, figure=fig,
         details=dict(step=S, **{k: s[k] for k in ("train_start_loss", "train_min_loss", "best_lr_train",
                                                     "heldout_start_loss", "heldout_min_loss", "best_lr_heldout")},
-                     r2_train=r2_train, r2_heldout=r2_held))
+                     r2_train=r2_train, r2_heldout=r2_held,
+                     absolute_ratio=s["train_min_loss"] / s["heldout_min_loss"]))
     v.check("poly_fit_train", r2_train, ">=", FIG2_R2_MIN, "R^2 of a degree-4 polynomial in lr, training batch, lr <= 2 best")
     v.check("poly_fit_heldout", r2_held, ">=", FIG2_R2_MIN, "same for the held-out mean")
     return v
