@@ -264,6 +264,9 @@ class _SerialExecutor(cf.Executor):
 def _init_worker(threads: int) -> None:
     """Process-pool initializer: limit each worker's BLAS / Numba threads (no oversubscription of the cores)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # GNU OpenMP (Numba's "omp" layer) busy-waits between parallel regions: on cores shared with other
+    # processes that makes Numba's parallel code ~15x slower; passive waiting costs nothing here
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _set_threads(threads)
 
 
