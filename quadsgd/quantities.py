@@ -372,13 +372,12 @@ def check_stable(p: dict) -> None:
     om = build_omega(p)
     try:
         build_model(p)
-    except ValueError as e:
+    except ValueError:
         from .model import stability_bound
 
         bound = stability_bound(om, p.get("momentum", 0.0))
         raise ValueError(f"lr = {p['lr']!r} is unstable: with momentum = {p.get('momentum', 0.0)!r} and "
-                         f"largest Omega = {om.max():g} the iteration needs 0 < lr < {bound:.6g} "
-                         f"({e})") from None
+                         f"largest Omega = {om.max():g} the iteration needs 0 < lr < {bound:.6g}") from None
 
 
 # =============================================================================================
