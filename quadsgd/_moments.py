@@ -34,6 +34,16 @@ _TINY = 1e-150  # magnitudes below this are flushed to 0 in products whose squar
 
 
 @njit(cache=True)
+def _sum_rows(partial):
+    """Sum of the rows of (n_chunks, T+1) partial results, in a fixed order (thread-count independent)."""
+    out = np.zeros(partial.shape[1])
+    for ch in range(partial.shape[0]):
+        for t in range(partial.shape[1]):
+            out[t] += partial[ch, t]
+    return out
+
+
+@njit(cache=True)
 def _fill_transition(lam, lr, beta, s, ema, M, Nv):
     """Transition M (ss x ss) and noise vector Nv (ss,) of one mode at learning rate lr.
 
@@ -246,11 +256,7 @@ def cov_loss_curves(lam, pairs, sig, hw, lrs, beta, D, w, a_ema, n_chunks):
                         _window_products(lam[j], lrs, beta, s, D, Wj, Suf, Pre, Ms, Ns, tmps)
                 _pair_cov_curve(lam[i], lam[j], sig[p], lrs, beta, s, D, w, Wi, Wj, SigT, Mis, Mjs, Ns,
                                 tmps, partial[ch], 0.5 * hw[p])
-    out = np.zeros(T + 1)
-    for ch in range(n_chunks):
-        for t in range(T + 1):
-            out[t] += partial[ch, t]
-    return out
+    return _sum_rows(partial)
 
 
 @njit(cache=True)
@@ -394,11 +400,7 @@ def mean_loss_diag(lam, h, u0, lrs, beta, D, w, a_ema):
                 _mean_curve_finite(lm[c], u0[lo + c], beta, lrs, D, w, m)
                 for t in range(T + 1):
                     out[t] += hh[c] * m[t] * m[t]
-    res = np.zeros(T + 1)
-    for ch in range(n_chunks):
-        for t in range(T + 1):
-            res[t] += partial[ch, t]
-    return res
+    return _sum_rows(partial)
 
 
 @njit(cache=True)
@@ -479,11 +481,7 @@ def sgd_diag_cov_loss(lam, hw, lrs, D, w, a_ema, n_chunks):
                 _sgd_var_curve_ema(lam[i], lrs, a_ema, partial[ch], 0.5 * hw[i])
             else:
                 _sgd_var_curve_finite(lam[i], lrs, D, w, v, g, Wn, Suf, Pre, partial[ch], 0.5 * hw[i])
-    out = np.zeros(T + 1)
-    for ch in range(n_chunks):
-        for t in range(T + 1):
-            out[t] += partial[ch, t]
-    return out
+    return _sum_rows(partial)
 
 
 @njit(cache=True)
@@ -584,11 +582,7 @@ def sgd_diag_cov_loss_swa(lam, hw, lrs, W, n_chunks):
         for i in range(lo, hi):
             _sgd_var_curve_swa(lam[i], lrs, W, bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6],
                                bufs[7], bufs[8], bufs[9], bufs[10], bufs[11], partial[ch], 0.5 * hw[i])
-    out = np.zeros(T + 1)
-    for ch in range(n_chunks):
-        for t in range(T + 1):
-            out[t] += partial[ch, t]
-    return out
+    return _sum_rows(partial)
 
 
 @njit(cache=True)
@@ -643,8 +637,4 @@ def mean_loss_diag_swa(lam, h, u0, lrs, beta, W):
             hh = 0.5 * h[i] / (W * W)
             for t in range(T + 1):
                 partial[ch, t] += hh * sums[t] * sums[t]
-    out = np.zeros(T + 1)
-    for ch in range(n_chunks):
-        for t in range(T + 1):
-            out[t] += partial[ch, t]
-    return out
+    return _sum_rows(partial)
