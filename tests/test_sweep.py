@@ -356,7 +356,7 @@ def test_same_seed_same_result_for_any_worker_count_and_order(tmp_path):
     (lambda s: s["params"].pop("decay"), r"point #0 \(lr=0\.05, delta=1\): missing parameter 'decay' \(needed by EMA\)"),
     (lambda s: s["params"].update(lr=0.1), r"'lr' is both fixed in \[params\] and varied in \[grid\]"),
     (lambda s: s["grid"].update(lr=[0.05, 2.5]),
-     r"point #2 \(lr=2\.5, delta=1\): lr = 2\.5 is unstable: .*0 < lr < 2 .*on_unstable = \"skip\""),
+     r"point #2 \(lr=2\.5, delta=1\): lr = 2\.5 is unstable: .*needs 0 < lr < 2\. .*on_unstable = \"skip\""),
     (lambda s: s.update(figures=[{"file": "a.png", "kind": "line", "x": "delta"}]),
      r"\[\[figures\]\] 'a\.png': option 'quantity' is required"),
     (lambda s: s.update(figures=[{"file": "a.png", "kind": "line", "x": "delta", "quantity": "effective_lr",
