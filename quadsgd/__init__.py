@@ -2,7 +2,7 @@
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
 from .model import LinearModel, stability_bound
 from .simulate import SimulationResult, simulate
-from .sweep import sweep
+from .sweep import SpecError, SweepError, expand_grid, load_spec, random_design, run_spec, sweep
 from .theory import (
     effective_lr,
     equivalent_schedule,
@@ -17,7 +17,8 @@ from .theory import (
 __all__ = [
     "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel",
     "LinearModel", "stability_bound",
-    "simulate", "SimulationResult", "sweep", "testing",
+    "simulate", "SimulationResult", "testing",
+    "sweep", "run_spec", "load_spec", "random_design", "expand_grid", "SweepError", "SpecError",
     "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate", "effective_lr",
     "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
 ]
