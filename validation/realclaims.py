@@ -57,6 +57,7 @@ class RealConfig:
     second_offset_fraction: float = 0.15  # fixed-batch's second checkpoint, later by this fraction
     sweep_batch_size: int = 128  # lr-sweep batch (paper: 512 on ImageNet)
     sweep_batch_sizes: list = field(default_factory=lambda: [16, 64, 256])  # Fig. 13
+    fixed_batch_alphas: int = 11  # interpolation points of fixed-batch (Fig. 3)
     averaging_steps: int = 100  # K of the averaging side-trip
     averaging_kernels: list = field(default_factory=lambda: ["swa", "ema:0.02", "twopoint"])
     alignment_steps: int = 100
@@ -68,7 +69,7 @@ class RealConfig:
     @classmethod
     def for_mode(cls, mode, run=None, data_dir=None, dataset=None):
         base = cls() if mode == "quick" else cls(averaging_steps=500, alignment_steps=500, divergence_steps=500,
-                                                 eval_samples=10000)
+                                                 eval_samples=10000, fixed_batch_alphas=21)
         if dataset and dataset != "digits":
             base = cls(**{**asdict(base), "dataset": dataset, "model": "resnet34", "batch_size": 128,
                           "steps": 20000, "lr": 0.1, "threads": 0,
@@ -230,7 +231,8 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
 def claim_fig3(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
-    s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=9, batch_size=cfg.sweep_batch_size)
+    s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=9, batch_size=cfg.sweep_batch_size,
+                     num_alphas=cfg.fixed_batch_alphas)
     scale_tr = max(s["train_loss_first"][0], s["train_loss_second"][0])
     scale_ho = max(s["heldout_loss_first"][0], s["heldout_loss_second"][0])
     tb = max(0.0, max(_f(b) for b in s["train_barrier"])) / scale_tr
