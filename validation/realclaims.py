@@ -144,17 +144,28 @@ class _Context:
         """Run (or reuse) side-trip ``name`` into OUT/sidetrips/<key>; returns its summary."""
         import realnet.sidetrips as st
 
+        S, _ = self.steps
+        step = overrides.pop("step", S)
+        # the side-trip's options are part of its identity: changed sizes give a new directory
+        ident = json.dumps(dict(run=str(self.run_dir.resolve()), step=step, **overrides), sort_keys=True)
         d = self.out / "sidetrips" / key
         summary = d / "summary.json"
-        if summary.exists():
+        marker = d / "validation_options.json"
+        if summary.exists() and marker.exists() and marker.read_text() == ident:
             return json.loads(summary.read_text())
+        if d.exists():
+            import shutil
+
+            shutil.rmtree(d)  # stale or unfinished: redo from scratch
         fn = {"lr-sweep": st.lr_sweep, "fixed-batch": st.fixed_batch, "averaging": st.averaging,
               "alignment": st.alignment, "divergence": st.divergence}[name]
-        S, _ = self.steps
         common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=False)
-        return fn(self.run_dir, overrides.pop("step", S), d, **common, **overrides)
+        summary_dict = fn(self.run_dir, step, d, **common, **overrides)
+        marker.write_text(ident)
+        return summary_dict
 
     def csv(self, key: str, name: str) -> list[dict]:
+        """Rows of a side-trip's CSV file (after :meth:`sidetrip` ran it)."""
         with open(self.out / "sidetrips" / key / name, newline="") as f:
             return list(csv.DictReader(f))
 
