@@ -13,6 +13,8 @@ PUBLIC = {
     },
     "quadsgd.testing": {"models", "kernels", "assert_stationary_matches", "assert_curve_matches",
                         "check_stationary", "check_curve", "CheckResult"},
+    "realnet": {"TrainConfig", "train", "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
+                "load_checkpoint", "save_checkpoint", "list_checkpoints", "CheckpointError", "create_model", "build_data"},
     "validation": {"reproduce", "CLAIM_IDS", "Verdict", "decide", "SyntheticConfig", "SYNTHETIC_CLAIMS"},
 }
 
