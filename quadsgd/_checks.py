@@ -1,0 +1,151 @@
+"""Argument validation shared by every public function of quadsgd, realnet and validation.
+
+One rule per kind of argument, so that the same value is accepted or refused everywhere, with a
+``ValueError`` that names the parameter and the allowed range:
+
+* integers (:func:`check_int`): Python / numpy integers, and floats with an exactly integral finite
+  value (``10.0`` -> 10, as TOML and JSON may produce); refused: booleans, strings, ``2.5``, NaN/inf;
+* real numbers (:func:`check_real`): ints and floats (numpy scalars too); refused: booleans, strings,
+  NaN/inf, values outside the stated interval;
+* arrays (:func:`check_array`): anything numpy converts to a real float64 array; refused: strings,
+  objects, complex values, NaN/inf, wrong ndim / shape, empty arrays;
+* choices (:func:`check_choice`), seeds (:func:`check_seed`), dtypes (:func:`check_dtype`).
+
+The helpers never emit warnings (a ``RuntimeWarning`` before a ``ValueError`` is a crash under
+``-W error``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+
+__all__ = ["interval", "check_int", "check_real", "check_array", "check_choice", "check_seed", "check_dtype",
+           "check_bool"]
+
+_INTEGER_TYPES = (int, np.integer)
+_REAL_TYPES = (int, float, np.integer, np.floating)
+
+
+def interval(low=None, high=None, low_open=False, high_open=False, integer=False) -> str:
+    """Text of an allowed range: ``>= 1``, ``in (0, 1]``, ``<= 5`` or ``any value``."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}" if not integer \
+            else f"in [{low}, {high}]"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}" if not integer else f">= {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}" if not integer else f"<= {high}"
+    return "any value"
+
+
+def _is_bool(x) -> bool:
+    return isinstance(x, (bool, np.bool_))
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int; ValueError naming ``name`` unless it is an integer in [low, high]."""
+    rng = interval(low, high, integer=True)
+    what = "an integer" + ("" if rng == "any value" else f" {rng}")
+    if _is_bool(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, _INTEGER_TYPES):
+        v = int(value)
+    elif isinstance(value, (float, np.floating)) and math.isfinite(float(value)) and float(value).is_integer():
+        v = int(value)
+    else:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} must be {what}, got {v}")
+    return v
+
+
+def check_real(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float in the interval; ValueError naming ``name`` otherwise."""
+    rng = interval(low, high, low_open, high_open)
+    what = "a finite real number" + ("" if rng == "any value" else f" {rng}")
+    if _is_bool(value) or not isinstance(value, _REAL_TYPES):
+        # 0-d arrays of a real dtype are numbers too
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()
+        else:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if not bad and low is not None:
+        bad = v <= low if low_open else v < low
+    if not bad and high is not None:
+        bad = v >= high if high_open else v > high
+    if bad:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def check_bool(name: str, value) -> bool:
+    if not _is_bool(value):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_array(name: str, x, ndim: Iterable[int] = (1, 2), shape: tuple | None = None, finite: bool = True,
+                square: bool = True, nonempty: bool = True, copy: bool = True) -> np.ndarray:
+    """``x`` as a real float64 array (a copy unless ``copy=False``); ValueError naming ``name`` for strings,
+    objects, complex or non-finite values, the wrong ``ndim``/``shape``, an empty or non-square 2-D array."""
+    ndim = tuple(ndim)
+    if isinstance(x, (str, bytes)):
+        raise ValueError(f"{name} must be a real array, got the string {x!r}")
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real array, got {type(x).__name__}") from None
+    if a.dtype.kind not in "biuf":
+        kind = {"c": "complex", "U": "strings", "S": "bytes", "O": "objects"}.get(a.dtype.kind, str(a.dtype))
+        raise ValueError(f"{name} must be a real array, got an array of {kind}")
+    if a.dtype.kind == "b":
+        raise ValueError(f"{name} must be a real array, got an array of booleans")
+    a = np.array(a, dtype=np.float64, copy=True) if copy else np.asarray(a, dtype=np.float64)
+    if shape is not None:
+        if a.shape != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    elif a.ndim not in ndim:
+        want = f"ndim {ndim[0]}" if len(ndim) == 1 else f"ndim in {ndim}"
+        raise ValueError(f"{name} must have {want}, got shape {a.shape}")
+    if nonempty and a.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    if finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    if square and a.ndim == 2 and a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {a.shape}")
+    return a
+
+
+def check_choice(name: str, value, allowed) -> str:
+    allowed = tuple(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_seed(seed, allow_none: bool = True) -> int:
+    """A seed in [0, 2**64); None draws fresh entropy (when ``allow_none``)."""
+    if seed is None and allow_none:
+        return int(np.random.SeedSequence().entropy % (1 << 64))
+    if _is_bool(seed) or not isinstance(seed, _INTEGER_TYPES):
+        raise ValueError(f"seed must be a non-negative integer < 2**64{' or None' if allow_none else ''}, "
+                         f"got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed < (1 << 64):
+        raise ValueError(f"seed must be a non-negative integer < 2**64, got {seed}")
+    return seed
+
+
+def check_dtype(dtype) -> np.dtype:
+    """float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
