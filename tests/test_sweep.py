@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,13 @@ import pandas as pd
 import pytest
 
 import quadsgd as qs
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from quadsgd.__main__ import main as cli_main
-from quadsgd.quantities import PARAMS, build_model, record_schedule
+from quadsgd.sweep.quantities import PARAMS, point_model, record_schedule
 from quadsgd.sweep import (
     SpecError,
     SweepError,
@@ -255,7 +259,7 @@ def test_spec_table_equals_direct_theory_calls(tmp_path):
     assert df["point_id"].nunique() == 4
     for (lr, delta), g in df.groupby(["lr", "delta"]):
         p = {"spectrum": "two-scale", "fast": 1.0, "slow": 0.015, "n_fast": 2, "n_slow": 3, "lr": lr, "momentum": 0.0}
-        m = build_model(p)
+        m = point_model(p)
         om = m.omega
         kernels = {"Last": qs.Last(), "EMA": qs.EMA(0.01), "TwoPoint": qs.TwoPoint(int(delta))}
         times, _ = record_schedule(600, 8, "log")
@@ -619,7 +623,7 @@ def test_dask_local_cluster_gives_the_local_table(tmp_path):
 
 def test_public_schema_is_documented():
     # every parameter has a description and a type; every quantity named in the module docstring exists
-    import quadsgd.quantities as Q
+    from quadsgd.sweep import quantities as Q
 
     for p in PARAMS.values():
         assert p.doc and p.kind in ("float", "int", "str", "floats")
@@ -632,13 +636,13 @@ def test_example_specs_are_valid(path):
     spec = load_spec(path)
     assert spec.points and spec.figures
     for p in spec.points:
-        qs.LinearModel(np.asarray(build_model(p).omega), p["lr"], momentum=p["momentum"])  # every point stable
+        qs.LinearModel(np.asarray(point_model(p).omega), p["lr"], momentum=p["momentum"])  # every point stable
 
 
 def test_plot_functions_draw_the_table_values():
     from matplotlib.figure import Figure
 
-    from quadsgd.quantities import plot_heatmap, plot_line, plot_loss_curves, plot_loss_per_kappa
+    from quadsgd.sweep.figures import plot_heatmap, plot_line, plot_loss_curves, plot_loss_per_kappa
 
     sp = load_spec(theory_spec())
     df = sweep(sp.function(), sp.points, "serial", seed=sp.seed, progress=False)
