@@ -11,21 +11,19 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import quadsgd as qs
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from quadsgd.__main__ import main as cli_main
-from quadsgd.sweep.quantities import PARAMS, point_model, record_schedule
+from quadsgd.kernels import AveragingKernel
 from quadsgd.sweep import (
     SpecError,
     SweepError,
@@ -37,6 +35,12 @@ from quadsgd.sweep import (
     run_spec,
     sweep,
 )
+from quadsgd.sweep.quantities import PARAMS, point_model, record_schedule
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fig9_fig11_eq20.toml"
@@ -670,3 +674,107 @@ def test_plot_functions_draw_the_table_values():
     np.testing.assert_array_equal(np.ma.getdata(z).ravel(), want["value"])
     with pytest.raises(ValueError, match="several rows per"):
         plot_heatmap(Figure().add_subplot(), df, x="delta", y="lr", quantity="stationary_loss")
+
+
+# =============================================================================================
+# Kernels by name come from the kernel registry: a kernel defined only here works in specs
+# =============================================================================================
+@dataclass(frozen=True)
+class Triangle(AveragingKernel):
+    r"""Linearly decaying weights :math:`\mu_k = 2(W-k)/(W(W+1))`, :math:`k < W` (defined only in this test module)."""
+
+    width: int
+    spec_name: ClassVar[str] = "triangle_test"
+    params: ClassVar[tuple] = ("width",)
+
+    def __post_init__(self):
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 2:
+            raise ValueError(f"width must be an integer >= 2, got {self.width!r}")
+
+    @property
+    def point_weights(self) -> np.ndarray:
+        w = np.arange(self.width, 0, -1.0)
+        return w / w.sum()
+
+
+def test_a_kernel_defined_outside_the_library_works_in_specs(tmp_path):
+    spec = {
+        "sweep": {"seed": 5, "kernels": ["Last", "Triangle"],
+                  "quantities": ["stationary_loss", "effective_lr", "effective_lr_paper", "sim_loss"]},
+        "params": {"n_fast": 1, "n_slow": 2, "steps": 2000, "records": 5, "chains": 400, "u0": 0.0},
+        "grid": {"lr": [0.1, 0.5], "width": [3, 40]},
+    }
+    df = run_spec(spec, tmp_path / "o", scheduler="serial", progress=False, figures=False)
+    assert set(df["kernel"]) == {"Last", "Triangle"} and df["width"].dtype.kind == "i"
+    for (lr, width), g in df.groupby(["lr", "width"]):
+        kappa = np.array([0.015, 1.0])
+        mu = np.arange(width, 0, -1.0) / (width * (width + 1) / 2)
+        c = np.correlate(mu, mu, mode="full")[width - 1:]           # C_delta, eq. 17
+        gam = 1.0 - lr * kappa
+        ratio = c[0] + 2 * (c[1:, None] * gam ** np.arange(1, width)[:, None]).sum(axis=0)  # eq. 19 bracket
+        var = lr / (kappa * (2 - lr * kappa))                        # scalar AR(1), no momentum
+        t = g[g["kernel"] == "Triangle"]
+        row = t[t["quantity"] == "stationary_loss"]["value"].item()
+        np.testing.assert_allclose(row, 0.5 * (kappa * var * ratio * np.array([2, 1])).sum(), rtol=1e-12)
+        for q in ("effective_lr", "effective_lr_paper"):  # without momentum the printed formula is exact
+            np.testing.assert_allclose(t[t["quantity"] == q].sort_values("kappa")["value"], lr * ratio, rtol=1e-12)
+        m = qs.LinearModel(np.array([1.0, 0.015, 0.015]), lr)
+        assert row == qs.stationary_loss(m, Triangle(int(width)))
+        sim = t[t["quantity"] == "sim_loss"]  # started at the minimum: the loss rises to the stationary one
+        exact = qs.expected_loss(m, Triangle(int(width)), steps=2000, u0=np.zeros(3))[sim["time"].astype(int)]
+        z = (sim["value"].to_numpy() - exact) / sim["stderr"].to_numpy()
+        assert np.abs(z).max() < 4.5, z
+    # the kernel's parameter is part of the schema (type from the class) and checked by the kernel
+    bad = copy.deepcopy(spec)
+    bad["grid"]["width"] = [3, 2.5]
+    with pytest.raises(SpecError, match=r"parameter 'width' must be an integer, got 2\.5 \(float\)"):
+        load_spec(bad)
+    bad["grid"]["width"] = [1]
+    with pytest.raises(SpecError, match=r"parameter 'width': width must be an integer >= 2, got 1"):
+        load_spec(bad)
+    bad["grid"].pop("width")
+    with pytest.raises(SpecError, match=r"missing parameter 'width' \(needed by Triangle\)"):
+        load_spec(bad)
+    # the spec names it by class name, spec name or lower case; the table always says "Triangle"
+    for name in ("triangle_test", "triangle"):
+        assert load_spec({**spec, "sweep": {**spec["sweep"], "kernels": [name]}}).designs[None]["kernels"] == ("Triangle",)
+    from matplotlib.figure import Figure
+
+    from quadsgd.sweep.figures import plot_line
+
+    ax = Figure().add_subplot()
+    plot_line(ax, df, x="lr", quantity="stationary_loss", hue=["width"], select={"kernel": "Triangle"})
+    assert [ln.get_label() for ln in ax.lines] == ["width = 3, Triangle: stationary_loss",
+                                                   "width = 40, Triangle: stationary_loss"]
+
+
+def test_spec_module_works_without_tomllib(tmp_path):
+    # Python 3.10 has no tomllib: the spec module must fall back to the tomli backport. Simulated here
+    # with tomllib blocked and a stand-in tomli module wrapping the real parser (tomli may not be installed).
+    script = textwrap.dedent(f"""
+        import sys, types
+        try:
+            import tomllib as real
+        except ModuleNotFoundError:
+            import tomli as real
+        sys.modules["tomllib"] = None  # `import tomllib` now raises ModuleNotFoundError
+        calls = []
+        tomli = types.ModuleType("tomli")
+        tomli.TOMLDecodeError = real.TOMLDecodeError
+        tomli.loads = lambda text, **kw: calls.append(len(text)) or real.loads(text, **kw)
+        tomli.load = real.load
+        sys.modules["tomli"] = tomli
+        import quadsgd.sweep
+        from quadsgd.sweep import SpecError, load_spec
+        spec = load_spec({str(EXAMPLE)!r})
+        bad = {str(tmp_path / 'bad.toml')!r}
+        open(bad, "w").write("[sweep\\n")
+        try:
+            load_spec(bad)
+        except SpecError as e:
+            msg = str(e)
+        print(len(spec.points), len(calls), "is not valid TOML" in msg, sys.modules["quadsgd.sweep.spec"].tomllib is tomli)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["17", "2", "True", "True"]

@@ -258,7 +258,7 @@ def _fn_identity(fn) -> str:
     return r if " at 0x" not in r else f"{type(fn).__module__}.{type(fn).__qualname__}"
 
 
-def _check_arguments(fn, executor, seed, on_invalid, batch_size, max_workers, threads_per_worker) -> None:
+def _check_arguments(fn, executor, on_invalid, batch_size, max_workers, threads_per_worker) -> None:
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {fn!r}")
     if on_invalid not in ("raise", "skip"):
@@ -268,8 +268,6 @@ def _check_arguments(fn, executor, seed, on_invalid, batch_size, max_workers, th
     _check_count("threads_per_worker", threads_per_worker)
     if not _is_executor(executor):
         raise ValueError(f"{_EXECUTOR_HELP}; got {executor!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 def _plan(fn, grid, seed, fingerprint, validate, on_invalid) -> _Plan:
@@ -576,7 +574,7 @@ def sweep(fn: Callable, grid, executor=None, *, out=None, seed=None, validate=No
     points stay persisted).
     """
     deps()
-    _check_arguments(fn, executor, seed, on_invalid, batch_size, max_workers, threads_per_worker)
+    _check_arguments(fn, executor, on_invalid, batch_size, max_workers, threads_per_worker)
     plan = _plan(fn, grid, seed, fingerprint, validate, on_invalid)
     # ---- everything above is checked before any file is touched or any work starts
     run = _open(plan, fn, out, metadata)
