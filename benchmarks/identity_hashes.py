@@ -23,6 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# import the packages of the checkout this script lives in (not whatever `pip install -e` points at)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def _h(*arrays) -> str:
     import numpy as np
