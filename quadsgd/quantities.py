@@ -37,11 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._linalg import Ops
 from .kernels import EMA, SWA, Kernel, Last, NPoint, TwoPoint
 from .model import LinearModel
 from .theory import (
-    _Ops,
-    _paper_kernel_factor,
     effective_lr,
     expected_loss,
     stationary_covariance,
@@ -458,7 +457,7 @@ class SpecFunction:
                     rows.add(q, name, effective_lr(m, k)[first], kappa=kappa)
                 elif q == "effective_lr_paper":
                     g = 1.0 - lr * kappa
-                    rows.add(q, name, lr * _paper_kernel_factor(k, g, _Ops(g, matrix=False)), kappa=kappa)
+                    rows.add(q, name, lr * k.paper_factor(g, Ops(g, matrix=False)), kappa=kappa)
                 elif q == "expected_loss":
                     rows.add(q, name, expected_loss(m, k, steps=steps, u0=u0)[times], time=times)
                 elif q == "expected_loss_per_kappa":
