@@ -14,11 +14,16 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import scipy.linalg as sla
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # measure this checkout's quadsgd, not an installed copy
+    sys.path.insert(0, str(REPO))
 
-import quadsgd as qs
+import numpy as np  # noqa: E402
+import scipy.linalg as sla  # noqa: E402
+
+import quadsgd as qs  # noqa: E402
 
 
 def median_time(fn, repeat=5):
@@ -112,7 +117,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     args = ap.parse_args(argv)
-    print(f"numpy {np.__version__}, python {sys.version.split()[0]}")
+    print(f"numpy {np.__version__}, python {sys.version.split()[0]}, quadsgd from {Path(qs.__file__).parent}")
     bench_diagonal(10**5 if args.quick else 10**6)
     for beta in (0.0, 0.9):
         bench_dense(128 if args.quick else 512, beta)

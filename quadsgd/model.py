@@ -11,55 +11,28 @@ Whitened coordinates :math:`u` (:math:`\theta = Q u`, :math:`QQ^\top = C`):
 """
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
 import numpy as np
 import scipy.linalg as sla
 
+from ._checks import check_array, check_real
+from ._heavy_ball import spectral_radius
+
 __all__ = ["LinearModel", "stability_bound"]
 
 
 def _finite_array(name: str, x, ndim=(1, 2)) -> np.ndarray:
+    """A finite, non-empty real float64 copy of ``x`` with ``ndim`` in ``ndim`` (square if 2-D)."""
+    return check_array(name, x, ndim=ndim)
+
+
+def _check_momentum(momentum) -> float:
+    """Heavy-ball beta in [0, 1)."""
     try:
-        a = np.array(x, dtype=np.float64, copy=True)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real array, got {type(x).__name__}") from None
-    if a.ndim not in ndim:
-        raise ValueError(f"{name} must have ndim in {ndim}, got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} must not be empty")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf")
-    if a.ndim == 2 and a.shape[0] != a.shape[1]:
-        raise ValueError(f"{name} must be square, got shape {a.shape}")
-    return a
-
-
-def _check_scalar(name: str, x, low, high, low_open=True, high_open=True) -> float:
-    if isinstance(x, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a real number, got {x!r}")
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {x!r}") from None
-    lo_ok = v > low if low_open else v >= low
-    hi_ok = v < high if high_open else v <= high
-    if not math.isfinite(v) or not (lo_ok and hi_ok):
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lb}{low}, {high}{hb}, got {x!r}")
-    return v
-
-
-def _root_radius(lam: np.ndarray, lr: float, beta: float) -> np.ndarray:
-    """Spectral radius of the per-eigenvalue iteration x^2 - (1+beta-lr*lam) x + beta = 0."""
-    lam = np.asarray(lam, dtype=np.complex128)
-    p = 1.0 + beta - lr * lam
-    disc = np.sqrt(p * p - 4.0 * beta)
-    r1 = np.abs((p + disc) / 2.0)
-    r2 = np.abs((p - disc) / 2.0)
-    return np.maximum(r1, r2)
+        return check_real("momentum", momentum, 0.0, 1.0, high_open=True)
+    except ValueError:
+        raise ValueError(f"momentum must be in [0.0, 1.0) (a finite real number), got {momentum!r}") from None
 
 
 def stability_bound(eigenvalues, momentum: float = 0.0) -> float:
@@ -70,7 +43,7 @@ def stability_bound(eigenvalues, momentum: float = 0.0) -> float:
     eigenvalues: shape (d,), all with positive real part.
     """
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
-    beta = float(momentum)
+    beta = _check_momentum(momentum)
     real = np.abs(lam.imag) <= 1e-14 * np.abs(lam)
     bounds = np.full(lam.shape, np.inf)
     bounds[real] = 2.0 * (1.0 + beta) / lam.real[real]
@@ -79,13 +52,13 @@ def stability_bound(eigenvalues, momentum: float = 0.0) -> float:
             bounds[i] = 2.0 * lam[i].real / abs(lam[i]) ** 2
             continue
         lo, hi = 0.0, 4.0 * (1.0 + beta) / abs(lam[i])
-        while _root_radius(lam[i], hi, beta) < 1.0:
+        while spectral_radius(hi * lam[i], beta) < 1.0:
             hi *= 2.0
         # the stable set is an interval (0, b); shrink [lo, hi] around b
         lo = hi * 1e-12
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            if _root_radius(lam[i], mid, beta) < 1.0:
+            if spectral_radius(mid * lam[i], beta) < 1.0:
                 lo = mid
             else:
                 hi = mid
@@ -118,12 +91,8 @@ class LinearModel:
 
     def __init__(self, omega, lr, momentum=0.0, *, hessian=None, _Q=None, _A=None):
         om = _finite_array("omega", omega)
-        self.momentum = _check_scalar("momentum", momentum, 0.0, 1.0, low_open=False)
-        if not isinstance(lr, (int, float, np.integer, np.floating)) or isinstance(lr, (bool, np.bool_)):
-            raise ValueError(f"lr must be a positive real number, got {lr!r}")
-        lr = float(lr)
-        if not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        self.momentum = _check_momentum(momentum)
+        lr = check_real("lr", lr, 0.0, low_open=True)
         self.diagonal = om.ndim == 1
         self.dim = om.shape[0]
         if self.diagonal and np.any(om <= 0):
@@ -158,7 +127,7 @@ class LinearModel:
                 f"otherwise); found eigenvalue {lam[i]!r}")
         bound = stability_bound(lam, self.momentum)
         self.lr_bound = bound
-        rad = _root_radius(lam, lr, self.momentum).max()
+        rad = spectral_radius(lr * lam, self.momentum).max()
         if not (lr < bound) or rad >= 1.0:
             raise ValueError(
                 f"lr = {lr!r} is unstable: with momentum {self.momentum} the iteration needs "
@@ -208,9 +177,9 @@ class LinearModel:
         m = LinearModel.__new__(LinearModel)
         m.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("lr",)})
         bound = self.lr_bound
-        lr = float(lr)
-        rad = _root_radius(self.eigenvalues, lr, self.momentum).max() if np.isfinite(lr) else np.inf
-        if not (0 < lr < bound) or rad >= 1.0:
+        lr = check_real("lr", lr, 0.0, low_open=True)
+        rad = spectral_radius(lr * self.eigenvalues, self.momentum).max()
+        if not lr < bound or rad >= 1.0:
             raise ValueError(f"lr = {lr!r} is unstable: the iteration needs 0 < lr < {bound:.6g}")
         m.lr = lr
         return m

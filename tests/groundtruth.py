@@ -1,4 +1,8 @@
-"""Independent ground truths for the theory tests (brute force; share no code with quadsgd.theory)."""
+"""Independent ground truths for the theory tests (brute force; share no code with quadsgd.theory).
+
+``state_system`` -- the heavy-ball (u, buf) transition written out from its definition -- is the one
+transition builder of the test oracles (tests/simtruth.py uses it too).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +12,16 @@ import quadsgd as qs
 
 
 def dense_omega(m) -> np.ndarray:
-    return np.diag(m.omega) if m.diagonal else m.omega
+    """Omega as a (d, d) array (a diagonal model's omega on the diagonal)."""
+    return np.diag(m.omega) if m.diagonal else np.asarray(m.omega)
 
 
 def state_system(m, lr=None):
-    """(u, buf) transition and noise factor of PyTorch heavy ball: z' = M z + N xi."""
+    r"""(u, buf) transition and noise factor of PyTorch heavy ball: z' = M z + N xi; M (2d, 2d), N (2d, d).
+
+    :math:`b' = \beta b + \Omega u - \xi`, :math:`u' = u - \lambda b'`, written out from the definition
+    (the one transition builder of the test oracles: tests/simtruth.py imports it).
+    """
     om = dense_omega(m)
     d = m.dim
     lr = m.lr if lr is None else lr

@@ -1,5 +1,8 @@
 """Independent ground truths for the simulator tests (share no code with quadsgd.simulate / theory).
 
+The heavy-ball (u, buf) transition comes from :mod:`tests.groundtruth` (``state_system``), the one
+transition builder of both oracles.
+
 * pure-Python xoshiro256++ and SplitMix64, and the xoshiro256 jump as the GF(2) matrix power T^(2^128);
 * stationary covariance of an averaged iterate by one scipy Lyapunov solve of a shift register of the
   last L (u, buf) states (finite kernels) or of the (u, buf, e) state (EMA);
@@ -14,6 +17,8 @@ import scipy.linalg as sla
 from scipy import stats
 
 import quadsgd as qs
+
+from .groundtruth import dense_omega, state_system
 
 MASK64 = (1 << 64) - 1
 
@@ -74,19 +79,8 @@ def jump_by_matrix_power(state, log2_steps=128):
 
 
 # ----------------------------------------------------------------------------- stationary moments
-def om_dense(m):
-    return np.diag(m.omega) if m.diagonal else np.asarray(m.omega)
-
-
-def step_system(m, lr=None):
-    """(u, buf) one-step transition z' = M z + N xi of PyTorch heavy ball."""
-    om = om_dense(m)
-    d = m.dim
-    lr = m.lr if lr is None else lr
-    b = m.momentum
-    M = np.block([[np.eye(d) - lr * om, -lr * b * np.eye(d)], [om, b * np.eye(d)]])
-    N = np.vstack([lr * np.eye(d), -np.eye(d)])
-    return M, N
+# the (u, buf) transition is the theory oracle's (one builder for both oracles, none from quadsgd)
+step_system = state_system
 
 
 def lyapunov_kernel_cov(m, kernel):
@@ -137,7 +131,7 @@ def coefficient_expected_loss(m, kernel, steps, lrs=None, u0=None, times=None):
     E loss = 0.5 (G u0)^T H (G u0) + 0.5 tr(F^T H F). Small d and steps only.
     """
     d = m.dim
-    om = om_dense(m)
+    om = dense_omega(m)
     H = np.asarray(m.loss_matrix(), dtype=float)
     H = np.diag(H) if H.ndim == 1 else H
     lrs = np.full(steps, m.lr) if lrs is None else np.asarray(lrs, dtype=float)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import quadsgd as qs
 from quadsgd import testing as qst
 
-from .groundtruth import brute_expected_loss, brute_stationary_cov, kernel_weights
+from .groundtruth import brute_expected_loss, brute_stationary_cov, kernel_weights, state_system
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -272,6 +272,26 @@ def test_expected_loss_is_thread_count_independent_in_value():
     (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=2, lr=[0.1, 2.0]), "unstable"),
     (lambda: qs.stationary_covariance(qs.LinearModel([1.0], 0.1), qs.Last(), method="magic"), "method"),
     (lambda: qs.stationary_loss(qs.LinearModel(np.array([[1.0, 0.5], [0.0, 1.0]]), 0.1)), "hessian"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=2.5), r"steps must be an integer >= 1"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=True), "steps"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=2, lr="fast"), "lr must be a real array"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=2, lr=[0.1, np.nan]), "lr"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0, 2.0], 0.1), qs.Last(), steps=2, u0=[1.0]), r"u0 .*shape \(2,\)"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), qs.Last(), steps=2, u0=[np.inf]), "u0"),
+    (lambda: qs.expected_loss(qs.LinearModel([1.0], 0.1), "ema:0.1", steps=2), "averaging kernel"),
+    (lambda: qs.effective_lr(qs.LinearModel([1.0], 0.1), qs.Last(), method="magic"), "method"),
+    (lambda: qs.stationary_radius(qs.LinearModel([1.0], 0.1), method="magic"), "method"),
+    (lambda: qs.stationary_radius(qs.LinearModel([1.0], 0.1), qs.TwoPoint(3), method="paper"), "Last"),
+    (lambda: qs.equivalent_schedule(qs.EMA(0.1), 0.1), "steps must be given"),
+    (lambda: qs.equivalent_schedule(qs.SWA(3), 0.1, steps=0), "steps"),
+    (lambda: qs.equivalent_schedule(qs.SWA(3), [0.1, -0.1]), "non-negative"),
+    (lambda: qs.equivalent_schedule(qs.SWA(3), [0.1, 0.1], steps=3), "does not match"),
+    (lambda: qs.LinearModel([1.0], "0.1"), "lr must be a finite real number > 0"),
+    (lambda: qs.LinearModel([1.0], 0.0), "lr"),
+    (lambda: qs.LinearModel([True, False], 0.1), "omega must be a real array"),
+    (lambda: qs.LinearModel([1.0], 0.1).with_lr(5.0), "unstable"),
+    (lambda: qs.LinearModel([1.0], 0.1).with_lr(np.nan), "lr"),
+    (lambda: qs.stability_bound([1.0], momentum=1.0), "momentum"),
 ])
 def test_bad_input_names_the_parameter(make, match):
     with pytest.raises(ValueError, match=match):
@@ -294,7 +314,7 @@ def test_kernel_autocorrelation_and_cumulative():
 def test_swa_order_T_path_matches_order_TW_path(W, beta):
     # two independent implementations: the block-sum O(T) recursions for SGD SWA, and the generic
     # per-lag propagation (which the shift-register test checks for small windows)
-    from quadsgd import _moments
+    from quadsgd.theory import _moments
 
     rng = np.random.default_rng(W)
     lam = np.array([1.0, 0.3, 0.01, 1.9])
@@ -309,3 +329,53 @@ def test_swa_order_T_path_matches_order_TW_path(W, beta):
     fast_mean = _moments.mean_loss_diag_swa(lam, lam, u0, lrs * 0.5, beta, W)
     slow_mean = _moments.mean_loss_diag(lam, lam, u0, lrs * 0.5, beta, 1, w, 0.0)
     np.testing.assert_allclose(fast_mean, slow_mean, rtol=1e-11, atol=1e-300)
+
+
+@pytest.mark.parametrize("kernel", [qs.NPoint(4, 1), qs.Kernel(np.full(5, 0.2)), qs.SWA(5), qs.TwoPoint(1)], ids=repr)
+@pytest.mark.parametrize("beta", [0.0, 0.6])
+def test_uniform_windows_of_any_kernel_class_take_the_block_sum_path(kernel, beta):
+    # NPoint(n, 1), a uniform Kernel and TwoPoint(1) are uniform windows of consecutive iterates, like
+    # SWA: expected_loss gives them the O(dT) path (tracking().uniform_window >= 2); shift register truth
+    assert kernel.tracking().uniform_window >= 2
+    m = qs.LinearModel(np.array([1.0, 0.3, 0.02]), 0.5, momentum=beta)
+    rng = np.random.default_rng(3)
+    lrs = m.lr * rng.uniform(0.3, 1.0, 40)
+    u0 = rng.normal(size=3)
+    truth = brute_expected_loss(m, kernel, 40, lrs, u0)
+    np.testing.assert_allclose(qs.expected_loss(m, kernel, steps=40, lr=lrs, u0=u0), truth, rtol=1e-10, atol=0)
+
+
+def test_paper_radius_takes_any_last_iterate_kernel():
+    m = qs.LinearModel.from_quadratic(np.eye(2), np.diag([1.0, 2.0]), 0.01)
+    ref = qs.stationary_radius(m, method="paper")
+    assert ref == pytest.approx(math.sqrt(3.0 * 0.01 / 2), rel=1e-14)
+    for k in (qs.SWA(1), qs.Kernel([1.0]), qs.EMA(1.0)):
+        assert k.is_last and qs.stationary_radius(m, k, method="paper") == ref
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.7])
+@pytest.mark.parametrize("ema", [0.0, 0.2])
+def test_compiled_transition_is_the_heavy_ball_one_step_matrices(beta, ema):
+    # quadsgd.theory._moments._fill_transition is the compiled twin of quadsgd._heavy_ball.one_step_matrices
+    from quadsgd._heavy_ball import one_step_matrices
+    from quadsgd.theory import _moments
+
+    lam = np.array([1.3, 0.2, 0.01])
+    lr = 0.37
+    m = qs.LinearModel(lam, lr, momentum=beta)
+    M, N = one_step_matrices(m, lr, (ema,) if ema else (), False)
+    s = 2 if beta else 1
+    ss = s + (1 if ema else 0)
+    for i, li in enumerate(lam):
+        Mc, Nc = np.zeros((ss, ss)), np.zeros(ss)
+        _moments._fill_transition(li, lr, beta, s, ema, Mc, Nc)
+        np.testing.assert_allclose(Mc, M[i], rtol=1e-15, atol=0)
+        np.testing.assert_allclose(Nc, N[i], rtol=1e-15, atol=0)
+    # and both are the oracle's (u, buf) transition
+    if not ema:
+        Mo, No = state_system(m) if beta else (np.diag(1 - lr * lam), lr * np.eye(3))
+        p = 2 if beta else 1
+        for i in range(3):
+            idx = [i + k * 3 for k in range(p)]
+            np.testing.assert_allclose(M[i], Mo[np.ix_(idx, idx)], rtol=1e-15, atol=0)
+            np.testing.assert_allclose(N[i], No[idx, i], rtol=1e-15, atol=0)

@@ -1,5 +1,8 @@
 r"""Numba kernels for the exact transient moments of averaged iterates (no I/O, no validation).
 
+Private to :mod:`quadsgd.theory.transient` (:func:`~quadsgd.theory.expected_loss` validates the
+arguments and picks the kernel from the average's ``tracking()``).
+
 Everything runs in the eigen-coordinates of :math:`\Omega` (identity for a diagonal omega), where
 each mode i evolves independently with state :math:`z^i = (u_i)` (SGD) or :math:`(u_i, b_i)`
 (heavy-ball, PyTorch convention) and transition, at step t with learning rate :math:`\lambda_t`,
@@ -48,6 +51,9 @@ def _fill_transition(lam, lr, beta, s, ema, M, Nv):
     """Transition M (ss x ss) and noise vector Nv (ss,) of one mode at learning rate lr.
 
     s = 1 (SGD) or 2 (heavy ball); ema > 0 appends the EMA coordinate (ss = s + 1).
+    The compiled twin of :func:`quadsgd._heavy_ball.one_step_matrices` for one diagonal coordinate
+    (state (u, [b], [e]), ``ema_a = (ema,)`` or ``()``), written inline so that it stays in nopython
+    code; ``tests/test_theory.py`` checks that the two agree entry for entry.
     """
     for a in range(M.shape[0]):
         for b in range(M.shape[1]):
