@@ -69,6 +69,26 @@ def test_mixing_time_matches_the_spectral_radius():
     assert qst.burn_in_steps(m, [qs.EMA(0.01), qs.SWA(30)], burn_in=10) == 10 * 100 + 30
 
 
+@pytest.mark.parametrize("m, k", [
+    (qs.LinearModel([1.0, 0.05], 0.2, momentum=0.9), qs.Last()),  # complex roots (fast), real roots (slow)
+    (qs.LinearModel([1.0, 0.05], 0.2, momentum=0.5), qs.EMA(0.005)),  # EMA memory 200 > mixing time 49
+    (qs.LinearModel([1.0, 0.05], 0.2), qs.EMA(0.2)),
+    (qs.LinearModel([0.5], 0.3, momentum=0.9), qs.SWA(20)),
+])
+def test_burn_in_steps_reaches_stationarity_with_momentum_and_ema(m, k):
+    """From u0 = 0 the exact expected loss after burn_in_steps(B) is within O(exp(-2B)) of the stationary one."""
+    stationary = qs.stationary_loss(m, k)
+
+    def deficit(T):
+        return (stationary - qs.expected_loss(m, k, steps=T, u0=np.zeros(m.dim))[T]) / stationary
+
+    for B in (2.0, 4.0, 8.0):
+        assert -1e-12 <= deficit(qst.burn_in_steps(m, k, B)) <= 3 * math.exp(-2 * B), B
+    if k.tracking().kind == "geometric" and 1 / k.decay > qst.mixing_time(m):
+        # the EMA's memory is needed: the chain's mixing time alone is far too short
+        assert deficit(math.ceil(4 * qst.mixing_time(m)) + 1) > 100 * math.exp(-8)
+
+
 # ============================================================================ exact formulas pass
 @SETTINGS
 @given(qst.models(), qst.kernels(), st.integers(0, 3))
