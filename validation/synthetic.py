@@ -340,9 +340,10 @@ def claim_table1(cfg: SyntheticConfig, out: Path) -> Verdict:
             traj[t + 1] = traj[t] - LR0 * (om * traj[t] - xi[t])
             side = side - lr_eq[t] * (om * side - xi[t])
             other = other - LR0 * (om * other - xi2[t])
-        if isinstance(k, qs.EMA):
+        track = k.tracking()
+        if track.kind == "geometric":  # EMA: infinite support, truncated at the start point
             w = k.weights(K + 1)
-            w[-1] = (1 - k.decay) ** K  # the start point carries the remaining weight
+            w[-1] = (1 - track.decay) ** K  # the start point carries the remaining weight
             avg = np.tensordot(w, traj[::-1], axes=1)
         else:
             mu = k.weights()
