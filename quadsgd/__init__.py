@@ -1,5 +1,5 @@
 """quadsgd: exact theory and fast simulation of averaged SGD in the linear model (Sandler et al.)."""
-from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
+from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint, parse_kernel
 from .model import LinearModel, stability_bound
 from .simulate import SimulationResult, simulate
 from .sweep import SpecError, SweepError, expand_grid, load_spec, random_design, run_spec, sweep
@@ -15,7 +15,7 @@ from .theory import (
 )
 
 __all__ = [
-    "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel",
+    "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "parse_kernel",
     "LinearModel", "stability_bound",
     "simulate", "SimulationResult", "testing",
     "sweep", "run_spec", "load_spec", "random_design", "expand_grid", "SweepError", "SpecError",

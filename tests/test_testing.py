@@ -7,6 +7,7 @@ correct formula fails a given test is <= max_examples * 1e-6.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,7 +17,21 @@ from scipy import stats
 
 import quadsgd as qs
 from quadsgd import testing as qst
+from quadsgd.kernels import AveragingKernel
 from quadsgd.simulate import record_times
+from quadsgd.testing.statistics import (
+    bonferroni,
+    bootstrap_se,
+    covariance_zscores,
+    fisher,
+    hotelling,
+    mean_z_test,
+    sidak,
+    slope_with_ci,
+    two_sided_chi2_p,
+    two_sided_normal_p,
+    variance_chi2_pvalues,
+)
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -52,6 +67,26 @@ def test_mixing_time_matches_the_spectral_radius():
     m = qs.LinearModel([1.0], 0.1, momentum=0.9)  # complex roots: |x| = sqrt(beta)
     assert qst.mixing_time(m) == pytest.approx(1 / (1 - math.sqrt(0.9)))
     assert qst.burn_in_steps(m, [qs.EMA(0.01), qs.SWA(30)], burn_in=10) == 10 * 100 + 30
+
+
+@pytest.mark.parametrize("m, k", [
+    (qs.LinearModel([1.0, 0.05], 0.2, momentum=0.9), qs.Last()),  # complex roots (fast), real roots (slow)
+    (qs.LinearModel([1.0, 0.05], 0.2, momentum=0.5), qs.EMA(0.005)),  # EMA memory 200 > mixing time 49
+    (qs.LinearModel([1.0, 0.05], 0.2), qs.EMA(0.2)),
+    (qs.LinearModel([0.5], 0.3, momentum=0.9), qs.SWA(20)),
+])
+def test_burn_in_steps_reaches_stationarity_with_momentum_and_ema(m, k):
+    """From u0 = 0 the exact expected loss after burn_in_steps(B) is within O(exp(-2B)) of the stationary one."""
+    stationary = qs.stationary_loss(m, k)
+
+    def deficit(T):
+        return (stationary - qs.expected_loss(m, k, steps=T, u0=np.zeros(m.dim))[T]) / stationary
+
+    for B in (2.0, 4.0, 8.0):
+        assert -1e-12 <= deficit(qst.burn_in_steps(m, k, B)) <= 3 * math.exp(-2 * B), B
+    if k.tracking().kind == "geometric" and 1 / k.decay > qst.mixing_time(m):
+        # the EMA's memory is needed: the chain's mixing time alone is far too short
+        assert deficit(math.ceil(4 * qst.mixing_time(m)) + 1) > 100 * math.exp(-8)
 
 
 # ============================================================================ exact formulas pass
@@ -116,11 +151,41 @@ def test_verdict_is_deterministic_and_seed_dependent():
     assert c.seed != a.seed and c.pvalue != a.pvalue
 
 
+@dataclass(frozen=True)
+class _StridedTail(AveragingKernel):
+    """A kernel defined only here (weights 0.5, 0.3, 0.2 at lags 0, 2, 4): no library code knows it."""
+
+    stride = 2
+
+    @property
+    def point_weights(self):
+        return np.array([0.5, 0.3, 0.2])
+
+
+def test_a_kernel_defined_in_a_test_works_and_reproducers_round_trip():
+    m = qs.LinearModel([1.0, 0.3], 0.4, momentum=0.5)
+    k = _StridedTail()
+    same = qs.Kernel([0.5, 0.0, 0.3, 0.0, 0.2])
+    assert qst.burn_in_steps(m, k) == qst.burn_in_steps(m, same)
+    qst.assert_stationary_matches(qs.stationary_covariance(m, same), m, k, chains=4000)
+    bad = qst.check_stationary(1.3 * qs.stationary_covariance(m, same), m, k, chains=4000)
+    assert not bad.passed and bad.message.endswith("; k = _StridedTail()")  # no spec: its repr
+    # a kernel with a spec is reproduced by it: executing the reproducer gives the same model and kernel
+    for kern in (qs.Kernel([0.6, 0.0, 0.4]), qs.EMA(0.1 / 3), qs.NPoint(3, 4), qs.TwoPoint(2), qs.SWA(3), qs.Last()):
+        r = qst.check_stationary(0.5 * np.ones(2), m, kern, chains=100)
+        line = r.message.splitlines()[-1]
+        assert line.startswith("  reproduce: m = qs.LinearModel(") and f'k = qs.parse_kernel("{kern}")' in line
+        env = {"qs": qs, "np": np}
+        exec(line.split("reproduce: ", 1)[1], env)
+        assert env["k"] == kern and type(env["k"]) is type(kern)
+        assert np.array_equal(env["m"].omega, m.omega) and env["m"].lr == m.lr and env["m"].momentum == m.momentum
+
+
 # ============================================================================ the statistics are exact
 @pytest.mark.parametrize("combine", ["sidak", "fisher"])
 def test_wishart_pvalues_are_uniform_under_h0(combine):
     """The Bartlett-decomposition test on exact Gaussian samples: 400 p-values ~ U(0, 1) (KS)."""
-    from quadsgd.testing import _covariance_test
+    from quadsgd.testing.statistics import wishart_test as _covariance_test
 
     rng = np.random.default_rng(11)
     d, N = 3, 500
@@ -134,6 +199,111 @@ def test_wishart_pvalues_are_uniform_under_h0(combine):
     P2[1, 1] *= 1.05
     X = rng.standard_normal((60000, d)) @ L.T
     assert _covariance_test(X, P2, combine)[0] < 1e-6
+
+
+# ============================================================================ statistics (shared with validation)
+# moved from tests/test_validation.py with validation/stats.py
+def test_chi2_variance_test_has_its_stated_false_alarm_rate():
+    # 400 independent tests of a true hypothesis at alpha = 0.05: rejection count ~ Binomial(400, 0.05)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 400)) * 2.0
+    p = variance_chi2_pvalues(x, np.full(400, 4.0))
+    rejections = int(np.sum(p < 0.05))
+    assert 8 <= rejections <= 35  # 99.9% binomial range around 20
+    # and it has power against a 20% variance error
+    p_bad = variance_chi2_pvalues(x, np.full(400, 4.0 * 1.2))
+    assert np.mean(p_bad < 0.05) > 0.65  # power ~0.8 at N = 500 (normal approximation: 0.76)
+    assert bonferroni([0.01, 0.5]) == pytest.approx(0.02)
+
+
+def test_covariance_zscores_and_slope():
+    rng = np.random.default_rng(1)
+    C = np.array([[2.0, 0.6], [0.6, 1.0]])
+    x = rng.multivariate_normal([0, 0], C, size=20000)
+    z = covariance_zscores(x, C)
+    assert np.max(np.abs(z)) < 4.5
+    assert np.max(np.abs(covariance_zscores(x, C * 1.1))) > 5
+    s, half, _ = slope_with_ci(np.log([1, 2, 4, 8]), 0.5 * np.log([1, 2, 4, 8]) + 3)
+    assert s == pytest.approx(0.5) and half < 1e-6
+
+
+def test_two_sided_pvalues_against_scipy_and_exact_quantiles():
+    z = np.array([-3.0, -1.959963984540054, 0.0, 0.5, 1.6448536269514722, 6.0])
+    p = two_sided_normal_p(z)
+    assert p.shape == z.shape
+    np.testing.assert_allclose(p, 2 * stats.norm.sf(np.abs(z)), rtol=1e-14)
+    assert p[1] == pytest.approx(0.05, rel=1e-12) and p[4] == pytest.approx(0.1, rel=1e-12) and p[2] == 1.0
+    assert two_sided_normal_p(-2.5) == two_sided_normal_p(2.5) == pytest.approx(0.012419330651552318, rel=1e-12)
+    dof = np.array([1, 5, 30, 30, 30])
+    q = np.array([stats.chi2.ppf(0.01, 1), stats.chi2.ppf(0.5, 5), stats.chi2.ppf(0.975, 30), 0.0, 1e4])
+    np.testing.assert_allclose(two_sided_chi2_p(q, dof), [0.02, 1.0, 0.05, 0.0, 0.0], rtol=1e-10, atol=1e-300)
+
+
+def test_sidak_fisher_bonferroni_exact_values():
+    assert sidak(0.01, 3) == pytest.approx(1 - 0.99 ** 3, rel=1e-14)
+    assert sidak(1e-12, 10) == pytest.approx(1e-11, rel=1e-9)  # no cancellation for a tiny p
+    assert sidak(1.0, 4) == 1.0
+    x, p = fisher([0.5])  # chi2(2) survival exp(-x/2): p = 0.5 exactly
+    assert x == pytest.approx(2 * math.log(2)) and p == pytest.approx(0.5, rel=1e-14)
+    x, p = fisher([0.1, 0.2, 0.3])
+    assert p == pytest.approx(stats.combine_pvalues([0.1, 0.2, 0.3], method="fisher").pvalue, rel=1e-12)
+    assert bonferroni(np.array([[0.2, 0.3], [0.4, 0.9]])) == 0.8 and bonferroni([0.6, 0.7]) == 1.0
+
+
+def test_slope_with_ci_matches_least_squares_by_hand():
+    rng = np.random.default_rng(5)
+    x = np.linspace(0.0, 3.0, 9)
+    y = 0.7 * x + 1.0 + 0.2 * rng.standard_normal(9)
+    s, half, se = slope_with_ci(x, y, level=0.9)
+    xc = x - x.mean()
+    slope = np.sum(xc * (y - y.mean())) / np.sum(xc * xc)
+    resid = y - y.mean() - slope * xc
+    se_ref = math.sqrt(np.sum(resid ** 2) / (9 - 2) / np.sum(xc * xc))
+    assert s == pytest.approx(slope, rel=1e-12) and se == pytest.approx(se_ref, rel=1e-10)
+    assert half == pytest.approx(stats.t.ppf(0.95, 7) * se_ref, rel=1e-10)
+    assert slope_with_ci([0.0, 1.0], [0.0, 2.0])[1] == math.inf  # n = 2: no residual degrees of freedom
+
+
+def test_bootstrap_se_resamples_rows_jointly_with_its_seed():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(200)
+    b = rng.standard_normal(200)
+    # the documented draws, by hand
+    r = np.random.default_rng(9)
+    vals = []
+    for _ in range(50):
+        idx = r.integers(0, 200, size=200)
+        vals.append(np.mean(a[idx]) - np.mean(b[idx]))
+    assert bootstrap_se(lambda u, v: np.mean(u) - np.mean(v), [a, b], n_boot=50, seed=9) == float(np.std(vals, ddof=1))
+    # joint: a statistic that is 0 for every joint resample has standard error 0
+    assert bootstrap_se(lambda u, v: np.mean(u - v), [a, a.copy()], n_boot=20, seed=0) == 0.0
+    # the bootstrap SE of a mean tends to the plug-in sd / sqrt(N) (4000 draws: relative noise ~1.1%)
+    se = bootstrap_se(np.mean, [a], n_boot=4000, seed=1)
+    assert se == pytest.approx(np.std(a) / math.sqrt(a.size), rel=0.05)
+
+
+def test_mean_z_test_and_hotelling_against_scipy():
+    rng = np.random.default_rng(3)
+    v = rng.exponential(2.0, 400)
+    r = mean_z_test(v, 2.1)
+    t = stats.ttest_1samp(v, 2.1)
+    assert r.z == pytest.approx(t.statistic, rel=1e-12) and r.pvalue == pytest.approx(2 * stats.norm.sf(abs(t.statistic)))
+    assert not r.deterministic and r.n == 400
+    assert mean_z_test(np.full(10, 3.0), 3.0).pvalue == 1.0 and mean_z_test(np.full(10, 3.0), 3.1).pvalue == 0.0
+    E = rng.standard_normal((300, 3)) + np.array([0.0, 0.1, -0.2])
+    h = hotelling(E)
+    m = E.mean(axis=0)
+    S = np.cov(E, rowvar=False)
+    T2 = 300 * m @ np.linalg.solve(S, m)
+    assert h.rank == 3 and h.T2 == pytest.approx(T2, rel=1e-10)
+    assert h.pvalue == pytest.approx(stats.f.sf(T2 * (300 - 3) / (3 * 299), 3, 297), rel=1e-9)
+
+
+def test_covariance_zscores_exact_small_case():
+    x = np.array([[1.0, 2.0], [-1.0, 0.0], [2.0, -1.0], [0.0, 1.0]])  # S = [[1.5, 0], [0, 1.5]]
+    C = np.array([[1.0, 0.5], [0.5, 2.0]])
+    se = np.sqrt((np.outer([1.0, 2.0], [1.0, 2.0]) + C * C) / 4)
+    np.testing.assert_allclose(covariance_zscores(x, C), (np.array([[1.5, 0.0], [0.0, 1.5]]) - C) / se, rtol=1e-14)
 
 
 # ============================================================================ wrong formulas are caught

@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 
 import quadsgd as qs
+from quadsgd.testing import burn_in_steps
+from quadsgd.testing.statistics import (
+    bonferroni,
+    bootstrap_se,
+    covariance_zscores,
+    slope_with_ci,
+    two_sided_normal_p,
+    variance_chi2_pvalues,
+)
 
 from . import plots
-from .stats import bonferroni, covariance_zscores, slope_with_ci, variance_chi2_pvalues
 from .verdict import Verdict
 
 __all__ = ["SyntheticConfig", "SYNTHETIC_CLAIMS"]
@@ -38,6 +46,11 @@ EQ13_SLOPE_TOL = 0.05  # |fitted log-log slope - 1/2| (95% CI must lie inside 0.
 TABLE1_DIST_RATIO_MAX = 0.5  # RMS |average - equivalent side-trip| / RMS |SGD - independent SGD|
 TABLE1_LOSS_GAP_MAX = 0.10  # |loss(average) - loss(side-trip)| / loss(SGD)
 EQ19_GAP_MIN = 0.10  # relative Frobenius gap of eq. 19 for the non-normal example ("tens of percent")
+# burn-in of the stationary samples, in mixing times of the slowest mode (quadsgd.testing.burn_in_steps):
+# the residual bias of a covariance is O(exp(-2 BURN_IN)); 50 is at least the burn-in of every claim
+# under the former formula (30 x 1/(lr kappa_min) + support + 40/a: 30.0 to 43.5 mixing times), and with
+# method="exact" the cost does not depend on it
+BURN_IN = 50.0
 
 
 @dataclass
@@ -63,12 +76,11 @@ def _seed(cfg, k):
     return int(cfg.seed) * 1000 + k
 
 
-def _stationary_samples(m, kernels, chains, seed, mix_times=30.0):
-    """Final averaged iterates of independent chains started at 0 after >= mix_times mixing times."""
-    lam = np.abs(np.asarray(m.eigenvalues, dtype=np.complex128))
-    slow = 1.0 / (m.lr * lam.min() / (1.0 + m.momentum) * (1.0 - m.momentum))
-    support = max([k.support if not isinstance(k, qs.EMA) else 40.0 / k.decay for k in kernels] + [1])
-    steps = int(mix_times * slow + support + 10)
+def _stationary_samples(m, kernels, chains, seed, burn_in=BURN_IN):
+    """Final averaged iterates of independent chains started at 0, after
+    ``quadsgd.testing.burn_in_steps(m, kernels, burn_in)`` steps: ``burn_in`` mixing times of the slowest
+    mode (the chain's, momentum included, or an EMA's memory 1/a) plus the longest kernel support."""
+    steps = burn_in_steps(m, kernels, burn_in)
     res = qs.simulate(m, steps, chains, kernels=tuple(kernels), u0=np.zeros(m.dim), record_every=steps,
                       seed=seed, method="exact")
     return res.final.astype(np.float64), steps
@@ -168,14 +180,12 @@ def claim_fig11(cfg: SyntheticConfig, out: Path) -> Verdict:
     var_sgd, var_ema = np.mean(x[0] ** 2, axis=0), np.mean(x[1] ** 2, axis=0)
     meas_ratio = var_ema / var_sgd  # per coordinate
     value = meas_ratio[0] / meas_ratio[1]
-    # bootstrap over chains (the two kernels come from the same chains)
-    rng = np.random.default_rng(_seed(cfg, 4))
-    boots = []
-    for _ in range(300):
-        idx = rng.integers(0, x.shape[1], x.shape[1])
-        r = np.mean(x[1, idx] ** 2, axis=0) / np.mean(x[0, idx] ** 2, axis=0)
-        boots.append(r[0] / r[1])
-    se = float(np.std(boots, ddof=1))
+    # bootstrap over chains (the two kernels come from the same chains: resampled jointly)
+    def fast_over_slow(x_sgd, x_ema):
+        r = np.mean(x_ema ** 2, axis=0) / np.mean(x_sgd ** 2, axis=0)
+        return r[0] / r[1]
+
+    se = bootstrap_se(fast_over_slow, [x[0], x[1]], n_boot=300, seed=_seed(cfg, 4))
     th_ratio = qs.stationary_covariance(m0, ema) / qs.stationary_covariance(m0)
     p = bonferroni(np.concatenate([variance_chi2_pvalues(x[0], qs.stationary_covariance(m0)),
                                    variance_chi2_pvalues(x[1], qs.stationary_covariance(m0, ema))]))
@@ -330,9 +340,10 @@ def claim_table1(cfg: SyntheticConfig, out: Path) -> Verdict:
             traj[t + 1] = traj[t] - LR0 * (om * traj[t] - xi[t])
             side = side - lr_eq[t] * (om * side - xi[t])
             other = other - LR0 * (om * other - xi2[t])
-        if isinstance(k, qs.EMA):
+        track = k.tracking()
+        if track.kind == "geometric":  # EMA: infinite support, truncated at the start point
             w = k.weights(K + 1)
-            w[-1] = (1 - k.decay) ** K  # the start point carries the remaining weight
+            w[-1] = (1 - track.decay) ** K  # the start point carries the remaining weight
             avg = np.tensordot(w, traj[::-1], axes=1)
         else:
             mu = k.weights()
@@ -379,10 +390,8 @@ def claim_eq19(cfg: SyntheticConfig, out: Path) -> Verdict:
     x, steps = _stationary_samples(m, (k,), cfg.chains_stationary, _seed(cfg, 9))
     z_exact = covariance_zscores(x[0], exact)
     z_paper = covariance_zscores(x[0], paper)
-    from scipy import stats as sst
-
-    p_exact = bonferroni(2 * sst.norm.sf(np.abs(z_exact[np.triu_indices(2)])))
-    p_paper = bonferroni(2 * sst.norm.sf(np.abs(z_paper.ravel())))
+    p_exact = bonferroni(two_sided_normal_p(z_exact[np.triu_indices(2)]))
+    p_paper = bonferroni(two_sided_normal_p(z_paper.ravel()))
     S = x[0].T @ x[0] / x.shape[1]
     fig = "eq19-non-normal-gap.png"
     plots.save(lambda ax: plots.draw_covariance_comparison(ax, S, exact, paper), out / fig,
