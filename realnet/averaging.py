@@ -44,7 +44,8 @@ at lags 0, s, ...)     built in ``avg.module`` itself: no extra     iterates, (n
 
 The running mean adds point k with :math:`\hat\theta \mathrel{+}= (\theta-\hat\theta)/d_k`,
 :math:`d_k = (\sum_{j\le k} w_j)/w_k` (:math:`d_k = k` for uniform weights), exactly the arithmetic of
-``AveragedModel``'s default (SWA) average on CPU. The sliding SWA window keeps
+``AveragedModel``'s default (SWA) average on CPU; the sliding ring recomputes its n-point mean every call
+with the in-place :math:`\mathrm{lerp}(\hat\theta, \theta, 1/d_k)` (no temporaries). The sliding SWA window keeps
 :math:`S=\sum\theta` in float64 (no cancellation problem for float32/16 parameters), updated by adding
 the newest and subtracting the stored oldest iterate, and recomputed from the ring every W calls, so
 rounding never accumulates beyond one window. Before a sliding window is full it is padded with
@@ -146,14 +147,57 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-def _mean_step(dst: list, src: list, divisor: float) -> None:
-    r"""Running weighted mean: ``dst += (src - dst) / divisor`` (a copy when divisor == 1)."""
+def _mean_step(dst: list, src: list, divisor: float, in_place: bool = False) -> None:
+    r"""Running weighted mean: ``dst += (src - dst) / divisor`` (a copy when divisor == 1).
+
+    in_place: ``lerp(dst, src, 1/divisor)`` instead -- no temporary (one rounding of 1/divisor more).
+    """
     if divisor == 1.0:
         torch._foreach_copy_(dst, src)
+        return
+    if in_place:
+        torch._foreach_lerp_(dst, src, 1.0 / divisor)
         return
     diff = torch._foreach_sub(src, dst)
     torch._foreach_div_(diff, divisor)
     torch._foreach_add_(dst, diff)
+
+
+_CHUNK = 1 << 16  # elements per chunk of a mixed-dtype CPU operation (cast in cache, then same-dtype op)
+
+
+def _cpu_mixed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Mixed-dtype elementwise ops are not vectorised on CPU: there, cast chunk by chunk instead."""
+    return a.device.type == "cpu" and a.dtype != b.dtype
+
+
+def _acc_(S: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
+    """``S += alpha * x`` for a flat accumulator S (float64) and a flat x of any float dtype."""
+    if not _cpu_mixed(S, x):
+        S.add_(x, alpha=alpha)
+        return
+    for a in range(0, S.numel(), _CHUNK):
+        S[a:a + _CHUNK].add_(x[a:a + _CHUNK].to(S.dtype), alpha=alpha)
+
+
+def _sum_rows_(S: torch.Tensor, ring: torch.Tensor) -> None:
+    """``S = ring.sum(0)`` accumulated in S's dtype."""
+    if not _cpu_mixed(S, ring):
+        torch.sum(ring, dim=0, dtype=S.dtype, out=S)
+        return
+    for a in range(0, S.numel(), _CHUNK):
+        torch.sum(ring[:, a:a + _CHUNK].to(S.dtype), dim=0, out=S[a:a + _CHUNK])
+
+
+def _mean_into_(dst: list, sums: list, W: int) -> None:
+    """``dst[j] = sums[j] / W``, the accumulator-precision mean rounded once to dst's dtype."""
+    for sv, d in zip(sums, dst):
+        if not _cpu_mixed(sv, d) or not d.is_contiguous():
+            torch.div(sv, W, out=d)
+            continue
+        df, sf = d.view(-1), sv.reshape(-1)
+        for a in range(0, df.numel(), _CHUNK):
+            df[a:a + _CHUNK].copy_(sf[a:a + _CHUNK] / W)
 
 
 def _divisors(weights: np.ndarray) -> np.ndarray:
@@ -369,8 +413,7 @@ class KernelAveragedModel(nn.Module):
         return views
 
     def _recompute_sum(self, g: int) -> None:
-        s = getattr(self, f"avg_sum_{g}")
-        torch.sum(getattr(self, f"avg_ring_{g}"), dim=0, dtype=s.dtype, out=s)
+        _sum_rows_(getattr(self, f"avg_sum_{g}"), getattr(self, f"avg_ring_{g}"))
 
     # ------------------------------------------------------------------ update
     @torch.no_grad()
@@ -406,18 +449,17 @@ class KernelAveragedModel(nn.Module):
                     torch._foreach_copy_(self._row_views(g, row), cur)
                     self._recompute_sum(g)
                 else:
-                    S.sub_(ring[row])
+                    _acc_(S, ring[row], -1.0)
                     torch._foreach_copy_(self._row_views(g, row), cur)
-                    S.add_(ring[row])
-                mean = torch.div(S, W)
-                torch._foreach_copy_([avg[j] for j in idx], self._row_views(g, None, mean))
+                    _acc_(S, ring[row], 1.0)
+                _mean_into_([avg[j] for j in idx], self._row_views(g, None, S), W)
         else:  # ring: a fresh weighted mean of n points from the stored iterates
             R = self._ring_len
             for g, (idx, _s, _n) in enumerate(self._groups):
                 dst = [avg[j] for j in idx]
                 cur = [src[j] for j in idx]
                 for lag, d in zip(self._pt_at.tolist(), self._pt_div.tolist()):
-                    _mean_step(dst, cur if lag == 0 else self._row_views(g, (i - lag) % R), d)
+                    _mean_step(dst, cur if lag == 0 else self._row_views(g, (i - lag) % R), d, in_place=True)
                 torch._foreach_copy_(self._row_views(g, i % R), cur)
         if copied:
             torch._foreach_copy_(copied, src_copy)
