@@ -29,18 +29,15 @@ How each kernel is kept (from ``kernel.tracking()``; the code never asks for a c
 ---------------------------------------------------------------------------------------------------
 P = the number of averaged elements (parameters, plus floating buffers with ``use_buffers``).
 
-=====================  ===========================================  ===========================================
-tracking kind          ``at_step=T``                                ``at_step=None`` (continuous)
-=====================  ===========================================  ===========================================
-``last``               copy at call T; no extra memory              copy every call; no extra memory
-``geometric`` (EMA)    :math:`e \leftarrow \mathrm{lerp}(e,\theta,a)` every call (``torch._foreach_lerp_``); no extra memory
-``points`` (n points   running weighted mean of the n points,       general: ring of the last (n-1)·stride
-at lags 0, s, ...)     built in ``avg.module`` itself: no extra     iterates, (n-1)·stride·P extra elements,
-                       memory (at most n updates, at the point      n foreach updates per call; uniform
-                       times), bit-equal to ``AveragedModel``'s     stride-1 window W (SWA): ring of W
-                       default average for uniform weights          iterates + a float64 running sum
-                                                                    (W·P + P extra), O(1) per call
-=====================  ===========================================  ===========================================
+* ``last``: a copy (at call T, or every call); no extra memory.
+* ``geometric`` (EMA): :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call
+  (``torch._foreach_lerp_``), with or without ``at_step``; no extra memory.
+* ``points`` (n points at lags 0, s, ..., (n-1)s), ``at_step=T``: the running weighted mean of the n
+  points is built in ``avg.module`` itself, updated only at the n point times: no extra memory, bit-equal
+  to ``AveragedModel``'s default average for uniform weights.
+* ``points``, ``at_step=None``: a ring of the last (n-1)s iterates ((n-1)s·P extra elements; n foreach
+  updates per call); a uniform stride-1 window W (SWA): a ring of W iterates plus a float64 running sum
+  (W·P + P extra elements, O(1) work per call).
 
 The running mean adds point k with :math:`\hat\theta \mathrel{+}= (\theta-\hat\theta)/d_k`,
 :math:`d_k = (\sum_{j\le k} w_j)/w_k` (:math:`d_k = k` for uniform weights), exactly the arithmetic of
@@ -338,7 +335,8 @@ class KernelAveragedModel(nn.Module):
         for dt, idx in groups.items():
             devs = {avg[i].device for i in idx}
             if len(devs) > 1 and self._ring_len:
-                raise ValueError(f"model: sliding windows need the {dt} tensors on one device, found {sorted(map(str, devs))}")
+                raise ValueError(f"model: sliding windows need the {dt} tensors on one device, "
+                                 f"found {sorted(map(str, devs))}")
             shapes = [avg[i].shape for i in idx]
             numels = [avg[i].numel() for i in idx]
             N = int(sum(numels))
@@ -572,7 +570,8 @@ class EquivalentScheduleLR(LRScheduler):
         k = _as_kernel(kernel)
         if base is not None:
             if not isinstance(base, LRScheduler):
-                raise ValueError(f"base must be an LRScheduler of the same optimizer or None, got {type(base).__name__}")
+                raise ValueError("base must be an LRScheduler of the same optimizer or None, "
+                                 f"got {type(base).__name__}")
             if base.optimizer is not optimizer:
                 raise ValueError("base must schedule the same optimizer as EquivalentScheduleLR")
             done = int(base.last_epoch)
