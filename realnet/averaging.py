@@ -1,0 +1,643 @@
+r"""Averaging in your own training loop: any quadsgd kernel as an averaged model, and its equivalent
+learning-rate schedule as a scheduler (Sandler et al., Appendix A.2, Lemma 2 and Table 1).
+
+* :class:`KernelAveragedModel` -- a ``torch.nn.Module`` holding a deep copy of your model whose
+  parameters are :math:`\hat\theta_t = \sum_k \mu_k\theta_{t-k}` for any :mod:`quadsgd` kernel
+  (``Last``, ``TwoPoint(delta)``, ``NPoint(n, delta)``, ``SWA(window)``, ``EMA(decay)``,
+  ``Kernel(weights)`` or a spec string such as ``"twopoint:100"``), evaluated at a chosen step
+  ``at_step`` (as the paper does) or continuously (``at_step=None``). Conventions of
+  :class:`torch.optim.swa_utils.AveragedModel`: ``avg.module``, ``avg.update_parameters(model)`` after
+  every optimizer step, ``use_buffers``, works with :func:`torch.optim.swa_utils.update_bn`.
+* :class:`EquivalentScheduleLR` -- a :class:`torch.optim.lr_scheduler.LRScheduler` giving the
+  learning-rate schedule whose last iterate equals that average when the gradient of each batch is
+  constant (Lemma 2): the step :math:`r` steps before :math:`T` gets the base lr times
+  :math:`\sum_{m<r}\mu_m` (:func:`quadsgd.equivalent_schedule`).
+
+Indexing (both classes)
+-----------------------
+:math:`\theta_s` is the model when the object is built (``start_step`` s, default 0; for the scheduler
+the base scheduler's ``last_epoch``); optimizer step :math:`i` (1-based) maps :math:`\theta_{i-1}` to
+:math:`\theta_i`, and the k-th ``update_parameters`` call sees :math:`\theta_{s+k}`. Iterates before
+:math:`\theta_s` are never needed: a finite kernel must fit, ``support - 1 <= at_step - start_step``
+(``TwoPoint(T)`` at ``at_step=T`` is :math:`(\theta_0+\theta_T)/2`), and an EMA starts at
+:math:`e_s = \theta_s` (its tail weight :math:`(1-a)^{T-s}` sits on :math:`\theta_s`, as in
+:func:`quadsgd.simulate` and timm's ``ModelEmaV3``; ``AveragedModel`` instead starts at the first
+update, which is this class built one step later). With that convention the average at ``T`` and the
+equivalent schedule over steps ``s+1..T`` agree exactly under Lemma 2, for every kernel.
+
+How each kernel is kept (from ``kernel.tracking()``; the code never asks for a concrete class)
+---------------------------------------------------------------------------------------------------
+P = the number of averaged elements (parameters, plus floating buffers with ``use_buffers``).
+
+* ``last``: a copy (at call T, or every call); no extra memory.
+* ``geometric`` (EMA): :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call
+  (``torch._foreach_lerp_``), with or without ``at_step``; no extra memory.
+* ``points`` (n points at lags 0, s, ..., (n-1)s), ``at_step=T``: the running weighted mean of the n
+  points is built in ``avg.module`` itself, updated only at the n point times: no extra memory, bit-equal
+  to ``AveragedModel``'s default average for uniform weights.
+* ``points``, ``at_step=None``: a ring of the last (n-1)s iterates ((n-1)s·P extra elements; n foreach
+  updates per call); a uniform stride-1 window W (SWA): a ring of W iterates plus a float64 running sum
+  (W·P + P extra elements, O(1) work per call).
+
+The running mean adds point k with :math:`\hat\theta \mathrel{+}= (\theta-\hat\theta)/d_k`,
+:math:`d_k = (\sum_{j\le k} w_j)/w_k` (:math:`d_k = k` for uniform weights), exactly the arithmetic of
+``AveragedModel``'s default (SWA) average on CPU; the sliding ring recomputes its n-point mean every call
+with the in-place :math:`\mathrm{lerp}(\hat\theta, \theta, 1/d_k)` (no temporaries). The sliding SWA window keeps
+:math:`S=\sum\theta` in float64 (no cancellation problem for float32/16 parameters), updated by adding
+the newest and subtracting the stored oldest iterate, and recomputed from the ring every W calls, so
+rounding never accumulates beyond one window. Before a sliding window is full it is padded with
+:math:`\theta_s`. Extra memory above ``memory_limit`` bytes is refused with a ValueError (use
+``at_step``, which needs none). Integer buffers (``num_batches_tracked``) are always copied, never
+averaged; with ``use_buffers=False`` all buffers are copied from the model on every call.
+
+``state_dict()`` is complete -- the averaged module, the ring and running sum, and an extra state
+with the number of calls, the kernel spec, ``at_step``, ``start_step`` and ``use_buffers`` -- so a run
+resumed from it continues bit-identically; it loads with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from quadsgd._checks import check_bool, check_int
+from quadsgd.kernels import AveragingKernel, parse_kernel
+
+__all__ = ["KernelAveragedModel", "EquivalentScheduleLR", "unwrap_model", "equivalent_multipliers"]
+
+_FORMAT = 1
+_DEFAULT_MEMORY_LIMIT = 4 * 2 ** 30
+
+
+# =============================================================================================
+# Shared helpers
+# =============================================================================================
+def _as_kernel(kernel) -> AveragingKernel:
+    """A quadsgd kernel from a kernel or its spec string; ValueError naming ``kernel`` otherwise."""
+    if isinstance(kernel, AveragingKernel):
+        return kernel
+    if isinstance(kernel, str):
+        try:
+            return parse_kernel(kernel)
+        except ValueError as e:
+            raise ValueError(f"kernel={kernel!r}: {e}") from None
+    raise ValueError("kernel must be a quadsgd averaging kernel (qs.TwoPoint(100), qs.EMA(0.01), ...) or its "
+                     f"spec string ('twopoint:100', 'ema:0.01', 'swa:50', 'npoint:3:20', 'kernel:0.5,0.5'), "
+                     f"got {kernel!r}")
+
+
+def _check_steps(kernel: AveragingKernel, at_step, start_step, at_name: str = "at_step") -> tuple[int, int]:
+    """Validated (at_step, start_step): at_step > start_step >= 0 and a finite kernel that fits."""
+    start = check_int("start_step", start_step, 0)
+    T = check_int(at_name, at_step, 1)
+    if T <= start:
+        raise ValueError(f"{at_name}={T} is in the past: the model at construction is already at step "
+                         f"start_step={start}; {at_name} must be >= {start + 1}")
+    support = kernel.support
+    if math.isfinite(support) and int(support) - 1 > T - start:
+        raise ValueError(
+            f"kernel {kernel} needs the iterates theta_{{T-{int(support) - 1}}}..theta_T (support {int(support)} "
+            f"steps), longer than {at_name}={T} allows from start_step={start} (theta_{start}..theta_{T}, "
+            f"{T - start + 1} iterates): use {at_name} >= {start + int(support) - 1} or a shorter kernel")
+    return T, start
+
+
+def equivalent_multipliers(kernel, at_step: int, start_step: int = 0) -> np.ndarray:
+    r"""Lemma 2 / Table 1 multipliers of steps ``start_step+1 .. at_step``; shape (at_step - start_step,).
+
+    ``out[i - start_step - 1]`` = :math:`\sum_{m<r}\mu_m` with :math:`r = T - i + 1` (step T: r = 1),
+    i.e. ``qs.equivalent_schedule(kernel, ones)`` -- the same call on the same array, so
+    ``base * out`` equals ``qs.equivalent_schedule(kernel, base)`` bit for bit.
+    """
+    k = _as_kernel(kernel)
+    T, s = _check_steps(k, at_step, start_step)
+    return np.asarray(k.cumulative(np.arange(T - s, 0, -1)), dtype=np.float64)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel (``.module``) and torch.compile
+    (``._orig_mod``) wrappers, in any nesting."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None) if isinstance(model, nn.Module) else None
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        return model
+
+
+def _is_float(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype of a running sum: float64 (complex128 for complex tensors)."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def _mean_step(dst: list, src: list, divisor: float, in_place: bool = False) -> None:
+    r"""Running weighted mean: ``dst += (src - dst) / divisor`` (a copy when divisor == 1).
+
+    in_place: ``lerp(dst, src, 1/divisor)`` instead -- no temporary (one rounding of 1/divisor more).
+    """
+    if divisor == 1.0:
+        torch._foreach_copy_(dst, src)
+        return
+    if in_place:
+        torch._foreach_lerp_(dst, src, 1.0 / divisor)
+        return
+    diff = torch._foreach_sub(src, dst)
+    torch._foreach_div_(diff, divisor)
+    torch._foreach_add_(dst, diff)
+
+
+_CHUNK = 1 << 16  # elements per chunk of a mixed-dtype CPU operation (cast in cache, then same-dtype op)
+
+
+def _cpu_mixed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Mixed-dtype elementwise ops are not vectorised on CPU: there, cast chunk by chunk instead."""
+    return a.device.type == "cpu" and a.dtype != b.dtype
+
+
+def _acc_(S: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
+    """``S += alpha * x`` for a flat accumulator S (float64) and a flat x of any float dtype."""
+    if not _cpu_mixed(S, x):
+        S.add_(x, alpha=alpha)
+        return
+    for a in range(0, S.numel(), _CHUNK):
+        S[a:a + _CHUNK].add_(x[a:a + _CHUNK].to(S.dtype), alpha=alpha)
+
+
+def _sum_rows_(S: torch.Tensor, ring: torch.Tensor) -> None:
+    """``S = ring.sum(0)`` accumulated in S's dtype."""
+    if not _cpu_mixed(S, ring):
+        torch.sum(ring, dim=0, dtype=S.dtype, out=S)
+        return
+    for a in range(0, S.numel(), _CHUNK):
+        torch.sum(ring[:, a:a + _CHUNK].to(S.dtype), dim=0, out=S[a:a + _CHUNK])
+
+
+def _mean_into_(dst: list, sums: list, W: int) -> None:
+    """``dst[j] = sums[j] / W``, the accumulator-precision mean rounded once to dst's dtype."""
+    for sv, d in zip(sums, dst):
+        if not _cpu_mixed(sv, d) or not d.is_contiguous():
+            torch.div(sv, W, out=d)
+            continue
+        df, sf = d.view(-1), sv.reshape(-1)
+        for a in range(0, df.numel(), _CHUNK):
+            df[a:a + _CHUNK].copy_(sf[a:a + _CHUNK] / W)
+
+
+def _divisors(weights: np.ndarray) -> np.ndarray:
+    """Divisors d_k of the running weighted mean over chronologically ordered non-zero weights; (n,)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if np.all(w == w[0]):
+        return np.arange(1, w.size + 1, dtype=np.float64)  # exact integers: AveragedModel's arithmetic
+    d = np.cumsum(w) / w
+    d[0] = 1.0
+    return d
+
+
+# =============================================================================================
+# KernelAveragedModel
+# =============================================================================================
+class KernelAveragedModel(nn.Module):
+    r"""Average of a model's trajectory with any quadsgd kernel: :math:`\hat\theta_t = \sum_k\mu_k\theta_{t-k}`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (DDP / DataParallel / ``torch.compile`` wrappers are unwrapped); it is
+        :math:`\theta_s` of the average. ``avg.module`` is a deep copy of the unwrapped model.
+    kernel : quadsgd kernel or spec string
+        ``qs.TwoPoint(100)`` / ``"twopoint:100"``, ``"npoint:3:50"``, ``"swa:200"``, ``"ema:0.01"``,
+        ``"kernel:0.5,0.3,0.2"``, ``"last"`` (:func:`quadsgd.kernels.parse_kernel`).
+    at_step : int or None
+        T: after the update that sees :math:`\theta_T`, ``avg.module`` holds
+        :math:`\sum_k\mu_k\theta_{T-k}` and further updates are refused. None: the current average
+        after every update (EMA; sliding windows, memory in the module docstring).
+    use_buffers : bool
+        Average the floating buffers (BatchNorm running statistics) with the same kernel; False (default):
+        copy all buffers from the model at every update (then call ``update_bn`` on the average).
+    start_step : int, keyword-only
+        Step s of ``model`` at construction (default 0): the k-th update sees :math:`\theta_{s+k}`.
+    device : torch.device, keyword-only
+        Keep the average there (model tensors are moved at each update); default: the model's device.
+    memory_limit : float or None, keyword-only
+        Bytes allowed for the extra copies of sliding windows (default 4 GiB; None: no limit).
+
+    Attributes: ``module``, ``kernel``, ``at_step``, ``start_step``, ``use_buffers``, ``n_updates``,
+    ``step`` (:math:`s` + updates), ``ready``, ``extra_copies`` (parameter-sized copies besides
+    ``module``), ``extra_bytes``.
+
+    Raises ValueError naming the argument for: a kernel that is not a kernel or spec (``"swa:0"``: window
+    < 1), a finite kernel longer than ``at_step - start_step + 1`` iterates, ``at_step <= start_step``
+    (already passed), a model without parameters, ``at_step=None`` with a kernel whose tracking cannot
+    be kept online or whose window exceeds ``memory_limit``; :meth:`update_parameters` after ``at_step``.
+    """
+
+    def __init__(self, model: nn.Module, kernel, at_step: int | None = None, use_buffers: bool = False, *,
+                 start_step: int = 0, device: torch.device | str | None = None,
+                 memory_limit: float | None = _DEFAULT_MEMORY_LIMIT):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        k = _as_kernel(kernel)
+        self.use_buffers = check_bool("use_buffers", use_buffers)
+        if at_step is None:
+            self.start_step = check_int("start_step", start_step, 0)
+            self.at_step = None
+        else:
+            self.at_step, self.start_step = _check_steps(k, at_step, start_step)
+        if memory_limit is not None:
+            try:
+                memory_limit = float(memory_limit)
+            except (TypeError, ValueError):
+                raise ValueError(f"memory_limit must be a number of bytes or None, got {memory_limit!r}") from None
+            if not memory_limit >= 0:
+                raise ValueError(f"memory_limit must be >= 0 bytes or None, got {memory_limit!r}")
+        self.kernel = k
+        inner = unwrap_model(model)
+        if next(inner.parameters(), None) is None:
+            raise ValueError(f"model has no parameters to average ({type(inner).__name__})")
+        self.module = copy.deepcopy(inner)
+        if device is not None:
+            self.module = self.module.to(device)
+        self._n_params = sum(1 for _ in self.module.parameters())
+        bufs = list(self.module.buffers())
+        self._n_buffers = len(bufs)
+        if self.use_buffers:
+            self._avg_buffer_idx = [i for i, b in enumerate(bufs) if _is_float(b)]
+            self._copy_buffer_idx = [i for i, b in enumerate(bufs) if not _is_float(b)]
+        else:
+            self._avg_buffer_idx, self._copy_buffer_idx = [], list(range(len(bufs)))
+        self._calls = 0
+        self._next_point = 0
+        self._views: dict = {}
+        self._plan(k.tracking(), memory_limit)
+
+    # ------------------------------------------------------------------ plan
+    def _plan(self, tr, memory_limit) -> None:
+        """Choose the update rule from the kernel's tracking and allocate the state it needs."""
+        k, T = self.kernel, self.at_step
+        self._decay = 0.0
+        # points, chronological: call index (at_step) or lag (ring), and running-mean divisor
+        self._pt_at = np.zeros(0, dtype=np.int64)
+        self._pt_div = np.zeros(0, dtype=np.float64)
+        self._ring_len = 0
+        self._copies = 0
+        kind = tr.kind
+        if kind == "geometric" and float(tr.decay) == 1.0:
+            kind = "last"
+        if kind == "last":
+            self._mode = "last"
+        elif kind == "geometric":
+            self._mode = "ema"
+            self._decay = float(tr.decay)
+        elif kind == "points":
+            s, n = int(tr.stride), int(tr.n)
+            w = tr.weight_array()
+            lags = np.arange(n, dtype=np.int64) * s
+            nz = np.flatnonzero(w)[::-1]  # chronological: the largest lag first
+            div = _divisors(w[nz])
+            if T is not None:
+                self._mode = "points"
+                self._pt_at, self._pt_div = (T - self.start_step) - lags[nz], div
+                if self._pt_at[0] == 0:  # the model at construction is the first point
+                    self._next_point = 1
+            elif tr.uniform_window:
+                self._mode = "window"
+                self._ring_len = int(tr.uniform_window)
+                self._copies = self._ring_len + 1
+            else:
+                self._mode = "ring"
+                self._ring_len = int(lags[-1])
+                self._copies = self._ring_len
+                self._pt_at, self._pt_div = lags[nz], div
+        else:
+            raise ValueError(f"kernel {k!r} has tracking kind {tr.kind!r}, which KernelAveragedModel cannot keep "
+                             "online (known: 'last', 'geometric', 'points')")
+        avg = self._avg_tensors()
+        groups: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(avg):
+            groups.setdefault(t.dtype, []).append(i)
+        self._groups = []
+        nbytes = 0
+        for dt, idx in groups.items():
+            devs = {avg[i].device for i in idx}
+            if len(devs) > 1 and self._ring_len:
+                raise ValueError(f"model: sliding windows need the {dt} tensors on one device, "
+                                 f"found {sorted(map(str, devs))}")
+            shapes = [avg[i].shape for i in idx]
+            numels = [avg[i].numel() for i in idx]
+            N = int(sum(numels))
+            self._groups.append((idx, shapes, numels))
+            nbytes += self._ring_len * N * avg[idx[0]].element_size()
+            if self._mode == "window":
+                nbytes += N * torch.empty((), dtype=_acc_dtype(dt)).element_size()
+        self._extra_bytes = int(nbytes)
+        if self._ring_len and memory_limit is not None and nbytes > memory_limit:
+            raise ValueError(
+                f"kernel {k} with at_step=None keeps a sliding window of {self._copies} copies of the model "
+                f"({nbytes / 2 ** 20:.1f} MiB) > memory_limit={memory_limit:.4g} bytes: pass at_step=T (no extra "
+                "memory), a shorter kernel, or a larger memory_limit")
+        for g, (idx, _shapes, numels) in enumerate(self._groups):
+            t0 = avg[idx[0]]
+            N = int(sum(numels))
+            if self._ring_len:
+                ring = torch.empty((self._ring_len, N), dtype=t0.dtype, device=t0.device)
+                self.register_buffer(f"avg_ring_{g}", ring)
+            if self._mode == "window":
+                self.register_buffer(f"avg_sum_{g}", torch.zeros(N, dtype=_acc_dtype(t0.dtype), device=t0.device))
+        if self._ring_len:
+            with torch.no_grad():
+                for g, (idx, _s, _n) in enumerate(self._groups):
+                    cur = [avg[i] for i in idx]
+                    for row in range(self._ring_len):  # padding: every slot holds theta_s
+                        torch._foreach_copy_(self._row_views(g, row), cur)
+                    if self._mode == "window":
+                        self._recompute_sum(g)
+
+    # ------------------------------------------------------------------ tensors
+    def _avg_tensors(self) -> list[torch.Tensor]:
+        """The averaged tensors of ``module``: parameters, then floating buffers if use_buffers."""
+        out = [p.detach() for p in self.module.parameters()]
+        if self._avg_buffer_idx:
+            bufs = list(self.module.buffers())
+            out += [bufs[i].detach() for i in self._avg_buffer_idx]
+        return out
+
+    def _copied_tensors(self) -> list[torch.Tensor]:
+        bufs = list(self.module.buffers())
+        return [bufs[i].detach() for i in self._copy_buffer_idx]
+
+    def _sources(self, model: nn.Module, avg: list, copied: list) -> tuple[list, list]:
+        inner = unwrap_model(model)
+        params = [p.detach() for p in inner.parameters()]
+        bufs = [b.detach() for b in inner.buffers()]
+        if len(params) != self._n_params or len(bufs) != self._n_buffers:
+            raise ValueError(f"model has {len(params)} parameters and {len(bufs)} buffers, the averaged model "
+                             f"{self._n_params} and {self._n_buffers}: pass the model being averaged")
+        src = params + [bufs[i] for i in self._avg_buffer_idx]
+        src_copy = [bufs[i] for i in self._copy_buffer_idx]
+        src = [s if s.device == a.device else s.to(a.device) for s, a in zip(src, avg)]
+        src_copy = [s if s.device == a.device else s.to(a.device) for s, a in zip(src_copy, copied)]
+        return src, src_copy
+
+    def _row_views(self, g: int, row: int | None, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Views of ring row ``row`` (or of the flat tensor ``flat``) of group g, shaped like its tensors."""
+        idx, shapes, numels = self._groups[g]
+        if flat is None:
+            ring = getattr(self, f"avg_ring_{g}")
+            key = (g, row)
+            hit = self._views.get(key)
+            if hit is not None and hit[0] == ring.data_ptr():
+                return hit[1]
+            flat = ring[row]
+        views = [v.view(sh) for v, sh in zip(flat.split(numels), shapes)]
+        if row is not None:
+            if len(self._views) > 4 * len(self._groups) * max(self._ring_len, 1):
+                self._views.clear()
+            self._views[(g, row)] = (getattr(self, f"avg_ring_{g}").data_ptr(), views)
+        return views
+
+    def _recompute_sum(self, g: int) -> None:
+        _sum_rows_(getattr(self, f"avg_sum_{g}"), getattr(self, f"avg_ring_{g}"))
+
+    # ------------------------------------------------------------------ update
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """Take the iterate :math:`\\theta_{s+k}` of ``model`` (the k-th call); call after every optimizer step."""
+        i = self._calls + 1
+        if self.at_step is not None and self.start_step + i > self.at_step:
+            raise ValueError(
+                f"update_parameters would see step {self.start_step + i}, after at_step={self.at_step}: the average "
+                f"at step {self.at_step} is complete in avg.module (build a new KernelAveragedModel for a later step)")
+        avg = self._avg_tensors()
+        copied = self._copied_tensors()
+        src, src_copy = self._sources(model, avg, copied)
+        mode = self._mode
+        if mode == "ema":
+            torch._foreach_lerp_(avg, src, self._decay)
+        elif mode == "last":
+            if self.at_step is None or self.start_step + i == self.at_step:
+                torch._foreach_copy_(avg, src)
+        elif mode == "points":
+            j = self._next_point
+            if j < self._pt_at.size and self._pt_at[j] == i:
+                _mean_step(avg, src, float(self._pt_div[j]))
+                self._next_point = j + 1
+        elif mode == "window":
+            W = self._ring_len
+            row = i % W
+            for g, (idx, _s, _n) in enumerate(self._groups):
+                ring = getattr(self, f"avg_ring_{g}")
+                S = getattr(self, f"avg_sum_{g}")
+                cur = [src[j] for j in idx]
+                if row == 0:
+                    torch._foreach_copy_(self._row_views(g, row), cur)
+                    self._recompute_sum(g)
+                else:
+                    _acc_(S, ring[row], -1.0)
+                    torch._foreach_copy_(self._row_views(g, row), cur)
+                    _acc_(S, ring[row], 1.0)
+                _mean_into_([avg[j] for j in idx], self._row_views(g, None, S), W)
+        else:  # ring: a fresh weighted mean of n points from the stored iterates
+            R = self._ring_len
+            for g, (idx, _s, _n) in enumerate(self._groups):
+                dst = [avg[j] for j in idx]
+                cur = [src[j] for j in idx]
+                for lag, d in zip(self._pt_at.tolist(), self._pt_div.tolist()):
+                    _mean_step(dst, cur if lag == 0 else self._row_views(g, (i - lag) % R), d, in_place=True)
+                torch._foreach_copy_(self._row_views(g, i % R), cur)
+        if copied:
+            torch._foreach_copy_(copied, src_copy)
+        self._calls = i
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def n_updates(self) -> int:
+        """Number of :meth:`update_parameters` calls so far."""
+        return self._calls
+
+    @property
+    def step(self) -> int:
+        """Step of the latest iterate seen (``start_step + n_updates``)."""
+        return self.start_step + self._calls
+
+    @property
+    def ready(self) -> bool:
+        """True when ``module`` holds the average: always with at_step=None, else once step == at_step."""
+        return self.at_step is None or self.step == self.at_step
+
+    @property
+    def extra_copies(self) -> int:
+        """Parameter-sized copies held besides ``module`` (ring slots, running sum)."""
+        return self._copies
+
+    @property
+    def extra_bytes(self) -> int:
+        """Bytes of those copies."""
+        return self._extra_bytes
+
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, at_step={self.at_step}, start_step={self.start_step}, "
+                f"use_buffers={self.use_buffers}, mode={self._mode!r}, extra_copies={self._copies}")
+
+    # ------------------------------------------------------------------ state
+    def _identity(self) -> dict[str, Any]:
+        return {"kernel": str(self.kernel), "at_step": self.at_step, "start_step": self.start_step,
+                "use_buffers": self.use_buffers}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"format": _FORMAT, **self._identity(), "calls": self._calls, "next_point": self._next_point}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"state_dict: not a KernelAveragedModel state of format {_FORMAT}")
+        for key, mine in self._identity().items():
+            if state.get(key) != mine:
+                raise ValueError(f"state_dict was saved with {key}={state.get(key)!r}, this average has "
+                                 f"{key}={mine!r}: build it with the same arguments before loading")
+        calls = check_int("state_dict calls", state["calls"], 0)
+        if self.at_step is not None and self.start_step + calls > self.at_step:
+            raise ValueError(f"state_dict holds {calls} updates, beyond at_step={self.at_step}")
+        self._calls = calls
+        self._next_point = check_int("state_dict next_point", state["next_point"], 0, int(self._pt_at.size))
+        self._views.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._views = {}
+        return super()._apply(fn, *args, **kwargs)
+
+
+# =============================================================================================
+# EquivalentScheduleLR
+# =============================================================================================
+def _refuse_after_at_step(ref):
+    def hook(optimizer, args, kwargs):
+        sched = ref()
+        if sched is not None and sched.last_epoch >= sched.at_step:
+            raise ValueError(
+                f"optimizer step {sched.last_epoch + 1} is after at_step={sched.at_step}: EquivalentScheduleLR's "
+                f"schedule ends at step {sched.at_step} (its end point is the average at that step)")
+    return hook
+
+
+class EquivalentScheduleLR(LRScheduler):
+    r"""The learning-rate schedule whose end point equals a kernel average (Lemma 2, Table 1 generalised).
+
+    The lr of optimizer step i (1-based) is :math:`\mathrm{base}_i\cdot m_i` in every param group, with
+    :math:`m_i = \sum_{m<r}\mu_m`, :math:`r = T - i + 1` (:func:`quadsgd.equivalent_schedule`;
+    :math:`m_i = 1` before the kernel's support, e.g. two-point: 1 up to step T-Δ, then 1/2). Under a
+    constant gradient per batch the end point :math:`\theta_T` equals the average
+    :math:`\sum_k\mu_k\theta_{T-k}` of the same run with the base schedule
+    (:class:`KernelAveragedModel` with the same ``at_step``); in training the two are close (paper, Fig. 5).
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    kernel : quadsgd kernel or spec string (``"twopoint:1000"``, ``"ema:0.001"``, ``"swa:500"``, ...)
+    at_step : int
+        T, the averaging time; a finite kernel must fit in steps ``start+1..T`` (support - 1 <= T - start).
+        ``optimizer.step()`` after step T raises ValueError (a step pre-hook); so does ``step()`` beyond it.
+    base : LRScheduler or None
+        Scheduler of the same optimizer giving base_i (stepped by this one: call only this ``step()``);
+        None: the optimizer's lr at construction, constant.
+    start_step : int or None, keyword-only
+        Optimizer steps already taken (default: ``base.last_epoch``, or 0 without a base).
+
+    ``state_dict()`` holds this scheduler's counters and the base's state (``base_state``); load it with
+    the same kernel, at_step and base type.
+    """
+
+    def __init__(self, optimizer: Optimizer, kernel, at_step: int, base: LRScheduler | None = None, *,
+                 start_step: int | None = None):
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        k = _as_kernel(kernel)
+        if base is not None:
+            if not isinstance(base, LRScheduler):
+                raise ValueError("base must be an LRScheduler of the same optimizer or None, "
+                                 f"got {type(base).__name__}")
+            if base.optimizer is not optimizer:
+                raise ValueError("base must schedule the same optimizer as EquivalentScheduleLR")
+            done = int(base.last_epoch)
+            if start_step is not None and check_int("start_step", start_step, 0) != done:
+                raise ValueError(f"start_step={start_step} disagrees with base.last_epoch={done}")
+        else:
+            done = 0 if start_step is None else check_int("start_step", start_step, 0)
+        self.kernel = k
+        self.at_step, self.start_step = _check_steps(k, at_step, done)
+        self.base = base
+        self._mult = equivalent_multipliers(k, self.at_step, self.start_step)
+        self._base_lr = [_clone_lr(g["lr"]) for g in optimizer.param_groups]
+        self._started = False
+        if done > 0:
+            for g in optimizer.param_groups:
+                g.setdefault("initial_lr", _clone_lr(g["lr"]))
+        super().__init__(optimizer, last_epoch=done - 1 if done > 0 else -1)
+        self._hook = optimizer.register_step_pre_hook(_refuse_after_at_step(weakref.ref(self)))
+
+    def multiplier(self, step: int) -> float:
+        """:math:`m_i` of optimizer step ``step`` (1-based; 1.0 outside start_step+1..at_step)."""
+        j = int(step) - self.start_step - 1
+        return float(self._mult[j]) if 0 <= j < self._mult.size else 1.0
+
+    def get_lr(self) -> list:
+        m = self.multiplier(self.last_epoch + 1)
+        return [b * m for b in self._base_lr]
+
+    def step(self, epoch: int | None = None) -> None:
+        if epoch is not None:
+            raise ValueError("epoch is not supported by EquivalentScheduleLR: call step() once per optimizer step")
+        if self._started:
+            if self.last_epoch >= self.at_step:
+                raise ValueError(f"step() past at_step={self.at_step}: the equivalent schedule ends at step "
+                                 f"{self.at_step}")
+            if self.base is not None:
+                for g, b in zip(self.optimizer.param_groups, self._base_lr):
+                    if isinstance(g["lr"], torch.Tensor):
+                        g["lr"].copy_(b)
+                    else:
+                        g["lr"] = b
+                self.base.step()
+                self._base_lr = [_clone_lr(g["lr"]) for g in self.optimizer.param_groups]
+        self._started = True
+        super().step()
+
+    def state_dict(self) -> dict[str, Any]:
+        skip = {"optimizer", "base", "kernel", "_mult", "_hook"}
+        sd = {k: v for k, v in self.__dict__.items() if k not in skip}
+        sd["kernel"] = str(self.kernel)
+        sd["base_state"] = None if self.base is None else self.base.state_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        sd = dict(state_dict)
+        for key, mine in (("kernel", str(self.kernel)), ("at_step", self.at_step), ("start_step", self.start_step)):
+            if sd.get(key) != mine:
+                raise ValueError(f"state_dict was saved with {key}={sd.get(key)!r}, this scheduler has {key}={mine!r}")
+        base_state = sd.pop("base_state", None)
+        if (base_state is None) != (self.base is None):
+            raise ValueError("state_dict and this scheduler differ in having a base scheduler")
+        if self.base is not None:
+            self.base.load_state_dict(base_state)
+        sd.pop("kernel")
+        self.__dict__.update(sd)
+
+
+def _clone_lr(v):
+    return v.clone() if isinstance(v, torch.Tensor) else v
