@@ -83,20 +83,32 @@ Intervals use Student's t with J - 1 degrees of freedom.
   AR(1)/AR(2) series: c = 5 gave tau biases of -5 to -9 % and 89-96 % coverage, c = 3 -1 to -3 % and 92-95 %);
 * kernel variance ratio: the kernel applied to the series (points: the weighted lags, from the first
   full window; EMA: the recursion started at :math:`e_0 = p_0`, its first
-  :math:`\lceil\ln 10^{-3}/\ln(1-a)\rceil` values dropped), :math:`\hat K = \widehat{\mathrm{Var}}\,\hat p/\hat\gamma_0`;
+  :math:`\lceil\ln 10^{-3}/\ln(1-a)\rceil` values dropped),
+  :math:`\hat K = \widehat{\mathrm{Var}}\,\hat p/\hat\gamma_0`;
 * loss reduction :math:`\tfrac12\kappa_i(\hat\gamma_0 - \widehat{\mathrm{Var}}\,\hat p)` (with the fitted kappa).
 
-**Length rule** (ValueError naming ``steps``): the blocks must be at least :data:`BLOCK_FACTOR` times the
-longest span the estimates need -- the largest lag L, and each kernel's span (points: its support - 1;
-EMA: ceil(1/a)) -- after the EMA burn-in: :math:`N + 1 - \text{burn} \ge n_{blocks}\cdot
-\text{BLOCK\_FACTOR}\cdot\text{span}`. Per direction ``block_ok`` is False when a block is shorter than
-BLOCK_FACTOR times the measured :math:`\hat\tau_{abs}`. The coverage of the intervals at this rule is
-checked on AR(1) and AR(2) series of known variance in ``tests/test_realnet_linear_fit.py``.
+**Length rule** (ValueError naming ``steps``, a priori): the blocks must be at least :data:`SPAN_FACTOR`
+(5) times the longest span the estimates need -- the largest lag L and each kernel's span (points:
+(n-1) x stride, i.e. D for two-point, W-1 for SWA; EMA: ceil((2-a)/a), the integrated time of an EMA of
+white noise) -- after the EMA burn-in: :math:`N + 1 - \text{burn} \ge n_{blocks}\cdot 5\cdot\text{span}`
+(:func:`min_steps`; for the averaging side-trip's quick kernels ema:0.02, twopoint:100, swa:100 and 20
+blocks that is N >= 10,341). A posteriori, per direction, ``block_ok`` is False when a block is shorter
+than :data:`BLOCK_FACTOR` (10) times the measured correlation time max(tau, 1 + 2 sum rho^2): the
+intervals are honest only for blocks long against the correlation time, which is not known in advance.
+
+Measured coverage of the nominal 95 % intervals (t, 19 dof; 1000 replicates each; AR(1) with
+lr kappa = 0.5 and 0.1, heavy-ball AR(2) with beta = 0.9 and lr kappa = 0.025 / 0.5 / 3, kernels
+ema:0.1, twopoint:20, swa:20, lags 1..5, N = 2,000-5,000): variance 93-95 %, autocorrelations 92-100 %,
+integrated time 92-95 %, kernel ratios 92-97 %; coverage falls to ~90 % when a block is only ~10 tau_abs
+long and below 80 % for the variance at b ~ 2 tau (then ``block_ok`` is False). Estimates carry the
+usual O(tau / N) bias of a mean-subtracted estimator (-0.5 % for the variance at tau = 19, N = 4,000),
+small against the standard errors. ``tests/test_realnet_linear_fit.py`` checks the coverage at the
+nominal rate with a stated false-alarm rate.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import signal, stats
@@ -280,7 +292,7 @@ def kernel_span(kernel) -> int:
     (the integrated autocorrelation time of an EMA of white noise)."""
     t = parse_kernel(kernel).tracking()
     if t.kind == "geometric":
-        return int(math.ceil((2.0 - t.decay) / t.decay))
+        return int(math.ceil((2.0 - t.decay) / t.decay - 1e-9))
     if t.kind == "points":
         return int((t.n - 1) * t.stride)
     return 0
@@ -335,7 +347,8 @@ def min_steps(lags: int, kernels=DEFAULT_KERNELS, n_blocks: int = N_BLOCKS) -> i
 
 
 def curvatures(eigenvalues, weight_decay: float = 0.0) -> np.ndarray:
-    """:math:`\\kappa_i` = eigenvalue of the loss Hessian + coupled weight decay (the optimised objective's curvature)."""
+    """:math:`\\kappa_i` = eigenvalue of the loss Hessian + coupled weight decay (the curvature of the optimised
+    objective :math:`L + \\tfrac{wd}2\\|\\theta\\|^2`, which is what the optimizer's mean update feels); shape (k,)."""
     wd = check_real("weight_decay", weight_decay, 0.0)
     return _vector("eigenvalues", eigenvalues) + wd
 
@@ -399,7 +412,7 @@ def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERN
     s = np.flatnonzero(stable)
     if s.size:
         kap = kappa[s]
-        # the loss weight kappa sigma^2 (may be 0 when sigma is): floor it for LinearModel's hessian check
+        # whitened model per direction: Omega = kappa, unit noise, loss weight H = kappa sigma^2
         m = qs.LinearModel(kap, lr, momentum, hessian=kap * sigma[s] ** 2)
         vu = stationary_covariance(m, qs.Last())
         wvar[s] = vu
@@ -477,7 +490,8 @@ def _lag_block_sums(x: np.ndarray, ids: np.ndarray, n_blocks: int, Lmax: int):
     return Spp, Sa, Sb, Cn
 
 
-def measure(projections, kernels=DEFAULT_KERNELS, lags: int = 10, *, kappa=None, n_blocks: int = N_BLOCKS) -> Measurement:
+def measure(projections, kernels=DEFAULT_KERNELS, lags: int = 10, *, kappa=None,
+            n_blocks: int = N_BLOCKS) -> Measurement:
     r"""Estimate variance, autocorrelations, integrated time, kernel variance ratios and loss reductions of
     :math:`p_t = v_i^\top\theta_t` with block-jackknife standard errors (module docstring).
 
@@ -620,7 +634,8 @@ def fit_statistic(measured, predicted, *, n_boot: int = 2000, seed: int = 0) -> 
 def compare(prediction: Prediction, measurement: Measurement, *, n_boot: int = 2000, seed: int = 0) -> Comparison:
     """Measured against predicted: log ratios, z-scores (measured - predicted) / se, and the verdict statistic."""
     if tuple(prediction.kernels) != tuple(measurement.kernels):
-        raise ValueError(f"prediction kernels {prediction.kernels} differ from measurement kernels {measurement.kernels}")
+        raise ValueError(f"prediction kernels {prediction.kernels} differ from measurement kernels "
+                         f"{measurement.kernels}")
     if prediction.kappa.shape != measurement.variance.shape:
         raise ValueError("prediction and measurement must have the same number of directions")
     L = min(len(prediction.lags), len(measurement.lags))
@@ -629,7 +644,8 @@ def compare(prediction: Prediction, measurement: Measurement, *, n_boot: int = 2
         zvr = (measurement.variance_ratio - prediction.variance_ratio) / measurement.variance_ratio_se
         lv = np.log(measurement.variance / prediction.variance)
         zv = (measurement.variance - prediction.variance) / measurement.variance_se
-        za = (measurement.autocorrelation[:, :L] - prediction.autocorrelation[:, :L]) / measurement.autocorrelation_se[:, :L]
+        za = ((measurement.autocorrelation[:, :L] - prediction.autocorrelation[:, :L])
+              / measurement.autocorrelation_se[:, :L])
         zt = (measurement.integrated_time - prediction.integrated_time) / measurement.integrated_time_se
     stat = fit_statistic(measurement.variance_ratio, prediction.variance_ratio, n_boot=n_boot, seed=seed)
     vstat = fit_statistic(measurement.variance, prediction.variance, n_boot=n_boot, seed=seed)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from realnet.hessian import FlatModel, ParamLayout, SampleLoss, lanczos, projected_gradients, residual_norms
+from realnet.hessian import (FlatModel, ParamLayout, SampleLoss, lanczos, projected_gradients, rayleigh_quotients,
+                             residual_norms)
 from realnet.models import create_model
 from realnet.trainer import train_step
 
@@ -121,6 +122,11 @@ def test_hvp_at_other_theta_and_chunking():
     assert float((hb - per).norm() / per.norm()) < 1e-12
     whole = SampleLoss(net, x, y, chunk_size=64, bn_mode="batch", dtype=torch.float64).hvp(v, th)
     assert float((hb - whole).norm() / whole.norm()) > 1e-3  # a different function, as documented
+    # Rayleigh quotients on the sample's own chunks average to v^T H v of the sample loss
+    D = torch.stack([v / v.norm(), torch.ones(219, dtype=torch.float64) / 219 ** 0.5])
+    rq = rayleigh_quotients(Lb, Lb.chunks(), D, th)
+    assert rq.shape == (4, 2)
+    np.testing.assert_allclose(rq.mean(0), [float(d @ Lb.hvp(d, th)) for d in D], rtol=1e-10)
 
 
 def test_model_is_untouched_and_no_autocast():

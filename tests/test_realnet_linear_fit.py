@@ -221,7 +221,8 @@ def test_fit_statistic_definition_and_bootstrap():
 
 # ------------------------------------------------------------------------------------ synthetic network
 class QuadraticNet(nn.Module):
-    r"""A "network" whose loss on an example b is the linear model itself: :math:`\tfrac12\theta^\top A\theta - \theta^\top b`.
+    r"""A "network" whose loss on an example b is the linear model itself:
+    :math:`\tfrac12\theta^\top A\theta - \theta^\top b`.
 
     The mean over a batch has gradient :math:`A\theta - \bar b_B`, Hessian A, and batch noise of covariance
     Cov(b)/|B|; with the optimizer's coupled weight decay the drift matrix is A + wd I.
@@ -308,7 +309,8 @@ def test_synthetic_quadratic_network_end_to_end():
     assert np.all(np.abs(z_loss) < 4.3)
 
     # deliberately wrong models: the verdict statistic (kernel variance ratios) fails for wrong dynamics ...
-    for wrong in (lf.predict(kappa, ne.sigma, lr / 2, beta, kernels, 5), lf.predict(kappa, ne.sigma, lr, 0.0, kernels, 5)):
+    for wrong in (lf.predict(kappa, ne.sigma, lr / 2, beta, kernels, 5),
+                  lf.predict(kappa, ne.sigma, lr, 0.0, kernels, 5)):
         bad = lf.compare(wrong, meas)
         assert not bad.statistic.passed and bad.statistic.value > 0.45
     # ... and a wrong noise model (sigma x 2) leaves the ratios intact but fails the variances by log 4
