@@ -96,13 +96,15 @@ blocks that is N >= 10,341). A posteriori, per direction, ``block_ok`` is False 
 than :data:`BLOCK_FACTOR` (10) times the measured correlation time max(tau, 1 + 2 sum rho^2): the
 intervals are honest only for blocks long against the correlation time, which is not known in advance.
 
-Measured coverage of the nominal 95 % intervals (t, 19 dof; 1000 replicates each; AR(1) with
-lr kappa = 0.5 and 0.1, heavy-ball AR(2) with beta = 0.9 and lr kappa = 0.025 / 0.5 / 3, kernels
-ema:0.1, twopoint:20, swa:20, lags 1..5, N = 2,000-5,000): variance 93-95 %, autocorrelations 92-100 %,
-integrated time 92-95 %, kernel ratios 92-97 %; coverage falls to ~90 % when a block is only ~10 tau_abs
-long and below 80 % for the variance at b ~ 2 tau (then ``block_ok`` is False). Estimates carry the
-usual O(tau / N) bias of a mean-subtracted estimator (-0.5 % for the variance at tau = 19, N = 4,000),
-small against the standard errors. ``tests/test_realnet_linear_fit.py`` checks the coverage at the
+Measured coverage of the nominal 95 % intervals (t, 19 dof, 20 blocks; 1000 replicates per case; AR(1)
+with lr kappa = 0.5 and 0.1 (tau = 3, 19), heavy-ball AR(2) with beta = 0.9 and lr kappa = 0.025 / 0.5 / 3;
+kernels ema:0.1, twopoint:20, swa:20; lags 1..5; N = 2,065-5,000, i.e. at or above the length rule):
+variance 92-95 %, autocorrelations 93-100 %, integrated time 91-95 %, kernel ratios 92-97 %. The lower
+ends are the cases with blocks only ~10 correlation times long (AR(1), tau = 19, b = 203). With blocks
+~2 tau long (AR(1), tau = 99, b = 203; ``block_ok`` False) coverage falls to 88 % for the variance and
+89 % for the integrated time. Estimates carry the usual
+O(tau / N) bias of mean-subtracted estimators (-0.5 % for the variance at tau = 19, N = 4,065), small
+against their standard errors. ``tests/test_realnet_linear_fit.py`` checks the coverage at the
 nominal rate with a stated false-alarm rate.
 """
 from __future__ import annotations
@@ -425,7 +427,7 @@ def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERN
             ratio[s, j] = stationary_covariance(m, kern) / vu
             lred[s, j] = l0 - stationary_loss_per_coordinate(m, kern)
     tau = np.full(k, np.nan)
-    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s]) if s.size else tau[s]
+    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s])  # long-run variance 1/kappa^2 over Var u (module docstring)
     var = sigma ** 2 * wvar
     return Prediction(kappa=kappa, sigma=sigma, lr=lr, momentum=momentum, lr_kappa=lr_kappa, stable=stable, lags=L,
                       kernels=tuple(str(x) for x in ks), whitened_variance=wvar, variance=var, autocorrelation=rho,
@@ -520,6 +522,9 @@ def measure(projections, kernels=DEFAULT_KERNELS, lags: int = 10, *, kappa=None,
             f">= {SPAN_FACTOR} x span needs steps >= {need}; increase steps or reduce lags / the kernel spans")
     if kappa is not None:
         kappa = _vector("kappa", kappa, k)
+    if np.any(np.ptp(P, axis=0) == 0):
+        i = int(np.flatnonzero(np.ptp(P, axis=0) == 0)[0])
+        raise ValueError(f"projections: direction {i} is constant over the series (zero variance)")
     x = (P - P.mean(0)).T  # (k, T): centred for numerical stability (estimates re-centre exactly)
     ids, b = _block_ids(T, n_blocks)
 
