@@ -74,7 +74,10 @@ the same and the curvature the optimizer feels is ``eigenvalue + weight_decay``
 
 **HVP methods** (``method``): ``"double_backward"`` -- :math:`\nabla(\nabla L\cdot v)` by two reverse
 passes (``create_graph=True``; PyHessian's way); ``"func"`` -- forward-over-reverse
-``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``. Both give the same vector (tests: 1e-10 in float64).
+``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``. Both give the same vector (tests: 1e-12 relative
+in float64, also on ResNet-20 with train-mode BN). Do not swap the nesting: reverse-over-forward,
+``grad(lambda t: jvp(L, (t,), (v,))[1])``, is wrong through train-mode BatchNorm in torch 2.14 (measured:
+26 % relative error on a width-2 ResNet-20 in float64, exact in eval mode).
 """
 from __future__ import annotations
 

@@ -159,6 +159,11 @@ def test_batch_mode_gradient_is_the_optimizers_gradient():
     train_step(model, opt, x, y, lr=0.0, label_smoothing=0.1)  # train-mode BN, the run's loss
     ref = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert torch.allclose(g, ref, rtol=1e-5, atol=1e-7)
+    # the two HVP methods agree on the real architecture (ReLU, option-A shortcuts, train-mode BN), float64
+    f64 = FlatModel(model, bn_mode="batch", dtype=torch.float64)
+    v = torch.randn(f64.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a, b = f64.hvp(x, y, v, method="double_backward"), f64.hvp(x, y, v, method="func")
+    assert float((a - b).norm() / a.norm()) < 1e-12
     D = torch.randn(3, fm.size, generator=torch.Generator().manual_seed(4))
     G = projected_gradients(fm, [(x, y), (x, y)], D)
     assert G.shape == (2, 3)
