@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg as sla
 
 import quadsgd as qs
-from quadsgd._reference import exact_event_times, reference_exact, reference_step
+from quadsgd.simulate._reference import exact_event_times, reference_exact, reference_step
 from quadsgd.simulate import draw_normals, simulate
 
 from .simtruth import step_system
@@ -108,7 +108,7 @@ def test_exact_matches_numpy_twin(name):
                    per_chain_loss=True, record_states=2)
     zeta = _exact_zeta(m, KERNELS, res.times, lr, C, 4)
     # (a) the same transition matrices: agreement to rounding
-    plan = S._plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
+    plan = S.make_plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
     has_S = any(sp.block for sp in plan.specs)
 
     def trans(k, lam):
@@ -275,10 +275,10 @@ def test_trackers_memory_is_a_few_states():
     times = S.record_times(4 * 10**5, 10**5)
     for k in (qs.TwoPoint(10**5), qs.SWA(10**5), qs.NPoint(3, 5 * 10**4)):
         for method in ("step", "exact"):
-            plan = S._plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
+            plan = S.make_plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
             assert plan.n_slots <= 2
     with pytest.raises(ValueError, match=r"record_every=1 .*TwoPoint\(delta=100000\)"):
-        S._plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
+        S.make_plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
     m = qs.LinearModel(np.ones(1000), lr=0.5)
     with pytest.raises(ValueError, match="record_every"):
         simulate(m, 10**6, 1000, (qs.SWA(10**5),), record_every=10)
