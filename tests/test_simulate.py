@@ -284,6 +284,37 @@ def test_trackers_memory_is_a_few_states():
         simulate(m, 10**6, 1000, (qs.SWA(10**5),), record_every=10)
 
 
+def test_huge_uniform_kernels_cost_no_weight_arrays():
+    """SWA(1e9) / NPoint(1e7, 3): the plan never materialises the weights (O(1) memory in the support),
+    and a window longer than the closed-form threshold averages correctly: with records every step,
+    SWA(W) at tau is ((W - tau) u0 + sum_{t<=tau} u_t) / W, u_t read from the Last kernel's states."""
+    import tracemalloc
+
+    from quadsgd.simulate import plan as P
+
+    times = S.record_times(4 * 10**9, 10**9)
+    tracemalloc.start()
+    try:
+        for k in (qs.SWA(10**9), qs.NPoint(10**7, 3)):
+            for method in ("step", "exact"):
+                plan = S.make_plan((qs.Last(), k), times, method, 10, 10, 8, 2**30, 10**9, False)
+                assert plan.n_slots <= 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    W = 2 * P._UNIFORM_DENSE_MAX  # closed-form weights and suffix sums
+    m = qs.LinearModel(np.array([0.5, 0.2]), lr=0.3)
+    u0 = np.array([1.0, 0.0])
+    for method in ("step", "exact"):
+        r = simulate(m, 30, 3, (qs.Last(), qs.SWA(W)), u0=u0, seed=2, method=method, record_states=3)
+        u = r.states[0]  # (chains, R, d), t = 1..30
+        tau = r.times.astype(float)[None, :, None]
+        want = ((W - tau) * u0 + np.cumsum(u, axis=1)) / W
+        np.testing.assert_allclose(r.states[1], want, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(r.states[1][..., 1], np.cumsum(u[..., 1], axis=1) / W, rtol=1e-10)
+
+
 def test_long_delta_run_uses_few_slots_and_matches_twin():
     m = qs.LinearModel(np.array([0.5, 0.01]), lr=0.5)
     T, C = 6000, 2

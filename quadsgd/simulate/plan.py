@@ -254,5 +254,6 @@ def step_events(plan: Plan, times, t0: int, t1: int):
 
 
 def events_per_step(plan: Plan, n_rec: int, steps: int) -> float:
-    """Mean number of accumulator events per step (sizes the step method's segments)."""
-    return sum((sp.n_nonzero + 1) * n_rec for sp in plan.specs) / steps + 1e-9
+    """Bound on the mean number of accumulator events per step (sizes the step method's segments):
+    a record gets one INIT and at most min(non-zero weights, steps) ADDs."""
+    return sum((min(sp.n_nonzero, steps) + 1) * n_rec for sp in plan.specs) / steps + 1e-9
