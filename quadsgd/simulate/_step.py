@@ -94,11 +94,8 @@ def _quad(x, h_diag, H, dense):
 
 
 @jit_inline
-def _apply_events(ev, e0, e1, ac, uc, u0):
+def _apply_events(e0, e1, ev_slot, ev_w, ev_init, ac, uc, u0):
     """Accumulator events e0:e1 of one step for one chain: INIT slot = w*u0, ADD slot += w*u."""
-    ev_slot = ev.slot
-    ev_w = ev.w
-    ev_init = ev.init
     d = uc.shape[0]
     for e in range(e0, e1):
         row = ac[ev_slot[e]]
@@ -109,36 +106,6 @@ def _apply_events(ev, e0, e1, ac, uc, u0):
         else:
             for i in range(d):
                 row[i] = float64(row[i]) + w * float64(uc[i])
-
-
-@jit_inline
-def _emit(out, k, src, loss, c, rl, rg):
-    """Store one averaged iterate's loss (and state when asked) at a record."""
-    out.chain_loss[k, rl, c] = loss
-    sc = out.sel[c]
-    if sc >= 0:
-        out.states[k, sc, rg, :] = src
-    if rg == out.last:
-        out.final[k, c, :] = src
-
-
-@jit_inline
-def _record_slots(c, rl, rg, uc, ec, ac, model, records, lsum_u, lsum_e, out):
-    """All kernels' records of one chain at one record time (k_type 0 Last, 1 EMA, 2 slot)."""
-    k_type = records.k_type
-    k_idx = records.k_idx
-    k_nslots = records.k_nslots
-    K = k_type.shape[0]
-    for k in range(K):
-        kt = k_type[k]
-        if kt == 0:
-            _emit(out, k, uc, lsum_u, c, rl, rg)
-        elif kt == 1:
-            j = k_idx[k]
-            _emit(out, k, ec[j], lsum_e[j], c, rl, rg)
-        else:
-            src = ac[k_idx[k] + rg % k_nslots[k]]
-            _emit(out, k, src, _quad(src, model.h_diag, model.H, model.dense), c, rl, rg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,11 +182,9 @@ def _sweep_1m(s0, s1, s2, s3, uc, bc, ec, omega, h, lt, beta, a, rec):
 
 
 @jit_inline
-def _sweep_gen(s0, s1, s2, s3, uc, bc, ec, omega, h, lt, rc, rec, lsum_e):
+def _sweep_gen(s0, s1, s2, s3, uc, bc, ec, omega, h, lt, beta, ema_a, rec, lsum_e):
     """Any number of EMA trackers; fills lsum_e (m,) when rec; returns the half-loss of u."""
-    beta = rc.beta
     mom = beta != 0.0
-    ema_a = rc.ema_a
     m = ema_a.shape[0]
     lu = 0.0
     for j in range(m):
@@ -249,13 +214,11 @@ def _sweep_gen(s0, s1, s2, s3, uc, bc, ec, omega, h, lt, rc, rec, lsum_e):
 
 
 @jit_inline
-def _sweep_dense(s0, s1, s2, s3, uc, bc, ec, g, model, lt, rc, rec, lsum_e):
-    """Small dense omega: g = Omega u - xi by a per-chain mat-vec (noise in coordinate order)."""
-    Om = model.Om
-    H = model.H
-    beta = rc.beta
+def _sweep_dense(s0, s1, s2, s3, uc, bc, ec, g, Om, lt, beta, ema_a):
+    """Small dense omega: g = Omega u - xi by a per-chain mat-vec (noise in coordinate order).
+
+    Returns the stream state; the losses are computed by the caller (:func:`_dense_losses`)."""
     mom = beta != 0.0
-    ema_a = rc.ema_a
     d = uc.shape[0]
     m = ema_a.shape[0]
     for i in range(d):
@@ -275,27 +238,45 @@ def _sweep_dense(s0, s1, s2, s3, uc, bc, ec, g, model, lt, rc, rec, lsum_e):
         for j in range(m):
             a = ema_a[j]
             ec[j, i] = (1.0 - a) * float64(ec[j, i]) + a * ui
-    lu = 0.0
-    if rec:
-        lu = _quad(uc, H[0], H, True)
-        for j in range(m):
-            lsum_e[j] = _quad(ec[j], H[0], H, True)
-    return lu, s0, s1, s2, s3
+    return s0, s1, s2, s3
+
+
+@jit_inline
+def _dense_losses(uc, ec, H, lsum_e):
+    """Half-losses 0.5 x^T H x of u (returned) and of every EMA tracker (into lsum_e) after a dense step."""
+    lu = _quad(uc, H[0], H, True)
+    for j in range(ec.shape[0]):
+        lsum_e[j] = _quad(ec[j], H[0], H, True)
+    return lu
 
 
 @jit
 def _chain_steps(c, rng, st, model, rc, ev, records, out):
     """All steps of one segment for chain c (the body of :func:`step_chains`)."""
     omega = model.omega
+    Om = model.Om
     dense = model.dense
     h_diag = model.h_diag
+    H = model.H
     u0 = rc.u0
     lr = rc.lr
     beta = rc.beta
     ema_a = rc.ema_a
     ev_ptr = ev.ptr
+    ev_slot = ev.slot
+    ev_w = ev.w
+    ev_init = ev.init
     rec_local = records.local
     rec_global = records.global_
+    k_type = records.k_type
+    k_idx = records.k_idx
+    k_nslots = records.k_nslots
+    chain_loss = out.chain_loss
+    sel = out.sel
+    states = out.states
+    final = out.final
+    last_record = out.last
+    K = k_type.shape[0]
     d = st.u.shape[1]
     nsteps = lr.shape[0]
     m = ema_a.shape[0]
@@ -312,7 +293,8 @@ def _chain_steps(c, rng, st, model, rc, ev, records, out):
         rl = rec_local[tl]
         rec = rl >= 0
         if dense:
-            lsum_u, s0, s1, s2, s3 = _sweep_dense(s0, s1, s2, s3, uc, bc, ec, g, model, lt, rc, rec, lsum_e)
+            s0, s1, s2, s3 = _sweep_dense(s0, s1, s2, s3, uc, bc, ec, g, Om, lt, beta, ema_a)
+            lsum_u = _dense_losses(uc, ec, H, lsum_e) if rec else 0.0
         elif m == 0:
             if mom:
                 lsum_u, s0, s1, s2, s3 = _sweep_0m(s0, s1, s2, s3, uc, bc, omega, h_diag, lt, beta, rec)
@@ -327,11 +309,30 @@ def _chain_steps(c, rng, st, model, rc, ev, records, out):
                                                       ema_a[0], rec)
             lsum_e[0] = le
         else:
-            lsum_u, s0, s1, s2, s3 = _sweep_gen(s0, s1, s2, s3, uc, bc, ec, omega, h_diag, lt, rc, rec,
-                                                lsum_e)
-        _apply_events(ev, ev_ptr[tl], ev_ptr[tl + 1], ac, uc, u0)
+            lsum_u, s0, s1, s2, s3 = _sweep_gen(s0, s1, s2, s3, uc, bc, ec, omega, h_diag, lt, beta, ema_a,
+                                                rec, lsum_e)
+        _apply_events(ev_ptr[tl], ev_ptr[tl + 1], ev_slot, ev_w, ev_init, ac, uc, u0)
         if rec:
-            _record_slots(c, rl, rec_global[tl], uc, ec, ac, model, records, lsum_u, lsum_e, out)
+            # every kernel's record (k_type 0 Last, 1 EMA, 2 slot): loss, and the state when asked
+            rg = rec_global[tl]
+            for k in range(K):
+                kt = k_type[k]
+                if kt == 0:
+                    src = uc
+                    loss = lsum_u
+                elif kt == 1:
+                    j = k_idx[k]
+                    src = ec[j]
+                    loss = lsum_e[j]
+                else:
+                    src = ac[k_idx[k] + rg % k_nslots[k]]
+                    loss = _quad(src, h_diag, H, dense)
+                chain_loss[k, rl, c] = loss
+                sc = sel[c]
+                if sc >= 0:
+                    states[k, sc, rg, :] = src
+                if rg == last_record:
+                    final[k, c, :] = src
     rng[c, 0] = s0
     rng[c, 1] = s1
     rng[c, 2] = s2
@@ -377,6 +378,9 @@ def update_dense(st, G, Z, off, rc, tl, ev):
     ema_a = rc.ema_a
     e0 = ev.ptr[tl]
     e1 = ev.ptr[tl + 1]
+    ev_slot = ev.slot
+    ev_w = ev.w
+    ev_init = ev.init
     C = u.shape[0]
     d = u.shape[1]
     m = ema_a.shape[0]
@@ -399,4 +403,4 @@ def update_dense(st, G, Z, off, rc, tl, ev):
             for j in range(m):
                 a = ema_a[j]
                 ec[j, i] = (1.0 - a) * float64(ec[j, i]) + a * ui
-        _apply_events(ev, e0, e1, acc[c], uc, u0)
+        _apply_events(e0, e1, ev_slot, ev_w, ev_init, acc[c], uc, u0)
