@@ -127,6 +127,59 @@ def test_exact_matches_numpy_twin(name):
     np.testing.assert_allclose(res.chain_loss, cl2, rtol=1e-6, atol=1e-8)
 
 
+class _TruncatedEMA(qs.AveragingKernel):
+    """Defined only here: geometric weights a(1-a)^j on n points spaced ``stride`` apart, renormalised."""
+
+    def __init__(self, a, n, stride):
+        self.a, self.n, self.stride = a, n, stride
+
+    @property
+    def point_weights(self):
+        w = self.a * (1.0 - self.a) ** np.arange(self.n)
+        return w / w.sum()
+
+
+class _Window(qs.AveragingKernel):
+    """Defined only here: the uniform average of the last W iterates (tracked by window sums when exact)."""
+
+    def __init__(self, W):
+        self.W = W
+
+    @property
+    def point_weights(self):
+        return np.full(self.W, 1.0 / self.W)
+
+
+@pytest.mark.parametrize("method", ["step", "exact"])
+def test_kernels_defined_only_in_this_module_are_simulated(method):
+    """The simulator reads kernels through ``tracking()``: new kernel classes need no library change."""
+    m = MODELS["diag_mom"]
+    ks = (qs.Last(), _TruncatedEMA(0.3, 4, 3), _Window(5), qs.EMA(0.2))
+    d, C, T = m.dim, 3, 40
+    u0 = np.linspace(1.0, 2.0, d)
+    res = simulate(m, T, C, ks, u0=u0, record_every=4, seed=6, method=method, per_chain_loss=True)
+    lr = np.full(T, m.lr)
+    if method == "step":
+        xi = draw_normals(6, C, T * d).reshape(C, T, d)
+        cl, avg = reference_step(m.omega, m.loss_matrix(), u0, lr, m.momentum, ks, res.times, xi)
+    else:
+        E = exact_event_times(ks, res.times, lr)
+        p = 1 + 1 + 1 + 1  # u, b, one EMA, the window sum S of _Window(5)
+        zeta = draw_normals(6, C, E.size * d * p).reshape(C, E.size, d, p)
+        plan = S.make_plan(ks, res.times, "exact", C, d, 8, 2**30, 4, True)
+        assert plan.has_S and plan.ema_a.tolist() == [0.2]
+
+        def trans(k, lam):
+            M, N = S.one_step_matrices(m, lam, plan.ema_a, True)
+            A, Q = S.k_step_transition(M, N, k)
+            return A, S.sqrt_psd(Q)
+
+        cl, avg = reference_exact(m.omega, m.loss_matrix(), u0, lr, m.momentum, ks, res.times, zeta,
+                                  transitions=trans)
+    np.testing.assert_allclose(res.chain_loss, cl, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(res.final, avg[:, -1], rtol=1e-11, atol=1e-13)
+
+
 def test_k_step_transition_against_brute_force_and_lyapunov():
     m = MODELS["nonnormal"]
     M, N = step_system(m)

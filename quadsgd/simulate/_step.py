@@ -21,8 +21,13 @@ Entry points (argument groups, all NamedTuples built once per segment by :mod:`.
 Groups: :class:`State` (u, b, ema, acc), :class:`Model` (omega / Om, h / H), :class:`Recursion`
 (u0, lr, beta, ema_a), :class:`Events` (ptr, slot, w, init), and :class:`~._jit.Records`,
 :class:`~._jit.Outputs`. State arrays are float32 or float64 (arithmetic inside a step is float64,
-stored in the state dtype; losses are float64). The inline sweeps take the stream state as four
-scalars ``s0..s3`` (registers, see :mod:`._rng`) besides their own arguments.
+stored in the state dtype; losses are float64).
+
+Groups cross the Python -> Numba boundary and the prange body; inside :func:`_chain_steps` they are
+unpacked once per chain and segment, and the per-step inline helpers (the sweeps, :func:`_apply_events`)
+take plain arrays and scalars: a NamedTuple handed to an inline helper, or a field read from it inside
+the step loop, costs reference-count updates of every array in it at every step. The sweeps take the
+stream state as four scalars ``s0..s3`` (registers, see :mod:`._rng`) besides at most 10 arguments.
 """
 from __future__ import annotations
 
