@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from quadsgd import _numba as nb
+from quadsgd.simulate import _rng as nb
 from quadsgd.simulate import draw_normals
 
 from .simtruth import jump_by_matrix_power, splitmix_py, xoshiro_py

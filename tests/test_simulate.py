@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg as sla
 
 import quadsgd as qs
-from quadsgd._reference import exact_event_times, reference_exact, reference_step
+from quadsgd.simulate._reference import exact_event_times, reference_exact, reference_step
 from quadsgd.simulate import draw_normals, simulate
 
 from .simtruth import step_system
@@ -108,7 +108,7 @@ def test_exact_matches_numpy_twin(name):
                    per_chain_loss=True, record_states=2)
     zeta = _exact_zeta(m, KERNELS, res.times, lr, C, 4)
     # (a) the same transition matrices: agreement to rounding
-    plan = S._plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
+    plan = S.make_plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
     has_S = any(sp.block for sp in plan.specs)
 
     def trans(k, lam):
@@ -125,6 +125,59 @@ def test_exact_matches_numpy_twin(name):
     # rank-deficient Q_k (k < state size) turns rounding into ~sqrt(eps) differences
     cl2, avg2 = reference_exact(m.omega, m.loss_matrix(), u0, lr, m.momentum, KERNELS, res.times, zeta)
     np.testing.assert_allclose(res.chain_loss, cl2, rtol=1e-6, atol=1e-8)
+
+
+class _TruncatedEMA(qs.AveragingKernel):
+    """Defined only here: geometric weights a(1-a)^j on n points spaced ``stride`` apart, renormalised."""
+
+    def __init__(self, a, n, stride):
+        self.a, self.n, self.stride = a, n, stride
+
+    @property
+    def point_weights(self):
+        w = self.a * (1.0 - self.a) ** np.arange(self.n)
+        return w / w.sum()
+
+
+class _Window(qs.AveragingKernel):
+    """Defined only here: the uniform average of the last W iterates (tracked by window sums when exact)."""
+
+    def __init__(self, W):
+        self.W = W
+
+    @property
+    def point_weights(self):
+        return np.full(self.W, 1.0 / self.W)
+
+
+@pytest.mark.parametrize("method", ["step", "exact"])
+def test_kernels_defined_only_in_this_module_are_simulated(method):
+    """The simulator reads kernels through ``tracking()``: new kernel classes need no library change."""
+    m = MODELS["diag_mom"]
+    ks = (qs.Last(), _TruncatedEMA(0.3, 4, 3), _Window(5), qs.EMA(0.2))
+    d, C, T = m.dim, 3, 40
+    u0 = np.linspace(1.0, 2.0, d)
+    res = simulate(m, T, C, ks, u0=u0, record_every=4, seed=6, method=method, per_chain_loss=True)
+    lr = np.full(T, m.lr)
+    if method == "step":
+        xi = draw_normals(6, C, T * d).reshape(C, T, d)
+        cl, avg = reference_step(m.omega, m.loss_matrix(), u0, lr, m.momentum, ks, res.times, xi)
+    else:
+        E = exact_event_times(ks, res.times, lr)
+        p = 1 + 1 + 1 + 1  # u, b, one EMA, the window sum S of _Window(5)
+        zeta = draw_normals(6, C, E.size * d * p).reshape(C, E.size, d, p)
+        plan = S.make_plan(ks, res.times, "exact", C, d, 8, 2**30, 4, True)
+        assert plan.has_S and plan.ema_a.tolist() == [0.2]
+
+        def trans(k, lam):
+            M, N = S.one_step_matrices(m, lam, plan.ema_a, True)
+            A, Q = S.k_step_transition(M, N, k)
+            return A, S.sqrt_psd(Q)
+
+        cl, avg = reference_exact(m.omega, m.loss_matrix(), u0, lr, m.momentum, ks, res.times, zeta,
+                                  transitions=trans)
+    np.testing.assert_allclose(res.chain_loss, cl, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(res.final, avg[:, -1], rtol=1e-11, atol=1e-13)
 
 
 def test_k_step_transition_against_brute_force_and_lyapunov():
@@ -275,13 +328,44 @@ def test_trackers_memory_is_a_few_states():
     times = S.record_times(4 * 10**5, 10**5)
     for k in (qs.TwoPoint(10**5), qs.SWA(10**5), qs.NPoint(3, 5 * 10**4)):
         for method in ("step", "exact"):
-            plan = S._plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
+            plan = S.make_plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
             assert plan.n_slots <= 2
     with pytest.raises(ValueError, match=r"record_every=1 .*TwoPoint\(delta=100000\)"):
-        S._plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
+        S.make_plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
     m = qs.LinearModel(np.ones(1000), lr=0.5)
     with pytest.raises(ValueError, match="record_every"):
         simulate(m, 10**6, 1000, (qs.SWA(10**5),), record_every=10)
+
+
+def test_huge_uniform_kernels_cost_no_weight_arrays():
+    """SWA(1e9) / NPoint(1e7, 3): the plan never materialises the weights (O(1) memory in the support),
+    and a window longer than the closed-form threshold averages correctly: with records every step,
+    SWA(W) at tau is ((W - tau) u0 + sum_{t<=tau} u_t) / W, u_t read from the Last kernel's states."""
+    import tracemalloc
+
+    from quadsgd.simulate import plan as P
+
+    times = S.record_times(4 * 10**9, 10**9)
+    tracemalloc.start()
+    try:
+        for k in (qs.SWA(10**9), qs.NPoint(10**7, 3)):
+            for method in ("step", "exact"):
+                plan = S.make_plan((qs.Last(), k), times, method, 10, 10, 8, 2**30, 10**9, False)
+                assert plan.n_slots <= 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    W = 2 * P._UNIFORM_DENSE_MAX  # closed-form weights and suffix sums
+    m = qs.LinearModel(np.array([0.5, 0.2]), lr=0.3)
+    u0 = np.array([1.0, 0.0])
+    for method in ("step", "exact"):
+        r = simulate(m, 30, 3, (qs.Last(), qs.SWA(W)), u0=u0, seed=2, method=method, record_states=3)
+        u = r.states[0]  # (chains, R, d), t = 1..30
+        tau = r.times.astype(float)[None, :, None]
+        want = ((W - tau) * u0 + np.cumsum(u, axis=1)) / W
+        np.testing.assert_allclose(r.states[1], want, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(r.states[1][..., 1], np.cumsum(u[..., 1], axis=1) / W, rtol=1e-10)
 
 
 def test_long_delta_run_uses_few_slots_and_matches_twin():

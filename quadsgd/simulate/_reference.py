@@ -2,7 +2,9 @@ r"""Pure-numpy reference twins of the compiled simulator kernels (for tests; sma
 
 Each twin is fed the same pre-drawn standard normals as the compiled kernel (:func:`quadsgd.simulate.draw_normals`)
 and computes the averaged iterates *by their definition*, from a stored full history, so it shares no
-bookkeeping (accumulator slots, event lists) with :mod:`quadsgd._numba`:
+bookkeeping (accumulator slots, event lists, the plan) with :mod:`quadsgd.simulate` (:mod:`._step`,
+:mod:`._exact`, :mod:`.plan`). A kernel is read through what it declares, ``kernel.tracking()``
+(kind ``"last"``, ``"geometric"`` with its decay, or ``"points"`` with ``weight_array()`` and ``stride``):
 
 * :func:`reference_step`: the recursion of ``method="step"`` step by step, vectorized over chains,
   :math:`\hat u_\tau = \sum_j w_j u_{\max(\tau - js, 0)}`, EMA by its own recursion;
@@ -19,9 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import EMA, Last
+from ..kernels import Tracking
 
 __all__ = ["reference_step", "reference_exact", "exact_event_times"]
+
+
+def _tracks(kernels) -> list[Tracking]:
+    return [k.tracking() for k in kernels]
+
+
+def _is_geometric(tr: Tracking) -> bool:
+    return tr.kind == "geometric"
 
 
 def _cast(x, dtype):
@@ -47,9 +57,10 @@ def reference_step(omega, hessian, u0, lr, momentum, kernels, times, xi, dtype=n
     b = np.zeros((C, d))
     hist = np.empty((steps + 1, C, d))
     hist[0] = u
-    emas = [k for k in kernels if isinstance(k, EMA)]
-    e = {id(k): u.copy() for k in emas}
-    e_at = {id(k): {} for k in emas}
+    trs = _tracks(kernels)
+    emas = [i for i, tr in enumerate(trs) if _is_geometric(tr)]  # kernel indices of the EMA trackers
+    e = {i: u.copy() for i in emas}
+    e_at = {i: {} for i in emas}
     tset = set(int(t) for t in times)
     for t in range(steps):
         g = (u @ omega.T if dense else u * omega) - xi[:, t]
@@ -60,23 +71,23 @@ def reference_step(omega, hessian, u0, lr, momentum, kernels, times, xi, dtype=n
         else:
             u = _cast(u - lr[t] * g, dtype)
         hist[t + 1] = u
-        for k in emas:
-            a = k.decay
-            e[id(k)] = _cast((1.0 - a) * e[id(k)] + a * u, dtype)
+        for i in emas:
+            a = trs[i].decay
+            e[i] = _cast((1.0 - a) * e[i] + a * u, dtype)
             if t + 1 in tset:
-                e_at[id(k)][t + 1] = e[id(k)].copy()
+                e_at[i][t + 1] = e[i].copy()
     K, R = len(kernels), len(times)
     avg = np.zeros((K, R, C, d))
-    for ki, k in enumerate(kernels):
+    for ki, tr in enumerate(trs):
         for ri, tau in enumerate(times):
             tau = int(tau)
-            if isinstance(k, Last):
+            if tr.kind == "last":
                 avg[ki, ri] = hist[tau]
-            elif isinstance(k, EMA):
-                avg[ki, ri] = e_at[id(k)][tau]
+            elif _is_geometric(tr):
+                avg[ki, ri] = e_at[ki][tau]
             else:
-                w = np.asarray(k.point_weights, dtype=np.float64)
-                s = int(k.stride)
+                w = tr.weight_array()
+                s = int(tr.stride)
                 tot = np.zeros((C, d))
                 for j, wj in enumerate(w):
                     tot += wj * hist[max(tau - j * s, 0)]
@@ -92,11 +103,12 @@ def _loss(avg, H):
     return 0.5 * np.einsum("...i,ij,...j->...", avg, H, avg)
 
 
-def _uniform_stride1(k):
-    if isinstance(k, (Last, EMA)):
+def _uniform_stride1(tr: Tracking) -> bool:
+    """A uniform average of W >= 3 consecutive iterates (tracked by window sums in method="exact")."""
+    if tr.kind != "points":
         return False
-    w = np.asarray(k.point_weights)
-    return int(k.stride) == 1 and w.size >= 3 and bool(np.all(w == w[0]))
+    w = tr.weight_array()
+    return int(tr.stride) == 1 and w.size >= 3 and bool(np.all(w == w[0]))
 
 
 def exact_event_times(kernels, times, lr):
@@ -105,21 +117,21 @@ def exact_event_times(kernels, times, lr):
     ev = set(int(t) for t in times)
     lr = np.asarray(lr)
     ev.update(int(t) for t in range(1, lr.size) if lr[t] != lr[t - 1])
-    for k in kernels:
-        if isinstance(k, (Last, EMA)):
+    for tr in _tracks(kernels):
+        if tr.kind != "points":
             continue
-        w = np.asarray(k.point_weights)
+        w = tr.weight_array()
         if w.size == 1 and w[0] == 1.0:
             continue
         for tau in times:
             tau = int(tau)
-            if _uniform_stride1(k):
+            if _uniform_stride1(tr):
                 if tau - w.size >= 1:
                     ev.add(tau - w.size)
             else:
                 for j in range(w.size):
-                    if w[j] != 0.0 and tau - j * int(k.stride) >= 1:
-                        ev.add(tau - j * int(k.stride))
+                    if w[j] != 0.0 and tau - j * int(tr.stride) >= 1:
+                        ev.add(tau - j * int(tr.stride))
     return np.array(sorted(ev), dtype=np.int64)
 
 
@@ -192,9 +204,10 @@ def reference_exact(omega, hessian, u0, lr, momentum, kernels, times, zeta, tran
     dense = omega.ndim == 2
     d = omega.shape[0]
     C = zeta.shape[0]
-    emas = [k for k in kernels if isinstance(k, EMA)]
-    ema_a = [k.decay for k in emas]
-    has_S = any(_uniform_stride1(k) for k in kernels)
+    trs = _tracks(kernels)
+    emas = [i for i, tr in enumerate(trs) if _is_geometric(tr)]  # kernel indices of the EMA trackers
+    ema_a = [trs[i].decay for i in emas]
+    has_S = any(_uniform_stride1(tr) for tr in trs)
     E = exact_event_times(kernels, times, lr)
     mom = momentum != 0.0
     p = 1 + int(mom) + len(ema_a) + int(has_S)
@@ -253,15 +266,15 @@ def reference_exact(omega, hessian, u0, lr, momentum, kernels, times, zeta, tran
         prev = t
     K, R = len(kernels), len(times)
     avg = np.zeros((K, R, C, d))
-    for ki, k in enumerate(kernels):
+    for ki, tr in enumerate(trs):
         for ri, tau in enumerate(times):
             tau = int(tau)
-            if isinstance(k, Last):
+            if tr.kind == "last":
                 avg[ki, ri] = u_at[tau]
-            elif isinstance(k, EMA):
-                avg[ki, ri] = comp_at[tau][:, 1 + int(mom) + emas.index(k)]
-            elif _uniform_stride1(k):
-                w = np.asarray(k.point_weights)
+            elif _is_geometric(tr):
+                avg[ki, ri] = comp_at[tau][:, 1 + int(mom) + emas.index(ki)]
+            elif _uniform_stride1(tr):
+                w = tr.weight_array()
                 W = w.size
                 tot = max(W - tau, 0) * w[0] * np.broadcast_to(u0, (C, d))
                 for t in E:
@@ -270,8 +283,8 @@ def reference_exact(omega, hessian, u0, lr, momentum, kernels, times, zeta, tran
                         tot = tot + w[0] * S_at[t]
                 avg[ki, ri] = tot
             else:
-                w = np.asarray(k.point_weights, dtype=np.float64)
-                s = int(k.stride)
+                w = tr.weight_array()
+                s = int(tr.stride)
                 tot = np.zeros((C, d))
                 for j, wj in enumerate(w):
                     if wj != 0.0:

@@ -1,0 +1,253 @@
+r"""The entry point :func:`simulate`: arguments validated into a :class:`SimConfig`, then dispatched.
+
+``simulate(...)`` -> :func:`_validate` (a frozen :class:`SimConfig`, or a ValueError naming the argument
+and its allowed range) -> :func:`~quadsgd.simulate.plan.make_plan` (how each kernel is tracked;
+ValueError when the trackers exceed ``memory_limit``) -> a :class:`~quadsgd.simulate.runtime.Job` ->
+:func:`~quadsgd.simulate.step.run_step` or :func:`~quadsgd.simulate.exact.run_exact` ->
+:class:`~quadsgd.simulate.result.SimulationResult`.
+
+Also here: :func:`record_times` (the record grid) and :func:`draw_normals` (the normals a chain's
+stream produces, for the numpy twins in :mod:`quadsgd.simulate._reference`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_array, check_choice, check_dtype, check_int, check_seed
+from ..kernels import AveragingKernel, Last
+from ..model import LinearModel
+from . import _rng
+from .exact import run_exact
+from .plan import make_plan
+from .result import SimulationResult
+from .runtime import Job, RunOutputs, threads_for
+from .step import run_step
+
+__all__ = ["simulate", "SimConfig", "draw_normals", "record_times"]
+
+_METHODS = ("step", "exact")
+_RUNNERS = {"step": run_step, "exact": run_exact}
+
+
+@dataclass(frozen=True, eq=False)
+class SimConfig:
+    """The validated arguments of :func:`simulate`."""
+
+    m: LinearModel
+    steps: int                  # number of SGD steps T >= 1
+    chains: int                 # number of independent chains >= 1
+    kernels: tuple              # averaging kernels (AveragingKernel instances), in result order
+    lr: np.ndarray              # (steps,) float64: lr of every step (all stable for m)
+    lr_out: object              # lr as reported in the result: float, or read-only (steps,) array
+    u0: np.ndarray              # (d,) float64 start of every chain
+    record_every: int           # record spacing, in [1, steps]
+    seed: int                   # stream seed in [0, 2**64)
+    dtype: np.dtype             # float32 or float64 storage of states and trackers
+    method: str                 # "step" or "exact"
+    memory_limit: float         # bytes allowed for the accumulator slots (> 0)
+    per_chain_loss: bool        # also return the per-chain losses
+    state_chains: np.ndarray    # (n_sel,) int64 distinct chains whose averaged iterates are stored
+    progress: bool              # show a tqdm bar
+    segment_steps: int | None   # testing hook: fixed segment length (step) / records per segment (exact)
+
+
+def record_times(steps: int, record_every: int) -> np.ndarray:
+    """Record times: record_every, 2*record_every, ... <= steps, plus steps itself; (n_records,) int64."""
+    t = np.arange(record_every, steps + 1, record_every, dtype=np.int64)
+    if t.size == 0 or t[-1] != steps:
+        t = np.append(t, np.int64(steps))
+    return t
+
+
+def _stream_states(seed: int, chains: int) -> np.ndarray:
+    return _rng.chain_states(np.uint64(seed), chains)
+
+
+def draw_normals(seed: int, chains: int, count: int) -> np.ndarray:
+    """The first ``count`` standard normals of each chain's stream for ``seed``; shape (chains, count) float64.
+
+    :func:`simulate` with ``method="step"`` consumes, per chain, d normals per step in coordinate
+    order: ``draw_normals(seed, C, steps * d).reshape(C, steps, d)[:, t, i]`` is :math:`\\xi_{t,i}`.
+    """
+    seed = check_seed(seed)
+    chains = check_int("chains", chains, 1)
+    count = check_int("count", count, 0)
+    rng = _stream_states(seed, chains)
+    out = np.empty((chains, count))
+    with threads_for(out.size):
+        _rng.fill_normals(rng, out)
+    return out
+
+
+# =============================================================================================
+# Validation
+# =============================================================================================
+def _kernels(kernels) -> tuple:
+    if isinstance(kernels, AveragingKernel):
+        kernels = (kernels,)
+    try:
+        kernels = tuple(kernels)
+    except TypeError:
+        raise ValueError(f"kernels must be a sequence of averaging kernels, got {kernels!r}") from None
+    if not kernels:
+        raise ValueError("kernels must contain at least one averaging kernel (e.g. (qs.Last(),))")
+    for k in kernels:
+        if not isinstance(k, AveragingKernel):
+            raise ValueError(f"kernels must be averaging kernels (qs.Last(), qs.EMA(...), ...), got {k!r}")
+    return kernels
+
+
+def _lr(m, lr, steps):
+    """(lr of every step (steps,), lr as reported): every value finite, > 0 and stable for m."""
+    if lr is None:
+        return np.full(steps, m.lr), m.lr
+    if isinstance(lr, (bool, np.bool_)):
+        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}")
+    try:
+        lr_arr = np.array(lr, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}, "
+                         f"got {type(lr).__name__}") from None
+    if lr_arr.ndim == 0:
+        lr_out = float(lr_arr)
+        lr_arr = np.full(steps, lr_out)
+    elif lr_arr.ndim != 1 or lr_arr.size != steps:
+        raise ValueError(f"lr array must have shape (steps,) = ({steps},), got {lr_arr.shape}")
+    else:
+        lr_out = lr_arr.copy()
+        lr_out.setflags(write=False)
+    if not np.all(np.isfinite(lr_arr)) or np.any(lr_arr <= 0):
+        i = int(np.flatnonzero(~(np.isfinite(lr_arr) & (lr_arr > 0)))[0])
+        raise ValueError(f"lr must be finite and > 0; lr[{i}] = {float(lr_arr[i])!r}")
+    i = int(np.argmax(lr_arr))
+    try:
+        m.with_lr(lr_arr[i])  # the stable set is an interval (0, bound): checking the max suffices
+    except ValueError:
+        where = "lr" if np.all(lr_arr == lr_arr[0]) else f"lr[{i}]"
+        raise ValueError(f"{where} = {float(lr_arr[i])!r} is unstable for this model (momentum {m.momentum}): "
+                         f"every step needs 0 < lr < {m.lr_bound:.6g}") from None
+    return lr_arr, lr_out
+
+
+def _selection(record_states, chains) -> np.ndarray:
+    if record_states is None:
+        return np.zeros(0, np.int64)
+    if isinstance(record_states, (int, np.integer)) and not isinstance(record_states, (bool, np.bool_)):
+        n = int(record_states)
+        if not 0 <= n <= chains:
+            raise ValueError(f"record_states must be in [0, chains={chains}], got {n}")
+        return np.arange(n, dtype=np.int64)
+    try:
+        idx = np.array(record_states, dtype=np.int64).ravel()
+    except (TypeError, ValueError):
+        raise ValueError("record_states must be None, a number of chains or a sequence of chain indices") from None
+    if idx.size and (idx.min() < 0 or idx.max() >= chains):
+        raise ValueError(f"record_states indices must be in [0, {chains}), got {idx.tolist()}")
+    if np.unique(idx).size != idx.size:
+        raise ValueError("record_states indices must be distinct")
+    return idx
+
+
+def _memory_limit(memory_limit) -> float:
+    try:
+        memory_limit = float(memory_limit)
+    except (TypeError, ValueError):
+        raise ValueError(f"memory_limit must be a number of bytes, got {memory_limit!r}") from None
+    if not memory_limit > 0:
+        raise ValueError(f"memory_limit must be > 0 bytes, got {memory_limit!r}")
+    return memory_limit
+
+
+def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit, *,
+              per_chain_loss=False, record_states=None, progress=False, segment_steps=None) -> SimConfig:
+    if not isinstance(m, LinearModel):
+        raise ValueError(f"m must be a qs.LinearModel, got {type(m).__name__}")
+    steps = check_int("steps", steps, 1)
+    chains = check_int("chains", chains, 1)
+    method = check_choice("method", method, _METHODS)
+    record_every = check_int("record_every", record_every, 1, steps)
+    dt = check_dtype(dtype)
+    seed = check_seed(seed)
+    kernels = _kernels(kernels)
+    d = m.dim
+    u0 = np.ones(d) if u0 is None else check_array("u0", u0, shape=(d,))
+    lr_arr, lr_out = _lr(m, lr, steps)
+    memory_limit = _memory_limit(memory_limit)
+    return SimConfig(m=m, steps=steps, chains=chains, kernels=kernels, lr=lr_arr, lr_out=lr_out, u0=u0,
+                     record_every=record_every, seed=seed, dtype=dt, method=method, memory_limit=memory_limit,
+                     per_chain_loss=bool(per_chain_loss), state_chains=_selection(record_states, chains),
+                     progress=bool(progress), segment_steps=segment_steps)
+
+
+# =============================================================================================
+# Public entry point
+# =============================================================================================
+def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every=1, seed=0,
+             dtype=np.float64, method="step", *, per_chain_loss=False, record_states=None,
+             progress=False, memory_limit=2 ** 30, _segment_steps=None) -> SimulationResult:
+    r"""Simulate ``chains`` independent SGD chains of the linear model and track averaged iterates.
+
+    Parameters
+    ----------
+    m : LinearModel
+        Diagonal (omega shape (d,)) or dense (d, d) omega, momentum :math:`\beta`, loss matrix
+        ``m.loss_matrix()`` (required: the loss :math:`\tfrac12 \hat u^\top H\hat u` is recorded).
+    steps : int >= 1
+        Number of SGD steps T.
+    chains : int >= 1
+        Number of independent chains (each with its own random stream).
+    kernels : averaging kernel or sequence of them
+        ``Last()``, ``EMA(a)``, ``TwoPoint(delta)``, ``NPoint(n, delta)``, ``SWA(window)``,
+        ``Kernel(weights)``, or any kernel whose ``tracking()`` is last / geometric / points; all tracked
+        online for every chain (see :mod:`quadsgd.simulate.plan` for memory).
+    lr : None, float or (steps,) array
+        None: ``m.lr``. An array gives the lr of each step (step t maps :math:`u_t\to u_{t+1}`);
+        every value must be stable for ``m`` (0 < lr < ``m.lr_bound``).
+    u0 : (d,) array, optional
+        Start of every chain (default ones); times t < 0 count as sitting at u0.
+    record_every : int in [1, steps]
+        Spacing of the records (steps); see :attr:`SimulationResult.times`.
+    seed : int in [0, 2**64) or None
+        Seed of the per-chain streams (None: fresh entropy; the seed used is in the result).
+    dtype : float32 or float64
+        Storage of states and trackers (arithmetic inside a step is float64; losses are float64).
+    method : "step" or "exact"
+        "step": every step simulated. "exact": exact Gaussian transitions between event times
+        (:mod:`quadsgd.simulate.exact`); same law as "step", cost independent of ``steps``.
+    per_chain_loss : bool
+        Also return ``chain_loss`` (n_kernels, chains, n_records).
+    record_states : None, int or sequence of int
+        Chains whose averaged iterates are stored at every record (an int n: chains 0..n-1).
+    progress : bool
+        Show a tqdm progress bar (default off).
+    memory_limit : float
+        Bytes allowed for the accumulator slots of finite kernels (ValueError beyond).
+
+    Returns
+    -------
+    SimulationResult with ``times`` (R,), ``loss`` (K, R), ``loss_std`` (K, R), ``final`` (K, chains, d)...
+
+    Raises ValueError naming the offending argument for steps < 1, chains < 1, an lr array of the
+    wrong length, an unstable lr, an unknown method, record_every < 1 or > steps, a dtype other than
+    float32/float64, or trackers that would not fit in memory_limit.
+    """
+    cfg = _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit,
+                    per_chain_loss=per_chain_loss, record_states=record_states, progress=progress,
+                    segment_steps=_segment_steps)
+    H = np.array(m.loss_matrix(), dtype=np.float64, order="C")  # writable C copy: one Numba specialization
+    times = record_times(cfg.steps, cfg.record_every)
+    d = m.dim
+    plan = make_plan(cfg.kernels, times, cfg.method, cfg.chains, d, cfg.dtype.itemsize, cfg.memory_limit,
+                     cfg.record_every, m.momentum != 0.0)
+    out = RunOutputs.allocate(len(cfg.kernels), times.size, cfg.chains, d, cfg.dtype, cfg.per_chain_loss,
+                              cfg.state_chains)
+    job = Job(cfg=cfg, H=H, times=times, plan=plan, rng=_stream_states(cfg.seed, cfg.chains), out=out)
+    _RUNNERS[cfg.method](job)
+    sel = cfg.state_chains
+    return SimulationResult(
+        times=times, loss=out.mean, loss_std=out.std, final=out.final, kernels=cfg.kernels,
+        steps=cfg.steps, chains=cfg.chains, dim=d, seed=cfg.seed, method=cfg.method, dtype=cfg.dtype,
+        lr=cfg.lr_out, chain_loss=out.chain_loss, states=out.states if sel.size else None,
+        state_chains=sel if sel.size else None)
