@@ -130,8 +130,8 @@ def main(argv=None) -> dict:
     from quadsgd._files import git_info, package_versions
     git, dirty = git_info(REPO)
     res: dict = {"date": dt.date.today().isoformat(), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "device": str(device), "tiny": a.tiny, "versions": package_versions(), "git": git, "git_dirty": dirty,
-                 "command": [sys.executable, *sys.argv]}
+                 "device": str(device), "tiny": a.tiny, "versions": package_versions(), "git": git,
+                 "git_dirty": dirty, "command": [sys.executable, *sys.argv]}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         res["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": p.total_memory / 2**30,

@@ -31,6 +31,26 @@ def test_decide_and_verdict_rules():
     assert Verdict.from_dict(json.loads(json.dumps(d))).passed is False
 
 
+def test_verdict_files_keep_infinity_readable_and_are_world_readable(tmp_path):
+    import os
+
+    from validation.report import environment, write_report
+
+    v = Verdict(id="x", claim="c", statistic="s", value=math.inf, comparison="<", threshold=0.5,
+                details=dict(gap=-math.inf, missing=math.nan))
+    d = v.to_dict()
+    assert d["value"] == "inf" and d["details"] == {"gap": "-inf", "missing": None} and d["passed"] is False
+    assert Verdict.from_dict(d).value == math.inf
+    env = environment()
+    assert env["git_hash"] == env["git"] and "git_dirty" in env and "torch" in env["versions"]
+    write_report(tmp_path, [v], dict(mode="quick", environment=env))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("verdicts.json", "report.md"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads((tmp_path / "verdicts.json").read_text())[0]["value"] == "inf"
+
+
 def test_chi2_variance_test_has_its_stated_false_alarm_rate():
     # 400 independent tests of a true hypothesis at alpha = 0.05: rejection count ~ Binomial(400, 0.05)
     rng = np.random.default_rng(0)

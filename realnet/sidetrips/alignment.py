@@ -159,7 +159,8 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
             rows.append({
                 "t": t, "step": S + t, "lr_constant": lr_c, "lr_linear": lr_l,
                 "cos_start_constant": cos(gc, g0), "cos_start_linear": cos(gl, g0),
-                "norm_ratio_constant": float(gc.double().norm()) / n0, "norm_ratio_linear": float(gl.double().norm()) / n0,
+                "norm_ratio_constant": float(gc.double().norm()) / n0,
+                "norm_ratio_linear": float(gl.double().norm()) / n0,
                 "cos_between_schedules": cos(gc, gl),
                 "norm_ratio_between_schedules": float(gl.double().norm()) / max(float(gc.double().norm()), 1e-300),
                 "cos_train_vs_fixed_constant": cos(tg_c, gc), "cos_train_vs_fixed_linear": cos(tg_l, gl),

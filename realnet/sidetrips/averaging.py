@@ -116,7 +116,7 @@ class AveragingOptions(SideTripOptions):
     steps: int = 1000  # K: updates of the continued main trajectory
     report_steps: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])  # k values (<= K; K is added)
     lr: float | None = None  # constant lr of the continuation (None = the run's lr at the checkpoint)
-    kernels: list[str] = field(default_factory=lambda: ["swa", "ema:0.01", "twopoint", "npoint:3"])  # kernel specs (quadsgd grammar; realnet.sidetrips.averaging)
+    kernels: list[str] = field(default_factory=lambda: ["swa", "ema:0.01", "twopoint", "npoint:3"])  # see module doc
     bn_batches: int = 10  # fixed training batches for update_bn
     bn_batch_size: int = 0  # their size (0 = the run's batch size)
     train_eval_samples: int = 2048  # training examples for train loss/accuracy
