@@ -33,10 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import realnet  # noqa: E402
+from quadsgd._files import package_versions, write_json  # noqa: E402
 from realnet import sidetrips  # noqa: E402
 from realnet.config import TrainConfig  # noqa: E402
-from realnet.files import package_versions, write_json  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
+from realnet.sidetrips import _losses  # noqa: E402
 from realnet.trainer import Runtime, train_step  # noqa: E402
 
 
@@ -129,7 +130,7 @@ def bench_lr_sweep(tmp: Path, repeats: int, num_lrs: int = 49) -> dict:
     held = ctx.heldout(10, 32)
     lrs = np.geomspace(opts.lr_min, opts.lr_max, opts.num_lrs)
     n_sizes, n_batches = len(lrs) + 1, 1 + len(held)
-    fmodel, _ = sidetrips._functional_model(br.model, "batch")
+    fmodel, _ = _losses.functional_model(br.model, "batch")
     theta = {k: v.detach() for k, v in br.model.named_parameters()}
     def fwd():
         with torch.no_grad():
@@ -140,13 +141,13 @@ def bench_lr_sweep(tmp: Path, repeats: int, num_lrs: int = 49) -> dict:
     for mode in ("lr", "batches", "loop"):
         o = sidetrips.LrSweepOptions(progress=False, num_lrs=num_lrs, heldout_batches=10, batched=mode)
         t_fwd = _best_time(fwd, 20, warmup=3)  # measured next to each sweep: same machine state
-        t = _best_time(lambda: sidetrips._sweep_core(ctx, br, tb, held, lrs, o), repeats, warmup=1)
+        t = _best_time(lambda: _losses.sweep_line(ctx, br, tb, held, lrs, o), repeats, warmup=1)
         out["modes"][mode] = {"t_sweep_s": t, "t_forward_s": t_fwd, "ratio_per_step_size": t / (n_sizes * t_fwd),
                               "ratio_per_forward": t / (n_sizes * n_batches * t_fwd)}
     t0 = time.perf_counter()
     realnet.lr_sweep(run, 50, tmp / "sweep-out", num_lrs=num_lrs, progress=False)
     out["lr_sweep_call_wall_s"] = time.perf_counter() - t0
-    out["auto_mode"] = sidetrips._resolve_batched("auto", br.model, ctx.rt)
+    out["auto_mode"] = _losses.resolve_batched("auto", br.model, ctx.rt)
     return out
 
 

@@ -127,10 +127,11 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available here; use --device cpu --tiny for the smoke mode", file=sys.stderr)
         return {"error": "cuda unavailable"}
-    from realnet.files import git_hash, package_versions
+    from quadsgd._files import git_info, package_versions
+    git, dirty = git_info(REPO)
     res: dict = {"date": dt.date.today().isoformat(), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "device": str(device), "tiny": a.tiny, "versions": package_versions(), "git": git_hash(REPO),
-                 "command": [sys.executable, *sys.argv]}
+                 "device": str(device), "tiny": a.tiny, "versions": package_versions(), "git": git,
+                 "git_dirty": dirty, "command": [sys.executable, *sys.argv]}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         res["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": p.total_memory / 2**30,
@@ -169,7 +170,7 @@ def main(argv=None) -> dict:
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"gpu_check_{res['date']}{'_tiny' if a.tiny else ''}.json"
-    from realnet.files import write_json
+    from quadsgd._files import write_json
     write_json(path, res)
     print(f"wrote {path} ({res['wall_s']:.0f} s)")
     return res

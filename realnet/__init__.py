@@ -2,8 +2,10 @@
 
 Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips from a checkpoint:
 :func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging`, :func:`alignment`, :func:`divergence`
-(CLI ``python -m realnet sidetrip NAME``). Output files and columns are documented in
-:mod:`realnet.trainer` and :mod:`realnet.sidetrips`.
+(CLI ``python -m realnet sidetrip NAME``), each returning a typed result (``result.save(dir)`` /
+``Result.load(dir)``; ``result["key"]`` reads its summary). Output files and columns are documented in
+:mod:`realnet.trainer` and the :mod:`realnet.sidetrips` package (one module per side-trip; the registry
+:data:`realnet.sidetrips.SIDETRIPS`).
 """
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, resolve_config

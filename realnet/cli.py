@@ -22,21 +22,33 @@ from .config import ConfigError, TrainConfig, build_options, parse_overrides
 
 __all__ = ["main"]
 
-USAGE = """usage:
+def _usage() -> str:
+    from .sidetrips import SIDETRIPS
+
+    return f"""usage:
   python -m realnet train --out DIR [--dataset digits] [--config file.toml] [--key=value ...]
-  python -m realnet sidetrip {lr-sweep,fixed-batch,averaging,alignment,divergence} --run DIR --step S --out OUT
+  python -m realnet sidetrip {{{','.join(SIDETRIPS)}}} --run DIR --step S --out OUT
         [--config file.toml] [--key=value ...]
   python -m realnet train --help | python -m realnet sidetrip NAME --help   (list the keys)
 """
 
 
+def _sidetrip_list() -> str:
+    from .sidetrips import SIDETRIPS
+
+    return "\nside-trips:\n" + "\n".join(f"  {n:12s} {t.doc}" for n, t in SIDETRIPS.items()) + "\n"
+
+
 def _describe(cls) -> str:
-    """One line per field: name, default and the comment beside it in the source."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):  # pragma: no cover
-        src = ""
-    comments = {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#(.*)$", src, re.M)}
+    """One line per field: name, default and the comment beside it in the source (of the class or a base)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            src = inspect.getsource(klass) if dataclasses.is_dataclass(klass) else ""
+        except (OSError, TypeError):  # pragma: no cover
+            src = ""
+        comments.update({m.group(1): m.group(2).strip()
+                         for m in re.finditer(r"^\s+(\w+):[^#\n]*#(.*)$", src, re.M)})
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -48,7 +60,7 @@ def _describe(cls) -> str:
 def _train(argv: list[str]) -> int:
     from .trainer import train
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE + "\ntrain keys (TrainConfig):\n" + _describe(TrainConfig))
+        print(_usage() + "\ntrain keys (TrainConfig):\n" + _describe(TrainConfig))
         return 0
     reserved, over = parse_overrides(argv, reserved=("out", "config"))
     if "out" not in reserved:
@@ -61,18 +73,18 @@ def _train(argv: list[str]) -> int:
 
 
 def _sidetrip(argv: list[str]) -> int:
-    from . import sidetrips
+    from .sidetrips import SIDETRIPS
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
-            print(USAGE)
+            print(_usage() + _sidetrip_list())
             return 0
-        raise ConfigError(f"sidetrip needs a name: one of {', '.join(sidetrips.SIDETRIPS)}")
+        raise ConfigError(f"sidetrip needs a name: one of {', '.join(SIDETRIPS)}")
     name, rest = argv[0], argv[1:]
-    if name not in sidetrips.SIDETRIPS:
-        raise ConfigError(f"unknown side-trip {name!r}; choose one of {', '.join(sidetrips.SIDETRIPS)}")
-    fn, opt_cls = sidetrips.SIDETRIPS[name]
+    if name not in SIDETRIPS:
+        raise ConfigError(f"unknown side-trip {name!r}; choose one of {', '.join(SIDETRIPS)}")
+    trip = SIDETRIPS[name]
     if any(a in ("-h", "--help") for a in rest):
-        print(USAGE + f"\n{name} keys ({opt_cls.__name__}):\n" + _describe(opt_cls))
+        print(_usage() + f"\n{name}: {trip.doc}\n\n{name} keys ({trip.options.__name__}):\n" + _describe(trip.options))
         return 0
     reserved, over = parse_overrides(rest, reserved=("run", "step", "out", "config"))
     missing = [k for k in ("run", "step", "out") if k not in reserved]
@@ -82,16 +94,16 @@ def _sidetrip(argv: list[str]) -> int:
         step = int(reserved["step"])
     except ValueError:
         raise ConfigError(f"--step must be an integer; got {reserved['step']!r}") from None
-    opts = build_options(opt_cls, reserved.get("config"), over)
-    summary = fn(reserved["run"], step, reserved["out"], opts)
-    print(json.dumps(sidetrips.headline(name, summary)))
+    opts = build_options(trip.options, reserved.get("config"), over)
+    result = trip.function(reserved["run"], step, reserved["out"], opts)
+    print(json.dumps(result.headline()))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(_usage() + _sidetrip_list())
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:

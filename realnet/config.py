@@ -4,7 +4,8 @@ Values come from, in increasing precedence: the dataclass defaults, a TOML file 
 read with :mod:`tomllib`) and ``--key=value`` / ``--key value`` command-line overrides (dashes in
 keys are read as underscores). An unknown key is refused with a :class:`ConfigError` that lists the
 valid keys. The same machinery (:func:`parse_overrides`, :func:`build_options`) serves the side-trip
-option dataclasses in :mod:`realnet.sidetrips`.
+option dataclasses in :mod:`realnet.sidetrips`. Value checks raise :class:`ConfigError` (a ``ValueError``)
+through :func:`check_int` / :func:`check_choice`, the ConfigError forms of :mod:`quadsgd._checks`.
 
 ``auto`` fields (``model``, ``small_stem``, ``image_size``, ...) are filled in by
 :func:`resolve_config`; ``config.json`` always stores the resolved values, and resuming compares
@@ -19,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quadsgd import _checks
+
+from .models import MODEL_NAMES
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pyproject.toml)
@@ -26,11 +31,11 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pypr
 
 __all__ = [
     "ConfigError", "TrainConfig", "RUNTIME_FIELDS", "resolve_config", "config_diff",
-    "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES",
+    "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES", "check_int", "check_choice",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
-MODELS = ("resnet34", "resnet18", "resnet20")
+MODELS = MODEL_NAMES  # the model names are defined once, in realnet.models
 SCHEDULES = ("constant", "step", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -102,10 +107,20 @@ _DATASET_DEFAULTS = {
 }
 
 
-def _choice(name: str, value: str, allowed) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """:func:`quadsgd._checks.check_int` raising :class:`ConfigError` (``name must be an integer >= low, ...``)."""
+    try:
+        return _checks.check_int(name, value, low, high)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_choice(name: str, value, allowed) -> str:
+    """:func:`quadsgd._checks.check_choice` raising :class:`ConfigError` (``name must be one of 'a', 'b'; got 'c'``)."""
+    try:
+        return _checks.check_choice(name, value, allowed)
+    except ValueError:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}") from None
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -114,11 +129,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     Raises :class:`ConfigError` naming the key and the allowed range for any invalid value.
     """
     c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)))
-    _choice("dataset", c.dataset, DATASETS)
+    check_choice("dataset", c.dataset, DATASETS)
     d = _DATASET_DEFAULTS[c.dataset]
     if c.model == "auto":
         c.model = d["model"]
-    _choice("model", c.model, MODELS)
+    check_choice("model", c.model, MODELS)
     if c.small_stem is None:
         c.small_stem = d["small_stem"]
     if c.image_size == 0:
@@ -129,17 +144,15 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         c.data_seed = c.seed
     if c.seed < 0 or c.data_seed < 0:
         raise ConfigError(f"seed and data_seed must be integers >= 0; got seed={c.seed}, data_seed={c.data_seed}")
-    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
-    _choice("precision", c.precision, PRECISIONS)
+    check_choice("lr_schedule", c.lr_schedule, SCHEDULES)
+    check_choice("precision", c.precision, PRECISIONS)
     positive_int = ["steps", "batch_size", "width", "image_size", "heldout_size", "eval_samples",
                     "eval_batch_size", "log_every"]
     for name in positive_int:
-        if int(getattr(c, name)) < 1:
-            raise ConfigError(f"{name} must be an integer >= 1; got {getattr(c, name)!r}")
+        check_int(name, getattr(c, name), 1)
     for name in ["checkpoint_every", "eval_every", "warmup_steps", "schedule_steps", "lr_step_size",
                  "num_workers", "threads"]:
-        if int(getattr(c, name)) < 0:
-            raise ConfigError(f"{name} must be an integer >= 0; got {getattr(c, name)!r}")
+        check_int(name, getattr(c, name), 0)
     if not (c.lr > 0.0) or c.lr != c.lr or c.lr == float("inf"):
         raise ConfigError(f"lr must be a finite number > 0; got {c.lr!r}")
     if not (0.0 <= c.momentum < 1.0):

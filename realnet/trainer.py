@@ -3,7 +3,8 @@
 ``train(cfg, out_dir)`` writes into ``out_dir``:
 
 * ``config.json``  -- the resolved :class:`~realnet.config.TrainConfig` (all ``auto`` values filled in);
-* ``run_info.json`` -- provenance per session (time, command, seed, package versions, git hash, device);
+* ``run_info.json`` -- provenance per session (time, command, seed, package versions, ``git`` commit and
+  ``git_dirty``, device; :func:`quadsgd._files.provenance`);
 * ``metrics.csv``  -- one row per update: ``step`` (0-based update index; the loss is the training
   batch's loss at the parameters *before* the update), ``epoch``, ``lr`` (used by that update),
   ``train_loss``, ``train_acc`` (of that global batch), ``time_s`` (wall time of the session);
@@ -36,11 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from quadsgd._files import atomic_write_text, provenance, read_json, write_json
+
 from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import ConfigError, TrainConfig, build_options, config_diff, resolve_config
 from .data import BatchOrder, build_data
-from .files import atomic_write_text, provenance, read_json, write_json
 from .models import create_model
 
 __all__ = [

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -221,3 +224,70 @@ def test_sidetrip_cli(untouched, tmp_path):
     bad = subprocess.run(cmd[:-4] + ["--step", "7", "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "available steps: 0, 100, 200" in bad.stderr
+
+
+# ------------------------------------------------------------------------ typed results, registry, new kernels
+
+
+@dataclass(frozen=True)
+class _UnequalPair(qs.AveragingKernel):
+    """mu_0 = 1 - w, mu_delta = w: a kernel defined only here (not in quadsgd) -- the averaging side-trip must
+    handle it through ``kernel.tracking()`` and the spec grammar without library changes."""
+
+    w: float
+    delta: int
+    spec_name: ClassVar[str] = "test_unequal_pair"
+    params: ClassVar[tuple] = ("w", "delta")
+
+    @property
+    def stride(self) -> int:
+        return self.delta
+
+    @property
+    def point_weights(self) -> np.ndarray:
+        return np.array([1.0 - self.w, self.w])
+
+
+def test_registry_describes_every_sidetrip():
+    from realnet.sidetrips import SIDETRIPS
+
+    assert list(SIDETRIPS) == ["lr-sweep", "fixed-batch", "averaging", "alignment", "divergence"]
+    for name, trip in SIDETRIPS.items():
+        assert trip.name == name and trip.result.NAME == name and trip.doc
+        assert trip.function is getattr(realnet, name.replace("-", "_"))
+        assert dataclasses.is_dataclass(trip.options) and issubclass(trip.options, realnet.sidetrips.SideTripOptions)
+
+
+def test_results_are_typed_and_round_trip_exactly(trained_run, tmp_path):
+    from realnet.sidetrips import AlignmentResult, LrSweepResult
+
+    out = tmp_path / "sweep"
+    s = realnet.lr_sweep(trained_run, 200, out, num_lrs=4, heldout_batches=3, batch_size=16, **QUICK)
+    assert isinstance(s, LrSweepResult) and s.curve.lr.dtype == np.float64 and s.heldout.batch.dtype == np.int64
+    assert s["train_min_loss"] == s.train_min_loss == s.summary["train_min_loss"] and "best_lr_train" in s
+    assert s.heldout_losses.shape == (5, 3)
+    np.testing.assert_array_equal(s.heldout_losses.min(1), s.curve.heldout_min)
+    back = LrSweepResult.load(out)
+    for col in s.curve.columns():
+        np.testing.assert_array_equal(getattr(back.curve, col), getattr(s.curve, col))
+    assert back.summary == s.summary and back.config["sidetrip"] == "lr-sweep"
+    # saving a loaded result rewrites the same bytes (CSV numbers are exact; summary and metadata too)
+    again = back.save(tmp_path / "again")
+    for f in sorted(p.name for p in out.iterdir()):
+        assert (again / f).read_bytes() == (out / f).read_bytes(), f
+    with pytest.raises(ValueError, match="is a 'lr-sweep' side-trip, not 'alignment'"):
+        AlignmentResult.load(out)
+
+
+def test_averaging_accepts_a_kernel_defined_in_this_test(trained_run, tmp_path):
+    """Lemma 2 with a kernel quadsgd does not ship: the average equals its equivalent side-trip's end point."""
+    out = tmp_path / "avg-new-kernel"
+    spec = "test_unequal_pair:0.3:2"
+    s = realnet.averaging(trained_run, 200, out, lr=1e-4, steps=4, report_steps=[1, 4], kernels=[spec, "ema:0.3"],
+                          bn_batches=1, train_eval_samples=64, val_samples=64, **QUICK)
+    assert realnet.sidetrips.kernel_at(spec, 4) == _UnequalPair(0.3, 2)
+    kres = s.kernels[spec]
+    assert kres.skipped == [1] and [r.k for r in kres.results] == [4]
+    assert kres.results[0].relative_l2 < 0.02
+    sched = s.schedules.select(s.schedules.kernel == spec)
+    np.testing.assert_allclose(sched.lr, qs.equivalent_schedule(_UnequalPair(0.3, 2), np.full(4, 1e-4)), rtol=1e-12)

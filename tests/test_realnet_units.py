@@ -11,7 +11,7 @@ from realnet import checkpoint as ck
 from realnet.config import ConfigError, TrainConfig, build_options, config_diff, parse_overrides, resolve_config
 from realnet.data import BatchOrder, build_data, digits_split_indices
 from realnet.models import ResNet20, count_parameters, create_model
-from realnet.sidetrips import AveragingOptions, kernel_at, parse_kernel
+from realnet.sidetrips import AveragingOptions, KernelSpec, kernel_at, parse_kernel
 from realnet.trainer import lr_at
 
 import quadsgd as qs
@@ -204,3 +204,36 @@ def test_kernel_specs_map_to_quadsgd_kernels():
     for bad in ("swa:0", "ema", "ema:2", "twopoint:x", "npoint:1", "median"):
         with pytest.raises(ConfigError, match="bad kernel spec"):
             parse_kernel(bad)
+
+
+def test_kernel_specs_use_quadsgds_grammar_and_fit_rule():
+    # one grammar with quadsgd: its other forms work too; a kernel fits when it needs no iterate before S
+    assert isinstance(parse_kernel("swa"), KernelSpec) and parse_kernel(" EMA:0.5 ").at(0) == qs.EMA(0.5)
+    assert kernel_at("last", 1) == qs.Last() and kernel_at("kernel:0.5,0.5", 1) == qs.Kernel([0.5, 0.5])
+    assert kernel_at("kernel:0.5,0,0.5", 1) is None and kernel_at("twopoint", 0) is None
+    with pytest.raises(ConfigError, match="bad kernel spec 'kernel:0.5,0.6'"):
+        parse_kernel("kernel:0.5,0.6")
+
+
+# ------------------------------------------------------------------------------------- result tables
+
+
+def test_tables_round_trip_exactly_with_blank_and_non_finite_cells(tmp_path):
+    from realnet.sidetrips import AveragingTable
+
+    vals = [0.1, 1 / 3, float("inf"), float("nan"), 5e-324, -2.5e300]
+    n = len(vals)
+    t = AveragingTable(kernel=["swa"] * (n - 1) + ["trajectory"], kernel_repr=["SWA(window=2)"] * (n - 1) + ["Last()"],
+                       k=list(range(n)), model=["average"] * (n - 1) + ["trajectory"], train_loss=vals,
+                       train_acc=vals, val_loss=vals, val_acc=vals, l2_to_partner=vals, l2_from_start=vals)
+    t.write(tmp_path / "a.csv")
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    assert lines[0] == ",".join(AveragingTable.columns()) and len(lines) == n + 1
+    assert lines[3].split(",")[-2:] == ["inf", "inf"] and lines[-1].split(",")[-2] == ""  # trajectory: no partner
+    back = AveragingTable.read(tmp_path / "a.csv")
+    assert back.k.dtype == np.int64 and back.kernel_repr[1] == "SWA(window=2)"
+    np.testing.assert_array_equal(back.train_loss, np.array(vals))  # exact, NaN in place
+    assert np.isnan(back.l2_to_partner[-1]) and len(back.select(back.model == "average")) == n - 1
+    with pytest.raises(ValueError, match="has 2 rows, expected 1"):
+        AveragingTable(kernel=["a"], kernel_repr=["b"], k=[1, 2], model=["m"], train_loss=[1.0], train_acc=[1.0],
+                       val_loss=[1.0], val_acc=[1.0], l2_to_partner=[1.0], l2_from_start=[1.0])

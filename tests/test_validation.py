@@ -29,6 +29,26 @@ def test_decide_and_verdict_rules():
     assert Verdict.from_dict(json.loads(json.dumps(d))).passed is False
 
 
+def test_verdict_files_keep_infinity_readable_and_are_world_readable(tmp_path):
+    import os
+
+    from validation.report import environment, write_report
+
+    v = Verdict(id="x", claim="c", statistic="s", value=math.inf, comparison="<", threshold=0.5,
+                details=dict(gap=-math.inf, missing=math.nan))
+    d = v.to_dict()
+    assert d["value"] == "inf" and d["details"] == {"gap": "-inf", "missing": None} and d["passed"] is False
+    assert Verdict.from_dict(d).value == math.inf
+    env = environment()
+    assert env["git_hash"] == env["git"] and "git_dirty" in env and "torch" in env["versions"]
+    write_report(tmp_path, [v], dict(mode="quick", environment=env))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("verdicts.json", "report.md"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads((tmp_path / "verdicts.json").read_text())[0]["value"] == "inf"
+
+
 def test_claim_built_to_fail_fails(tmp_path, monkeypatch):
     # eq. 19 applied to the non-normal example: if the claim asserted "the paper's formula is exact"
     # (gap < 1%), the measurement must fail it

@@ -1,9 +1,8 @@
-"""Figures of the validation report. Every ``draw_*`` function takes a matplotlib ``ax`` and only draws."""
+"""Figures of the validation report. Every ``draw_*`` function takes a matplotlib ``ax`` and only draws;
+the real-network ones take the typed side-trip results and tables of :mod:`realnet.sidetrips`."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from quadsgd._files import atomic_output  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -23,14 +24,10 @@ def save(draw, path: Path, title: str = "", figsize=(6.4, 4.4), ncols=1):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         plt.close(fig)
     return path
 
@@ -153,27 +150,20 @@ def draw_covariance_comparison(ax, simulated, exact, paper):
 
 
 # ------------------------------------------------------------------------------------ real network
-def _fl(rows, key):
-    out = []
-    for r in rows:
-        try:
-            out.append(float(r[key]))
-        except (TypeError, ValueError):
-            out.append(float("nan"))
-    return np.array(out)
-
-
-def draw_lr_sweep(axes, lr, train, held, held_std, held_min, held_max, summary):
-    """Fig. 2: loss vs single-step size; left: full log range, right: zoom around the minima (linear)."""
+def draw_lr_sweep(axes, result):
+    """Fig. 2 from an lr-sweep result: loss vs single-step size; left: full log range, right: zoom around the
+    minima (linear)."""
+    c = result.curve
+    lr, train, held, held_std = c.lr, c.train_loss, c.heldout_mean, c.heldout_std
     for ax, log in zip(axes, (True, False)):
-        sel = lr > 0 if log else (lr <= 2.5 * max(summary["best_lr_train"], summary["best_lr_heldout"]))
+        sel = lr > 0 if log else (lr <= 2.5 * max(result.best_lr_train, result.best_lr_heldout))
         ax.plot(lr[sel], train[sel], "-o", ms=2.5, color=COLORS[0], label="training batch")
         ax.plot(lr[sel], held[sel], "-o", ms=2.5, color=COLORS[1], label="held-out batches (mean)")
         ax.fill_between(lr[sel], (held - held_std)[sel], (held + held_std)[sel], color=COLORS[1], alpha=0.35, lw=0,
                         label="held-out +- std")
-        ax.fill_between(lr[sel], held_min[sel], held_max[sel], color=COLORS[1], alpha=0.12, lw=0,
+        ax.fill_between(lr[sel], c.heldout_min[sel], c.heldout_max[sel], color=COLORS[1], alpha=0.12, lw=0,
                         label="held-out min/max")
-        ax.axhline(summary["train_start_loss"], color="gray", lw=0.6, ls=":")
+        ax.axhline(result.train_start_loss, color="gray", lw=0.6, ls=":")
         ax.set_xlabel("step size (learning rate of the single step)")
         ax.set_ylabel("loss after one step")
         if log:
@@ -183,14 +173,16 @@ def draw_lr_sweep(axes, lr, train, held, held_std, held_min, held_max, summary):
         ax.legend(fontsize=7)
 
 
-def draw_fixed_batch(axes, rows):
-    """Fig. 3: loss along the interpolation between corresponding fixed-batch GD points, per GD step."""
-    steps = sorted({int(r["gd_step"]) for r in rows})
+def draw_fixed_batch(axes, table):
+    """Fig. 3: loss along the interpolation between corresponding fixed-batch GD points, per GD step
+    (``table``: a fixed-batch result's ``interpolation``)."""
+    steps = sorted(set(table.gd_step.tolist()))
     cmap = plt.get_cmap("viridis")
     for ax, key, name in zip(axes, ("train_loss", "heldout_mean"), ("training batch", "held-out batches")):
         for j in steps:
-            rr = [r for r in rows if int(r["gd_step"]) == j]
-            ax.plot(_fl(rr, "alpha"), _fl(rr, key), color=cmap(j / max(1, steps[-1])), lw=1.1, label=f"GD step {j}")
+            sel = table.gd_step == j
+            ax.plot(table.alpha[sel], getattr(table, key)[sel], color=cmap(j / max(1, steps[-1])), lw=1.1,
+                    label=f"GD step {j}")
         ax.set_xlabel("interpolation alpha (0: from first checkpoint, 1: from second)")
         ax.set_ylabel(f"loss on the {name}")
         ax.set_yscale("log")
@@ -198,17 +190,18 @@ def draw_fixed_batch(axes, rows):
         ax.legend(fontsize=6, ncol=2)
 
 
-def draw_averaging(axes, summary):
+def draw_averaging(axes, result):
     """Fig. 5: validation accuracy and loss of each average (dashed) and its equivalent side-trip (markers)."""
-    traj = summary.get("trajectory", [])
+    traj = result.trajectory
     for ax, key, label in zip(axes, ("val_acc", "val_loss"), ("validation accuracy", "validation loss")):
         if traj:
-            ax.plot([max(t["k"], 0.5) for t in traj], [t[key] for t in traj], "k-", lw=1.2, label="trajectory")
-        for i, (spec, kres) in enumerate(summary["kernels"].items()):
+            ax.plot([max(t.k, 0.5) for t in traj], [getattr(t, key) for t in traj], "k-", lw=1.2, label="trajectory")
+        for i, (spec, kres) in enumerate(result.kernels.items()):
             c = COLORS[i % len(COLORS)]
-            ks = [r["k"] for r in kres["results"]]
-            ax.plot(ks, [r["average"][key] for r in kres["results"]], "--", color=c, lw=1.2, label=f"{spec}: average")
-            ax.plot(ks, [r["sidetrip"][key] for r in kres["results"]], "o", color=c, ms=5, mfc="none",
+            ks = [r.k for r in kres.results]
+            ax.plot(ks, [getattr(r.average, key) for r in kres.results], "--", color=c, lw=1.2,
+                    label=f"{spec}: average")
+            ax.plot(ks, [getattr(r.sidetrip, key) for r in kres.results], "o", color=c, ms=5, mfc="none",
                     label=f"{spec}: equivalent side-trip")
         ax.set_xscale("log")
         ax.set_xlabel("steps after the checkpoint")
@@ -217,14 +210,15 @@ def draw_averaging(axes, summary):
         ax.legend(fontsize=6)
 
 
-def draw_divergence(axes, rows, losses):
-    """Fig. 6: distances between side-trips (left) and losses of A, lr/2 and the two-point average (right)."""
-    t = _fl(rows, "t")
+def draw_divergence(axes, distances, evaluations):
+    """Fig. 6: distances between side-trips (left) and losses of A, lr/2 and the two-point average (right)
+    (a divergence result's ``distances`` and ``evaluations`` tables)."""
+    t = distances.t.astype(float)
     ax = axes[0]
     for key, label in (("dist_A_B", "|theta - theta'| (other batch order)"),
                        ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
                        ("dist_A_H", "|theta at lr - theta at lr/2|"), ("dist_A_start", "|theta - theta_S|")):
-        ax.plot(np.maximum(t, 0.5), _fl(rows, key), lw=1.2, label=label)
+        ax.plot(np.maximum(t, 0.5), getattr(distances, key), lw=1.2, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
     ax.set_ylabel("L2 distance in weight space")
@@ -232,9 +226,10 @@ def draw_divergence(axes, rows, losses):
     ax.legend(fontsize=7)
     ax = axes[1]
     for i, model in enumerate(("A", "H", "twopoint", "B")):
-        rr = [r for r in losses if r["model"] == model]
+        sel = evaluations.model == model
         name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
-        ax.plot(np.maximum(_fl(rr, "t"), 0.5), _fl(rr, "val_loss"), "-o", ms=4, color=COLORS[i], label=name)
+        ax.plot(np.maximum(evaluations.t[sel].astype(float), 0.5), evaluations.val_loss[sel], "-o", ms=4,
+                color=COLORS[i], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
     ax.set_ylabel("validation loss")
@@ -242,15 +237,16 @@ def draw_divergence(axes, rows, losses):
     ax.legend(fontsize=7)
 
 
-def draw_alignment(axes, rows, different):
-    """Fig. 7: cosine of the fixed batch's gradient with its start (left) and its norm ratio (right)."""
-    t = np.maximum(_fl(rows, "t"), 0.5)
+def draw_alignment(axes, records, different):
+    """Fig. 7: cosine of the fixed batch's gradient with its start (left) and its norm ratio (right)
+    (an alignment result's ``records`` and ``different_batches``)."""
+    t = np.maximum(records.t.astype(float), 0.5)
     ax = axes[0]
-    ax.plot(t, _fl(rows, "cos_start_constant"), label="fixed batch, constant lr")
-    ax.plot(t, _fl(rows, "cos_start_linear"), label="fixed batch, linearly decaying lr")
-    ax.plot(t, _fl(rows, "cos_between_schedules"), label="fixed batch, between the two schedules")
-    ax.plot(t, _fl(rows, "cos_train_vs_fixed_constant"), label="training batch of the step vs fixed batch")
-    ax.axhspan(different["cos_mean"] - 2 * different["cos_std"], different["cos_mean"] + 2 * different["cos_std"],
+    ax.plot(t, records.cos_start_constant, label="fixed batch, constant lr")
+    ax.plot(t, records.cos_start_linear, label="fixed batch, linearly decaying lr")
+    ax.plot(t, records.cos_between_schedules, label="fixed batch, between the two schedules")
+    ax.plot(t, records.cos_train_vs_fixed_constant, label="training batch of the step vs fixed batch")
+    ax.axhspan(different.cos_mean - 2 * different.cos_std, different.cos_mean + 2 * different.cos_std,
                color="gray", alpha=0.2, label="different batches at the start (mean +- 2 std)")
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
@@ -258,8 +254,8 @@ def draw_alignment(axes, rows, different):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6)
     ax = axes[1]
-    ax.plot(t, _fl(rows, "norm_ratio_constant"), label="constant lr")
-    ax.plot(t, _fl(rows, "norm_ratio_linear"), label="linearly decaying lr")
+    ax.plot(t, records.norm_ratio_constant, label="constant lr")
+    ax.plot(t, records.norm_ratio_linear, label="linearly decaying lr")
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
     ax.set_ylabel("||g_b(theta_t)|| / ||g_b(theta_S)||")

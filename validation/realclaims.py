@@ -4,17 +4,21 @@
 cores) and runs the side-trips from a checkpoint at two thirds of it; ``--run DIR`` validates an
 existing realnet run (e.g. a GPU ImageNet run) instead, branching from its checkpoint nearest to 75%
 of its length (the paper's step 75k of 100k). Side-trip outputs are kept in ``OUT/sidetrips/`` and
-reused on a re-run (resume). Thresholds are constants of this module, fixed before measuring.
+reused on a re-run (resume): a finished side-trip whose options are unchanged is read back with
+``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class),
+so the claims read typed fields and arrays of the results, never CSV strings. Thresholds are constants of
+this module, fixed before measuring.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from quadsgd._files import atomic_write_text
 
 from . import plots
 from .verdict import Verdict
@@ -140,10 +144,11 @@ class _Context:
         S2 = later[0] if later else [s for s in ck if s < S][-1]
         return S, S2
 
-    def sidetrip(self, name: str, key: str, **overrides) -> dict:
-        """Run (or reuse) side-trip ``name`` into OUT/sidetrips/<key>; returns its summary."""
-        import realnet.sidetrips as st
+    def sidetrip(self, name: str, key: str, **overrides):
+        """Run (or reuse) side-trip ``name`` into OUT/sidetrips/<key>; returns its typed result."""
+        from realnet.sidetrips import SIDETRIPS
 
+        trip = SIDETRIPS[name]
         S, _ = self.steps
         step = overrides.pop("step", S)
         # the side-trip's options are part of its identity: changed sizes give a new directory
@@ -152,22 +157,15 @@ class _Context:
         summary = d / "summary.json"
         marker = d / "validation_options.json"
         if summary.exists() and marker.exists() and marker.read_text() == ident:
-            return json.loads(summary.read_text())
+            return trip.result.load(d)
         if d.exists():
             import shutil
 
             shutil.rmtree(d)  # stale or unfinished: redo from scratch
-        fn = {"lr-sweep": st.lr_sweep, "fixed-batch": st.fixed_batch, "averaging": st.averaging,
-              "alignment": st.alignment, "divergence": st.divergence}[name]
         common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=False)
-        summary_dict = fn(self.run_dir, step, d, **common, **overrides)
-        marker.write_text(ident)
-        return summary_dict
-
-    def csv(self, key: str, name: str) -> list[dict]:
-        """Rows of a side-trip's CSV file (after :meth:`sidetrip` ran it)."""
-        with open(self.out / "sidetrips" / key / name, newline="") as f:
-            return list(csv.DictReader(f))
+        result = trip.function(self.run_dir, step, d, **common, **overrides)
+        atomic_write_text(marker, ident)
+        return result
 
 
 _CTX: dict = {}
@@ -179,14 +177,6 @@ def _ctx(cfg, out) -> _Context:
         _CTX.clear()
         _CTX[k] = _Context(cfg, out)
     return _CTX[k]
-
-
-def _f(x) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-    return v
 
 
 def _r2_poly(x, y, deg=4) -> float:
@@ -207,21 +197,15 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
     s = ctx.sidetrip("lr-sweep", "lr-sweep", batch_size=cfg.sweep_batch_size, heldout_batches=10)
-    rows = ctx.csv("lr-sweep", "lr_sweep.csv")
-    lr = np.array([_f(r["lr"]) for r in rows])
-    tr = np.array([_f(r["train_loss"]) for r in rows])
-    ho = np.array([_f(r["heldout_mean"]) for r in rows])
-    ho_std = np.array([_f(r["heldout_std"]) for r in rows])
-    ho_min = np.array([_f(r["heldout_min"]) for r in rows])
-    ho_max = np.array([_f(r["heldout_max"]) for r in rows])
+    lr, tr, ho = s.curve.lr, s.curve.train_loss, s.curve.heldout_mean
     # relative to where each curve starts, so a generalization gap at the branch point (train batch
     # already below the held-out ones) does not count as the single-step effect
-    ratio = (s["train_min_loss"] / s["train_start_loss"]) / (s["heldout_min_loss"] / s["heldout_start_loss"])
-    r2_train = _r2_poly(lr[lr <= 2 * s["best_lr_train"]], tr[lr <= 2 * s["best_lr_train"]])
-    r2_held = _r2_poly(lr[lr <= 2 * max(s["best_lr_heldout"], s["best_lr_train"])],
-                       ho[lr <= 2 * max(s["best_lr_heldout"], s["best_lr_train"])])
+    ratio = (s.train_min_loss / s.train_start_loss) / (s.heldout_min_loss / s.heldout_start_loss)
+    r2_train = _r2_poly(lr[lr <= 2 * s.best_lr_train], tr[lr <= 2 * s.best_lr_train])
+    r2_held = _r2_poly(lr[lr <= 2 * max(s.best_lr_heldout, s.best_lr_train)],
+                       ho[lr <= 2 * max(s.best_lr_heldout, s.best_lr_train)])
     fig = "fig2-single-step.png"
-    plots.save(lambda axes: plots.draw_lr_sweep(axes, lr, tr, ho, ho_std, ho_min, ho_max, s), out / fig,
+    plots.save(lambda axes: plots.draw_lr_sweep(axes, s), out / fig,
                title=f"Fig. 2: one SGD step of size lr from step {S} (batch {cfg.sweep_batch_size})", ncols=2)
     v = Verdict(
         id="fig2-single-step", source="realnet",
@@ -230,10 +214,11 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
         statistic="(training-batch loss after its best step / before it) divided by (mean held-out loss after "
                   f"its best step / before it) (10 held-out batches, step {S})",
         value=ratio, comparison="<", threshold=FIG2_RATIO_MAX, figure=fig,
-        details=dict(step=S, **{k: s[k] for k in ("train_start_loss", "train_min_loss", "best_lr_train",
-                                                    "heldout_start_loss", "heldout_min_loss", "best_lr_heldout")},
+        details=dict(step=S, **{k: getattr(s, k) for k in ("train_start_loss", "train_min_loss", "best_lr_train",
+                                                            "heldout_start_loss", "heldout_min_loss",
+                                                            "best_lr_heldout")},
                      r2_train=r2_train, r2_heldout=r2_held,
-                     absolute_ratio=s["train_min_loss"] / s["heldout_min_loss"]))
+                     absolute_ratio=s.train_min_loss / s.heldout_min_loss))
     v.check("poly_fit_train", r2_train, ">=", FIG2_R2_MIN, "R^2 of a degree-4 polynomial in lr, training batch, lr <= 2 best")
     v.check("poly_fit_heldout", r2_held, ">=", FIG2_R2_MIN, "same for the held-out mean")
     return v
@@ -244,13 +229,12 @@ def claim_fig3(cfg: RealConfig, out: Path) -> Verdict:
     S, S2 = ctx.steps
     s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=9, batch_size=cfg.sweep_batch_size,
                      num_alphas=cfg.fixed_batch_alphas)
-    scale_tr = max(s["train_loss_first"][0], s["train_loss_second"][0])
-    scale_ho = max(s["heldout_loss_first"][0], s["heldout_loss_second"][0])
-    tb = max(0.0, max(_f(b) for b in s["train_barrier"])) / scale_tr
-    hb = max(0.0, max(_f(b) for b in s["heldout_barrier"])) / scale_ho
-    rows = ctx.csv("fixed-batch", "fixed_batch.csv")
+    scale_tr = max(s.train_loss_first[0], s.train_loss_second[0])
+    scale_ho = max(s.heldout_loss_first[0], s.heldout_loss_second[0])
+    tb = max(0.0, max(float(b) for b in s.train_barrier)) / scale_tr
+    hb = max(0.0, max(float(b) for b in s.heldout_barrier)) / scale_ho
     fig = "fig3-same-basin.png"
-    plots.save(lambda axes: plots.draw_fixed_batch(axes, rows), out / fig,
+    plots.save(lambda axes: plots.draw_fixed_batch(axes, s.interpolation), out / fig,
                title=f"Fig. 3: interpolation between fixed-batch descents from steps {S} and {S2}", ncols=2)
     v = Verdict(
         id="fig3-same-basin", source="realnet",
@@ -259,8 +243,8 @@ def claim_fig3(cfg: RealConfig, out: Path) -> Verdict:
         statistic="largest loss barrier along (1-a) P1_j + a P2_j over GD steps j = 0..9, divided by the start "
                   "loss (training batch)",
         value=tb, comparison="<", threshold=FIG3_TRAIN_BARRIER_MAX, figure=fig,
-        details=dict(step=S, step2=S2, lr=s["lr"], heldout_relative_barrier=hb,
-                     train_loss_after_3_steps=s["train_loss_first"][min(3, len(s["train_loss_first"]) - 1)]))
+        details=dict(step=S, step2=S2, lr=s.lr, heldout_relative_barrier=hb,
+                     train_loss_after_3_steps=s.train_loss_first[min(3, len(s.train_loss_first) - 1)]))
     v.check("heldout_barrier", hb, "<", FIG3_HELDOUT_BARRIER_MAX, "same on the held-out batches")
     return v
 
@@ -273,18 +257,18 @@ def claim_fig5(cfg: RealConfig, out: Path) -> Verdict:
     s = ctx.sidetrip("averaging", "averaging", steps=K, report_steps=report, kernels=list(cfg.averaging_kernels),
                      train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples)
     gaps, gaps_train, per_kernel = {}, {}, {}
-    for spec, kres in s["kernels"].items():
-        results = sorted(kres["results"], key=lambda r: r["k"])
+    for spec, kres in s.kernels.items():
+        results = sorted(kres.results, key=lambda r: r.k)
         first = results[0]  # the side-trip after its first reported step (k = 1): the change's baseline
-        r = ([x for x in results if x["k"] == K] or results[-1:])[0]
-        change_val = abs(r["sidetrip"]["val_loss"] - first["sidetrip"]["val_loss"])
-        change_tr = abs(r["sidetrip"]["train_loss"] - first["sidetrip"]["train_loss"])
-        gaps[spec] = abs(r["average"]["val_loss"] - r["sidetrip"]["val_loss"]) / change_val if change_val else math.inf
-        gaps_train[spec] = (abs(r["average"]["train_loss"] - r["sidetrip"]["train_loss"]) / change_tr
+        r = ([x for x in results if x.k == K] or results[-1:])[0]
+        change_val = abs(r.sidetrip.val_loss - first.sidetrip.val_loss)
+        change_tr = abs(r.sidetrip.train_loss - first.sidetrip.train_loss)
+        gaps[spec] = abs(r.average.val_loss - r.sidetrip.val_loss) / change_val if change_val else math.inf
+        gaps_train[spec] = (abs(r.average.train_loss - r.sidetrip.train_loss) / change_tr
                             if change_tr else math.inf)
-        per_kernel[spec] = dict(k=r["k"], average=r["average"], sidetrip=r["sidetrip"], baseline_k=first["k"],
-                                relative_l2=r.get("relative_l2"), gap_val=gaps[spec], gap_train=gaps_train[spec])
-    traj0 = s["trajectory"][0] if s.get("trajectory") else None
+        per_kernel[spec] = dict(k=r.k, average=asdict(r.average), sidetrip=asdict(r.sidetrip), baseline_k=first.k,
+                                relative_l2=r.relative_l2, gap_val=gaps[spec], gap_train=gaps_train[spec])
+    traj0 = asdict(s.trajectory[0]) if s.trajectory else None
     worst = max(gaps.values())
     fig = "fig5-averaging-equals-schedule.png"
     plots.save(lambda axes: plots.draw_averaging(axes, s), out / fig,
@@ -311,23 +295,22 @@ def claim_fig6(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
     s = _divergence(ctx, cfg)
-    rows = ctx.csv("divergence", "divergence.csv")
-    losses = ctx.csv("divergence", "divergence_losses.csv")
-    last_t = max(int(r["t"]) for r in losses)
-    L = {r["model"]: r for r in losses if int(r["t"]) == last_t}
-    gap = abs(_f(L["twopoint"]["val_loss"]) - _f(L["H"]["val_loss"])) / _f(L["H"]["val_loss"])
-    ratio = _f(rows[-1]["dist_twopoint_H"]) / _f(rows[-1]["dist_A_B"])
+    dd, ev = s.distances, s.evaluations
+    last_t = int(ev.t.max())
+    val = {str(m): float(v) for t, m, v in zip(ev.t, ev.model, ev.val_loss) if t == last_t}  # val loss per model
+    gap = abs(val["twopoint"] - val["H"]) / val["H"]
+    ratio = float(dd.dist_twopoint_H[-1]) / float(dd.dist_A_B[-1])
     fig = "fig6-two-point-half-lr.png"
-    plots.save(lambda axes: plots.draw_divergence(axes, rows, losses), out / fig,
+    plots.save(lambda axes: plots.draw_divergence(axes, dd, ev), out / fig,
                title=f"Fig. 6: two-point average at lr vs the trajectory at lr/2, from step {S}", ncols=2)
     v = Verdict(
         id="fig6-two-point-half-lr", source="realnet",
         claim="The two-point average of the trajectory at lr tracks the trajectory at lr/2: close in loss, and "
               "much closer in weights than two trajectories with different batch orders (Fig. 6)",
-        statistic=f"||(theta_S + theta_t)/2 - theta^(lr/2)_t|| / ||theta_t - theta'_t|| at t = {rows[-1]['t']}",
+        statistic=f"||(theta_S + theta_t)/2 - theta^(lr/2)_t|| / ||theta_t - theta'_t|| at t = {int(dd.t[-1])}",
         value=ratio, comparison="<", threshold=FIG6_DIST_RATIO_MAX, figure=fig,
-        details=dict(step=S, val_loss_twopoint=_f(L["twopoint"]["val_loss"]), val_loss_half=_f(L["H"]["val_loss"]),
-                     val_loss_A=_f(L["A"]["val_loss"]), summary_ratio=s.get("twopoint_to_half_vs_A_B")))
+        details=dict(step=S, val_loss_twopoint=val["twopoint"], val_loss_half=val["H"], val_loss_A=val["A"],
+                     summary_ratio=s.twopoint_to_half_vs_A_B))
     v.check("loss_gap", gap, "<", FIG6_LOSS_GAP_MAX, "|val loss(two-point at lr) - val loss(lr/2)| / val loss(lr/2)")
     return v
 
@@ -336,13 +319,13 @@ def claim_fig7(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
     s = ctx.sidetrip("alignment", "alignment", steps=cfg.alignment_steps)
-    rows = ctx.csv("alignment", "alignment.csv")
-    cos_c = np.array([_f(r["cos_start_constant"]) for r in rows])
-    db = s["different_batches"]
-    ref = abs(db["cos_mean"]) + 2 * db["cos_std"]
+    rec = s.records
+    cos_c = rec.cos_start_constant
+    db = s.different_batches
+    ref = abs(db.cos_mean) + 2 * db.cos_std
     margin = float(np.nanmin(cos_c)) - ref
     fig = "fig7-gradient-alignment.png"
-    plots.save(lambda axes: plots.draw_alignment(axes, rows, db), out / fig,
+    plots.save(lambda axes: plots.draw_alignment(axes, rec, db), out / fig,
                title=f"Fig. 7: gradient of a fixed batch along side-trips from step {S}", ncols=2)
     v = Verdict(
         id="fig7-gradient-alignment", source="realnet",
@@ -352,20 +335,19 @@ def claim_fig7(cfg: RealConfig, out: Path) -> Verdict:
                   "(|mean| + 2 std) of the cosines between different batches' gradients",
         value=margin, comparison=">", threshold=FIG7_MARGIN_MIN, figure=fig,
         details=dict(step=S, min_cos_fixed_constant=float(np.nanmin(cos_c)),
-                     final_cos_fixed_linear=_f(rows[-1]["cos_start_linear"]),
-                     final_norm_ratio_constant=_f(rows[-1]["norm_ratio_constant"]),
-                     different_batches=db))
+                     final_cos_fixed_linear=float(rec.cos_start_linear[-1]),
+                     final_norm_ratio_constant=float(rec.norm_ratio_constant[-1]),
+                     different_batches=asdict(db)))
     return v
 
 
 def claim_fig8(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
-    _divergence(ctx, cfg)
-    ck = ctx.csv("divergence", "checkpoint_distances.csv")
-    ep = ctx.csv("divergence", "endpoint_distances.csv")
-    pts = sorted([(int(r["step"]), _f(r["dist_to_B_end"])) for r in ck] +
-                 [(int(r["step"]), _f(r["dist_to_B_end"])) for r in ep])
+    s = _divergence(ctx, cfg)
+    ck, ep = s.checkpoint_distances, s.endpoint_distances
+    pts = sorted([(int(a), float(b)) for a, b in zip(ck.step, ck.dist_to_B_end)] +
+                 [(int(a), float(b)) for a, b in zip(ep.step, ep.dist_to_B_end)])
     steps = np.array([p[0] for p in pts], float)
     d = np.array([p[1] for p in pts])
     # drop the independent end point itself if it appears (distance 0 by construction)
@@ -394,8 +376,8 @@ def claim_fig13(cfg: RealConfig, out: Path) -> Verdict:
     rows = []
     for b in cfg.sweep_batch_sizes:
         s = ctx.sidetrip("lr-sweep", f"lr-sweep-b{b}", batch_size=b, heldout_batches=10)
-        drop_tr = math.log(s["train_start_loss"] / s["train_min_loss"])
-        drop_ho = math.log(s["heldout_start_loss"] / s["heldout_min_loss"])
+        drop_tr = math.log(s.train_start_loss / s.train_min_loss)
+        drop_ho = math.log(s.heldout_start_loss / s.heldout_min_loss)
         rows.append(dict(batch_size=b, train_drop=drop_tr, heldout_drop=drop_ho, gap=drop_tr - drop_ho))
     gaps = [r["gap"] for r in rows]
     fig = "fig13-batch-size.png"

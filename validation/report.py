@@ -1,60 +1,34 @@
 """The report: ``report.md`` (a table of verdicts, linked figures, config and versions) and
-``verdicts.json`` (a list of verdict objects). Files are written atomically."""
+``verdicts.json`` (a list of verdict objects). Files are written atomically (:mod:`quadsgd._files`: temporary
+file in the same directory, fsync, ``os.replace``; mode 0644 under the usual umask)."""
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from quadsgd import _files
 
 from .verdict import Verdict
 
-__all__ = ["write_report", "write_json_atomic", "environment", "git_hash"]
+__all__ = ["write_report", "write_json_atomic", "environment"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _files.atomic_write_text(path, text)
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def git_hash() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """Atomic JSON; infinities stay readable as ``"inf"`` / ``"-inf"``, NaN is ``null``."""
+    _files.write_json(path, obj, nonfinite="string")
 
 
 def environment() -> dict:
-    from importlib import metadata
-
-    versions = {}
-    for pkg in ("numpy", "scipy", "numba", "matplotlib", "torch", "torchvision", "scikit-learn"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return dict(python=sys.version.split()[0], platform=platform.platform(), packages=versions,
-                git_hash=git_hash())
+    """:func:`quadsgd._files.environment` (``versions``, ``git``, ``git_dirty``, ``platform``) plus
+    ``git_hash``, an alias of ``git`` kept for readers of earlier reports."""
+    env = _files.environment()
+    env["git_hash"] = env["git"]
+    return env
 
 
 def _fmt(x) -> str:
@@ -69,6 +43,11 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _git_text(env: dict) -> str:
+    git = env.get("git", env.get("git_hash", "unknown"))
+    return f"{git} (uncommitted changes)" if env.get("git_dirty") else str(git)
+
+
 def write_report(out: Path, verdicts: list[Verdict], config: dict) -> None:
     """Write ``out/verdicts.json`` and ``out/report.md``."""
     out = Path(out)
@@ -78,7 +57,7 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict) -> None:
         "# Reproduction report: Training trajectories, mini-batch losses and the curious role of the learning rate",
         "",
         f"{n_pass} of {len(verdicts)} claims verified. Mode: `{config.get('mode')}`. "
-        f"Git: `{config.get('environment', {}).get('git_hash', 'unknown')}`.",
+        f"Git: `{_git_text(config.get('environment', {}))}`.",
         "",
         "Each row: the claim's id, the statistic that tests it, the measured value (with its standard "
         "error or CI half-width where one applies), the pass rule (fixed in code before the "

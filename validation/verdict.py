@@ -6,6 +6,8 @@ import math
 import operator
 from dataclasses import asdict, dataclass, field
 
+from quadsgd._files import jsonable
+
 __all__ = ["Verdict", "decide"]
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -67,8 +69,8 @@ class Verdict:
         return self
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return _jsonable(d)
+        """JSON types; non-finite numbers as ``"inf"`` / ``"-inf"`` (NaN: None) so that they stay readable."""
+        return jsonable(asdict(self), nonfinite="string")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Verdict":
@@ -84,23 +86,3 @@ def _num(x):
         return float(x)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _jsonable(x):
-    import numpy as np
-
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating,)):
-        x = float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x

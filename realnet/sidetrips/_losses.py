@@ -1,0 +1,154 @@
+"""Losses and gradients of batches at points and along lines in parameter space (lr-sweep, fixed-batch, alignment).
+
+* :func:`functional_model`: a copy of a model for ``torch.func.functional_call`` with BatchNorm normalising by
+  each batch's own statistics (no running statistics touched), or eval-mode BN with the running statistics;
+* :func:`batch_grad`: loss and gradient of one batch at given parameters;
+* :func:`batch_losses`: losses at ``theta - c * d`` for many coefficients ``c`` and batches, vmapped over the
+  coefficients (``mode="lr"``), over the batches (``"batches"``) or looped (``"loop"``);
+* :func:`sweep_line`: the single-step line search of lr-sweep (and fixed-batch's automatic lr).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
+
+from ..config import check_choice
+from ..trainer import Runtime
+
+__all__ = ["functional_model", "batch_grad", "batch_losses", "resolve_batched", "sweep_line", "row_stats",
+           "nanargmin", "grad_vector", "BATCHED_MODES"]
+
+BATCHED_MODES = ("auto", "lr", "batches", "loop")
+
+
+def functional_model(model: nn.Module, bn_mode: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A copy of ``model`` for ``functional_call``: BN with batch statistics (no running stats), or
+    eval-mode BN with the model's running statistics (returned as the buffers dict)."""
+    fm = copy.deepcopy(model)
+    if bn_mode == "batch":
+        replace_all_batch_norm_modules_(fm)
+        fm.train()
+        return fm, {}
+    fm.eval()
+    return fm, {k: v.detach() for k, v in fm.named_buffers()}
+
+
+def batch_grad(fmodel: nn.Module, params: dict[str, torch.Tensor], x, y, rt: Runtime):
+    """Loss and gradient (dict) of batch ``(x, y)`` at ``params`` through a batch-statistics ``fmodel``."""
+    p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with rt.autocast():
+        out = functional_call(fmodel, p, (rt.prep(x),))
+    loss = F.cross_entropy(out.float(), y)
+    grads = torch.autograd.grad(loss, list(p.values()))
+    return loss.detach(), {k: g.detach() for k, g in zip(p, grads)}
+
+
+def grad_vector(g: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A gradient dict as one float32 vector (parameter order)."""
+    return torch.cat([v.reshape(-1).float() for v in g.values()])
+
+
+def resolve_batched(mode: str, model: nn.Module, rt: Runtime) -> str:
+    """``auto`` -> ``lr`` below 2M parameters, else ``batches`` on CUDA and ``loop`` on CPU."""
+    check_choice("batched", mode, BATCHED_MODES)
+    if mode != "auto":
+        return mode
+    n = sum(p.numel() for p in model.parameters())
+    if n < 2_000_000:
+        return "lr"
+    return "batches" if rt.device.type == "cuda" else "loop"
+
+
+@torch.no_grad()
+def batch_losses(fmodel: nn.Module, buffers: dict, theta: dict[str, torch.Tensor], direction: dict[str, torch.Tensor],
+                 coeffs: torch.Tensor, batches: list[tuple[torch.Tensor, torch.Tensor]], rt: Runtime,
+                 mode: str = "lr", chunk_size: int = 16, on_progress: Callable[[int], Any] | None = None
+                 ) -> torch.Tensor:
+    """Losses at ``theta - c * direction`` for every coefficient ``c`` and batch; shape (len(coeffs), len(batches)).
+
+    mode ``lr`` vmaps over coefficients (``chunk_size`` per forward), ``batches`` vmaps over the
+    batches (which must share a shape), ``loop`` runs one forward per (coefficient, batch).
+    ``on_progress(n)`` is called after each batch (mode ``lr``) or coefficient (other modes).
+    """
+    tick = on_progress or (lambda n: None)
+    coeffs = coeffs.to(rt.device, torch.float32)
+
+    def loss_at(c, x, y):
+        p = {k: theta[k] - c * direction[k] for k in theta}
+        with rt.autocast():
+            out = functional_call(fmodel, (p, buffers), (x,))
+        return F.cross_entropy(out.float(), y)
+
+    out = torch.empty(len(coeffs), len(batches), device=rt.device)
+    xs = [rt.prep(x) for x, _ in batches]
+    ys = [y for _, y in batches]
+    if mode == "lr":
+        for j, (x, y) in enumerate(zip(xs, ys)):
+            out[:, j] = vmap(lambda c: loss_at(c, x, y), chunk_size=max(1, chunk_size))(coeffs)
+            tick(1)
+    elif mode == "batches" and len({tuple(x.shape) for x in xs}) == 1:
+        X, Y = torch.stack(xs), torch.stack(ys)
+        for i, c in enumerate(coeffs):
+            out[i] = vmap(lambda x, y: loss_at(c, x, y))(X, Y)
+            tick(1)
+    else:
+        for i, c in enumerate(coeffs):
+            for j, (x, y) in enumerate(zip(xs, ys)):
+                out[i, j] = loss_at(c, x, y)
+            tick(1)
+    return out
+
+
+def sweep_line(ctx, br, train_batch, heldout, lrs: np.ndarray, opts, direction: str = "grad",
+               bn_mode: str = "batch", desc: str | None = None) -> tuple[np.ndarray, float, float, str]:
+    """Losses after one step ``theta - lr * d`` from branch ``br`` for ``lr`` in ``[0, *lrs]``.
+
+    ``d`` is the gradient of ``train_batch`` (``direction="grad"``) or the optimizer's momentum update with
+    weight decay (``"sgd"``). Returns (losses of shape (1 + len(lrs), 1 + len(heldout)) in float64, the
+    training batch first; the gradient's norm; the direction's norm; the batching mode used).
+    """
+    rt = ctx.rt
+    gmodel, _ = functional_model(br.model, "batch")
+    theta = {k: v.detach() for k, v in br.model.named_parameters()}
+    _, g = batch_grad(gmodel, theta, *train_batch, rt)
+    grad_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in g.values())))
+    if direction == "sgd":
+        cfg = ctx.cfg
+        d = {}
+        state = br.optimizer.state
+        for (k, p) in br.model.named_parameters():
+            gk = g[k] + cfg.weight_decay * p.detach() if cfg.weight_decay else g[k]
+            buf = state.get(p, {}).get("momentum_buffer")
+            d[k] = gk if (buf is None or cfg.momentum == 0) else cfg.momentum * buf + gk
+    else:
+        d = g
+    dir_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in d.values())))
+    fmodel, buffers = (gmodel, {}) if bn_mode == "batch" else functional_model(br.model, "running")
+    mode = resolve_batched(opts.batched, br.model, rt)
+    coeffs = torch.tensor(np.concatenate([[0.0], lrs]), dtype=torch.float32)
+    batches = [train_batch] + list(heldout)
+    bar = ctx.bar(len(batches) if mode == "lr" else len(coeffs), desc) if desc else None
+    losses = batch_losses(fmodel, buffers, theta, d, coeffs, batches, rt, mode, opts.chunk_size,
+                          on_progress=bar.update if bar else None).double().cpu().numpy()
+    if bar:
+        bar.close()
+    return losses, grad_norm, dir_norm, mode
+
+
+def row_stats(row: np.ndarray) -> dict[str, float]:
+    """mean, std, min, max of one row (NaN propagates, no warning)."""
+    with np.errstate(invalid="ignore"):
+        return {"mean": float(np.mean(row)), "std": float(np.std(row)), "min": float(np.min(row)),
+                "max": float(np.max(row))}
+
+
+def nanargmin(v: np.ndarray) -> int:
+    """Index of the smallest finite value (0 when none is finite)."""
+    w = np.where(np.isfinite(v), v, np.inf)
+    return int(np.argmin(w))

@@ -1,0 +1,294 @@
+"""The one side-trip runner, the run context and branches shared by every side-trip.
+
+:func:`run_sidetrip` is what every public side-trip function calls; it
+
+1. builds the options (dataclass defaults < ``options`` < keyword overrides; unknown keys refused) and
+   validates them (``options.validate(step)``, :class:`ConfigError` naming the key);
+2. refuses an output directory inside the run directory (side-trips never modify their parent run) and
+   creates it;
+3. opens the run (:class:`RunContext`: config, data, batch order, device) under the side-trip's thread count
+   and determinism setting, and checks that every checkpoint it needs exists;
+4. writes ``config.json`` (side-trip name, run, step, options, run config) and ``run_info.json``
+   (provenance: time, command, seed, versions, ``git``/``git_dirty``, device, precision);
+5. times the side-trip's computation (``trip.compute(ctx, step, options)``, which shows its progress with
+   :meth:`RunContext.bar` and returns a typed result), and saves the result into the output directory.
+
+A side-trip is described by a :class:`SideTrip` (name, options class, compute function, result class,
+one-line doc); :data:`realnet.sidetrips.SIDETRIPS` lists them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+from tqdm import tqdm
+
+from quadsgd._files import provenance, write_json
+
+from ..checkpoint import find_checkpoint, load_checkpoint
+from ..config import ConfigError, TrainConfig, build_options
+from ..data import BatchOrder, DataBundle, build_data
+from ..trainer import (Runtime, build_model, build_optimizer, deterministic_mode, evaluate, load_config, lr_at,
+                       make_runtime, restore_checkpoint, train_step)
+from ._results import Metrics, SideTripResult
+
+__all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED"]
+
+BN_SEED = 7_000_003  # seed of the fixed training batches used by update_bn
+HELDOUT_SEED = 1_000_003  # seed of the fixed held-out batches
+
+
+@dataclass
+class SideTripOptions:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on cuda, fp32 on cpu) | fp32 | bf16
+    data_dir: str | None = None  # override the run's data_dir (if the data moved)
+    threads: int = 0  # torch.set_num_threads (0 = torch default)
+    deterministic: bool | None = None  # torch.use_deterministic_algorithms (None = auto: on CPU)
+    progress: bool = True  # tqdm progress bars
+    eval_batch_size: int = 256  # batch size of evaluation passes
+
+    def validate(self, step: int) -> None:
+        """Refuse invalid values with a :class:`ConfigError` naming the key (subclasses extend it)."""
+
+    def checkpoints(self, step: int) -> tuple[int, ...]:
+        """The run's checkpoints the side-trip branches from (checked before anything is written)."""
+        return (int(step),)
+
+
+@dataclass(frozen=True)
+class SideTrip:
+    """What a side-trip is: the registry entry of :data:`realnet.sidetrips.SIDETRIPS`.
+
+    name: the CLI name (``lr-sweep``). options: its options dataclass. compute: ``(ctx, step, options) ->
+    result`` (the computation, called by :func:`run_sidetrip`). result: its :class:`SideTripResult` class
+    (``result.load(dir)`` reads a saved one). doc: one line. function: the public function
+    ``fn(run_dir, step, out_dir, options=None, **overrides) -> result``.
+    """
+
+    name: str
+    options: type
+    compute: Callable[..., SideTripResult]
+    result: type
+    doc: str
+    function: Callable[..., SideTripResult]
+
+    def __call__(self, run_dir, step: int, out_dir, options=None, **overrides) -> SideTripResult:
+        return run_sidetrip(self, run_dir, step, out_dir, options, overrides)
+
+
+def resolve_options(cls, options, overrides: dict[str, Any] | None):
+    """``cls`` from its defaults, or ``options`` (an instance of ``cls``), updated by ``overrides``."""
+    overrides = overrides or {}
+    if options is None:
+        return build_options(cls, overrides=overrides)
+    if not isinstance(options, cls):
+        raise TypeError(f"options must be a {cls.__name__}; got {type(options).__name__}")
+    return build_options(cls, overrides=overrides, base=options) if overrides else options
+
+
+def prepare_out(run_dir, out_dir) -> Path:
+    """``out_dir`` resolved and created; ValueError if it is (inside) the run directory."""
+    run = Path(run_dir).resolve()
+    out = Path(out_dir).resolve()
+    if out == run or run in out.parents:
+        raise ValueError(f"side-trip output {str(out)!r} must not be inside the run directory {str(run)!r} "
+                         f"(side-trips never modify their parent run)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_sidetrip(trip: SideTrip, run_dir, step: int, out_dir, options=None,
+                 overrides: dict[str, Any] | None = None) -> SideTripResult:
+    """Run side-trip ``trip`` from checkpoint ``step`` of ``run_dir`` into ``out_dir``; returns its result
+    (also saved there). See the module docstring for what it does in which order."""
+    opts = resolve_options(trip.options, options, overrides)
+    step = int(step)
+    opts.validate(step)
+    out = prepare_out(run_dir, out_dir)
+    with deterministic_mode(False, opts.threads):
+        ctx = RunContext(run_dir, opts)
+        for s in opts.checkpoints(step):
+            find_checkpoint(ctx.run_dir, s)  # ValueError naming the available steps
+        det = ctx.rt.device.type == "cpu" if opts.deterministic is None else opts.deterministic
+        with deterministic_mode(det):
+            config, run_info = write_meta(out, trip.name, ctx, step, opts)
+            t0 = time.perf_counter()
+            result = trip.compute(ctx, step, opts)
+            result.wall_s = time.perf_counter() - t0
+    result.config, result.run_info = config, run_info
+    result.save(out)
+    return result
+
+
+def write_meta(out: Path, name: str, ctx: "RunContext", step: int, opts) -> tuple[dict, dict]:
+    """Write ``config.json`` and ``run_info.json``; returns their contents."""
+    cfg = {"sidetrip": name, "run": str(ctx.run_dir.resolve()), "step": int(step),
+           "options": dataclasses.asdict(opts), "run_config": dataclasses.asdict(ctx.cfg)}
+    info = provenance(seed=ctx.cfg.seed, config=cfg, data_seed=ctx.cfg.data_seed, device=str(ctx.rt.device),
+                      precision="bf16" if ctx.rt.amp_dtype else "fp32")
+    write_json(out / "config.json", cfg)
+    write_json(out / "run_info.json", info)
+    return cfg, info
+
+
+# ---------------------------------------------------------------------------------------------
+# run context, branches
+# ---------------------------------------------------------------------------------------------
+
+
+class RunContext:
+    """A run directory opened for side-trips: its config, data, batch order and runtime."""
+
+    def __init__(self, run_dir: str | Path, opts: SideTripOptions):
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise FileNotFoundError(f"run directory not found: {str(self.run_dir)!r}")
+        cfg = load_config(self.run_dir)
+        if opts.data_dir is not None:
+            cfg = dataclasses.replace(cfg, data_dir=opts.data_dir)
+        cfg = dataclasses.replace(cfg, num_workers=min(cfg.num_workers, 4))
+        self.cfg: TrainConfig = cfg
+        self.rt: Runtime = make_runtime(opts.device, opts.precision, None, distributed=False)
+        data = build_data(cfg)
+        self.order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
+        self.data: DataBundle = data.to(self.rt.device)
+        self.progress = opts.progress
+
+    def branch(self, step: int) -> "Branch":
+        """Model + optimizer (with momentum buffers) restored from the checkpoint at ``step``."""
+        path = find_checkpoint(self.run_dir, step)
+        ckpt = load_checkpoint(path, map_location=self.rt.device)
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(self.cfg, self.data.num_classes).to(self.rt.device)
+        if self.rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = build_optimizer(model, self.cfg)
+        restore_checkpoint(ckpt, model, opt, rng=False)
+        return Branch(self, model, opt, int(step))
+
+    def batches(self, start: int, stop: int, order: BatchOrder | None = None):
+        """Training batches of updates ``start .. stop-1`` (main order unless ``order`` is given)."""
+        return self.data.train_batches(order or self.order, start, stop, self.rt.device, augment=self.cfg.augment)
+
+    def batch_at(self, step: int, batch_size: int | None = None):
+        """The training batch of update ``step``; with another ``batch_size``, the same slot of an order
+        with that batch size and the run's data seed."""
+        order = self.order
+        if batch_size and batch_size != self.cfg.batch_size:
+            order = BatchOrder(len(self.data.train), batch_size, self.cfg.data_seed)
+        return self.data.batch_at(order, step, self.rt.device, augment=self.cfg.augment)
+
+    def heldout(self, n: int, batch_size: int):
+        """``n`` fixed held-out batches (seed :data:`HELDOUT_SEED`)."""
+        return self.data.fixed_batches("heldout", n, batch_size, HELDOUT_SEED, self.rt.device)
+
+    def bn_batches(self, n: int, batch_size: int):
+        """``n`` fixed training batches for ``update_bn`` (seed :data:`BN_SEED`; 0 = the run's batch size)."""
+        bs = batch_size or self.cfg.batch_size
+        bs = min(bs, len(self.data.train))
+        return [(self.rt.prep(x), y) for x, y in
+                self.data.fixed_batches("train", n, bs, BN_SEED, self.rt.device, augment=self.cfg.augment)]
+
+    def lr(self, step: int, lr: float | None) -> float:
+        """``lr``, or the run's lr at ``step`` when None; ConfigError unless finite and > 0."""
+        if lr is None:
+            lr = lr_at(self.cfg, step)
+            if lr <= 0:
+                raise ValueError(f"the run's lr at step {step} is {lr}; pass lr > 0 explicitly")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"lr must be a finite number > 0; got {lr!r}")
+        return float(lr)
+
+    def evaluate(self, model: nn.Module, bn_batches, opts) -> Metrics:
+        """Train / val loss and accuracy of a copy of ``model`` after ``update_bn`` on ``bn_batches``."""
+        m = copy.deepcopy(model)
+        update_bn(bn_batches, m)
+        rt, data = self.rt, self.data
+        tr = evaluate(m, data.eval_batches("train", opts.train_eval_samples, opts.eval_batch_size, rt.device), rt)
+        va = evaluate(m, data.eval_batches("val", opts.val_samples, opts.eval_batch_size, rt.device), rt)
+        return Metrics(train_loss=tr["loss"], train_acc=tr["acc"], val_loss=va["loss"], val_acc=va["acc"])
+
+    def bar(self, total: int, desc: str):
+        """A tqdm progress bar (disabled with ``progress=False``)."""
+        return tqdm(total=total, desc=desc, disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+
+
+class Branch:
+    """A side-trip's state: model and SGD optimizer (run's momentum and weight decay), absolute step."""
+
+    def __init__(self, ctx: RunContext, model: nn.Module, optimizer: torch.optim.Optimizer, step: int):
+        self.ctx, self.model, self.optimizer, self.step = ctx, model, optimizer, step
+
+    def clone(self) -> "Branch":
+        model = copy.deepcopy(self.model)
+        opt = build_optimizer(model, self.ctx.cfg)
+        opt.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
+        return Branch(self.ctx, model, opt, self.step)
+
+    def sgd_step(self, x, y, lr: float) -> torch.Tensor:
+        loss, _ = train_step(self.model, self.optimizer, x, y, lr, self.ctx.rt, self.ctx.cfg.label_smoothing)
+        self.step += 1
+        return loss
+
+    def flat(self) -> torch.Tensor:
+        return flat_params(self.model)
+
+    def grad_flat(self) -> torch.Tensor:
+        """The loss gradient left in ``.grad`` by the last :meth:`sgd_step` (at the pre-update point)."""
+        return torch.cat([p.grad.reshape(-1).float() for p in self.model.parameters()])
+
+
+# ---------------------------------------------------------------------------------------------
+# small shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """All trainable parameters as one float32 vector (BatchNorm buffers excluded)."""
+    return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+
+
+def set_flat_params(model: nn.Module, vec: torch.Tensor) -> None:
+    i = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(vec[i:i + n].view_as(p).to(p.dtype))
+            i += n
+
+
+def dist(a: torch.Tensor, b: torch.Tensor) -> float:
+    """L2 distance in float64."""
+    return float((a.double() - b.double()).norm())
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine in float64 (NaN for a zero vector)."""
+    a, b = a.double(), b.double()
+    den = float(a.norm() * b.norm())
+    return float(a @ b) / den if den > 0 else float("nan")
+
+
+def record_points(K: int, every: int, extra=()) -> list[int]:
+    """Steps 0..K to record: every ``every``-th, 0 and K, ``extra``, and a log-spaced set of early steps."""
+    pts = set(range(0, K + 1, max(1, every))) | {0, K} | {t for t in extra if 0 <= t <= K}
+    if K >= 1:
+        pts |= set(int(v) for v in np.unique(np.round(np.geomspace(1, K, num=min(K, 25)))))
+    return sorted(pts)
+
+
+def check_lr(value: float | None) -> None:
+    """An explicit lr option (None = auto) must be finite and > 0."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"lr must be a finite number > 0 (or None for auto); got {value!r}")
+

@@ -1,0 +1,224 @@
+r"""``divergence`` (Fig. 6, 8): from ``S`` three side-trips of ``steps`` = K updates: ``A`` (main batch
+order, lr), ``B`` (batch order with data seed ``other_seed``, lr) and ``H`` (main order, lr/2); lr is
+constant (``schedule=constant``) or the run's own schedule (``schedule=run``).
+
+Outputs (:class:`DivergenceResult`):
+
+* ``divergence.csv`` (:class:`DivergenceDistances`, per recorded ``t``): ``t``, ``step``, ``lr`` (empty at
+  ``t = K``), ``dist_A_B``, ``dist_twopoint_H`` (``||(theta^A_S + theta^A_t)/2 - theta^H_t||``), ``dist_A_H``,
+  ``dist_A_start``, ``dist_B_start``, ``dist_H_start``, ``dist_twopoint_start``.
+* ``divergence_losses.csv`` (:class:`DivergenceEvaluations`): ``t``, ``model`` (A | B | H | twopoint),
+  ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` at ``eval_steps``.
+* ``endpoint_distances.csv`` (:class:`EndpointDistances`): ``t``, ``step``, ``dist_to_B_end``,
+  ``dist_to_A_end`` for snapshots of A (the trajectory's points vs an independently trained end point, Fig. 8).
+* ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's own checkpoints),
+  ``dist_to_B_end``, ``dist_to_A_end``.
+* ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
+from ..config import ConfigError, check_choice, check_int
+from ..data import BatchOrder
+from ..trainer import lr_at
+from ._results import Metrics, SideTripResult, Table, column
+from ._runner import RunContext, SideTrip, SideTripOptions, dist, record_points, run_sidetrip, set_flat_params
+
+__all__ = ["DivergenceOptions", "DivergenceResult", "DivergenceDistances", "DivergenceEvaluations",
+           "EndpointDistances", "CheckpointDistances", "divergence", "SIDETRIP"]
+
+
+@dataclass
+class DivergenceOptions(SideTripOptions):
+    steps: int = 1000  # K: length of the side-trips
+    lr: float | None = None  # lr of A and B, H uses lr/2 (None = the run's lr at the checkpoint)
+    schedule: str = "constant"  # constant | run (follow the run's schedule from the checkpoint; H: half of it)
+    other_seed: int | None = None  # data seed of B's batch order (None = run data_seed + 1)
+    record_every: int = 10  # record distances every N steps (plus a log-spaced set)
+    eval_steps: list[int] = field(default_factory=lambda: [0, 10, 100, 1000])  # steps with loss/accuracy (<= K)
+    snapshots: int = 12  # stored points of A for distances to the end points
+    max_checkpoints: int = 50  # run checkpoints compared with the end points (evenly thinned)
+    bn_batches: int = 10
+    bn_batch_size: int = 0
+    train_eval_samples: int = 2048
+    val_samples: int = 10000
+
+    def validate(self, step: int) -> None:
+        check_int("steps", self.steps, 1)
+        check_int("record_every", self.record_every, 1)
+        check_int("snapshots", self.snapshots, 2)
+        check_int("max_checkpoints", self.max_checkpoints, 0)
+        check_int("bn_batches", self.bn_batches, 1)
+        check_choice("schedule", self.schedule, ("constant", "run"))
+        if self.schedule == "run" and self.lr is not None:
+            raise ConfigError("lr cannot be combined with schedule=run")
+
+
+@dataclass(frozen=True, eq=False)
+class DivergenceDistances(Table):
+    """``divergence.csv``: distances between the side-trips A (lr), B (other batch order) and H (lr/2)."""
+
+    t: np.ndarray = column("int", "updates since S")
+    step: np.ndarray = column("int", "absolute step S + t")
+    lr: np.ndarray = column("float", "lr of update t of A and B (NaN, written empty, at t = K)")
+    dist_A_B: np.ndarray = column("float", "||theta^A_t - theta^B_t||")
+    dist_twopoint_H: np.ndarray = column("float", "||(theta^A_S + theta^A_t)/2 - theta^H_t||")
+    dist_A_H: np.ndarray = column("float", "||theta^A_t - theta^H_t||")
+    dist_A_start: np.ndarray = column("float", "||theta^A_t - theta_S||")
+    dist_B_start: np.ndarray = column("float", "||theta^B_t - theta_S||")
+    dist_H_start: np.ndarray = column("float", "||theta^H_t - theta_S||")
+    dist_twopoint_start: np.ndarray = column("float", "||(theta^A_S + theta^A_t)/2 - theta_S||")
+
+    def blank(self):
+        return {"lr": np.isnan(self.lr)}
+
+
+@dataclass(frozen=True, eq=False)
+class DivergenceEvaluations(Table):
+    """``divergence_losses.csv``: loss and accuracy of A, B, H and the two-point average at ``eval_steps``."""
+
+    t: np.ndarray = column("int", "updates since S")
+    model: np.ndarray = column("str", "A | B | H | twopoint")
+    train_loss: np.ndarray = column("float", "training-subset loss (eval mode, BN recomputed)")
+    train_acc: np.ndarray = column("float", "training-subset accuracy")
+    val_loss: np.ndarray = column("float", "validation loss")
+    val_acc: np.ndarray = column("float", "validation accuracy")
+
+
+@dataclass(frozen=True, eq=False)
+class EndpointDistances(Table):
+    """``endpoint_distances.csv``: snapshots of A vs the end points of B and A."""
+
+    t: np.ndarray = column("int", "updates since S")
+    step: np.ndarray = column("int", "absolute step")
+    dist_to_B_end: np.ndarray = column("float", "||theta^A_t - theta^B_K||")
+    dist_to_A_end: np.ndarray = column("float", "||theta^A_t - theta^A_K||")
+
+
+@dataclass(frozen=True, eq=False)
+class CheckpointDistances(Table):
+    """``checkpoint_distances.csv``: the run's own checkpoints vs the end points of B and A."""
+
+    step: np.ndarray = column("int", "checkpoint step of the run")
+    dist_to_B_end: np.ndarray = column("float", "||theta_step - theta^B_K||")
+    dist_to_A_end: np.ndarray = column("float", "||theta_step - theta^A_K||")
+
+
+@dataclass(eq=False)
+class DivergenceResult(SideTripResult):
+    """Result of :func:`divergence`; ``final`` holds the last record's distances, ``losses`` the
+    evaluations at ``losses_at`` (the last eval step) per model."""
+
+    NAME: ClassVar[str] = "divergence"
+    TABLES: ClassVar[dict[str, str]] = {"distances": "divergence.csv", "evaluations": "divergence_losses.csv",
+                                        "endpoint_distances": "endpoint_distances.csv",
+                                        "checkpoint_distances": "checkpoint_distances.csv"}
+
+    steps: int
+    schedule: str
+    lr: float | None
+    other_seed: int
+    final: dict[str, float]
+    twopoint_to_half_vs_A_B: float | None
+    losses_at: int
+    losses: dict[str, Metrics]
+    endpoint_distance_first_last: list[float] | None
+    distances: DivergenceDistances
+    evaluations: DivergenceEvaluations
+    endpoint_distances: EndpointDistances
+    checkpoint_distances: CheckpointDistances
+
+    @staticmethod
+    def headline_of(summary):
+        return {"final": summary["final"], "twopoint_to_half_vs_A_B": summary["twopoint_to_half_vs_A_B"]}
+
+
+def divergence(run_dir, step: int, out_dir, options: DivergenceOptions | None = None, **overrides) -> DivergenceResult:
+    """Distances between side-trips with different batch orders / half lr / end points (Fig. 6, 8)."""
+    return run_sidetrip(SIDETRIP, run_dir, step, out_dir, options, overrides)
+
+
+def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResult:
+    K = int(opts.steps)
+    cfg = ctx.cfg
+    if opts.schedule == "constant":
+        lr = ctx.lr(S, opts.lr)
+        lrs = np.full(K, lr)
+    else:
+        lr = None
+        lrs = np.array([lr_at(cfg, S + j) for j in range(K)])
+    other = cfg.data_seed + 1 if opts.other_seed is None else int(opts.other_seed)
+    if other == cfg.data_seed:
+        raise ConfigError(f"other_seed must differ from the run's data_seed ({cfg.data_seed})")
+    order_b = BatchOrder(len(ctx.data.train), cfg.batch_size, other)
+    base = ctx.branch(S)
+    bn_batches = ctx.bn_batches(opts.bn_batches, opts.bn_batch_size)
+    A, Bb, H = base.clone(), base.clone(), base.clone()
+    v0 = base.flat()
+    eval_steps = sorted({int(t) for t in opts.eval_steps if 0 <= int(t) <= K} | {K})
+    rec = set(record_points(K, opts.record_every, eval_steps))
+    snap_pts = set(int(v) for v in np.unique(np.round(np.geomspace(1, max(K, 1), opts.snapshots - 1)))) | {0, K}
+    snaps: dict[int, torch.Tensor] = {}
+    rows, loss_rows = [], []
+    twop = copy.deepcopy(base.model)
+    bar = ctx.bar(K + 1, f"divergence step {S}")
+    itA, itB = ctx.batches(S, S + K), ctx.batches(S, S + K, order_b)
+    for t in range(K + 1):
+        if t in rec or t in snap_pts or t in eval_steps:
+            va, vb, vh = A.flat(), Bb.flat(), H.flat()
+            vt = (v0 + va) / 2
+            if t in rec:
+                rows.append([t, S + t, float(lrs[t]) if t < K else None, dist(va, vb), dist(vt, vh), dist(va, vh),
+                             dist(va, v0), dist(vb, v0), dist(vh, v0), dist(vt, v0)])
+            if t in snap_pts:
+                snaps[t] = va.cpu()
+            if t in eval_steps:
+                set_flat_params(twop, vt)
+                for name, model in (("A", A.model), ("B", Bb.model), ("H", H.model), ("twopoint", twop)):
+                    m = ctx.evaluate(model, bn_batches, opts)
+                    loss_rows.append([t, name, m.train_loss, m.train_acc, m.val_loss, m.val_acc])
+        if t < K:
+            xa, ya = next(itA)
+            xb, yb = next(itB)
+            A.sgd_step(xa, ya, float(lrs[t]))
+            H.sgd_step(xa, ya, float(lrs[t]) / 2)
+            Bb.sgd_step(xb, yb, float(lrs[t]))
+        bar.update(1)
+    bar.close()
+    a_end, b_end = A.flat().cpu(), Bb.flat().cpu()
+    ep_rows = [[t, S + t, dist(v, b_end), dist(v, a_end)] for t, v in sorted(snaps.items())]
+    ck = list_checkpoints(ctx.run_dir)
+    if opts.max_checkpoints and len(ck) > opts.max_checkpoints:
+        ck = [ck[int(i)] for i in np.unique(np.round(np.linspace(0, len(ck) - 1, opts.max_checkpoints)))]
+    elif not opts.max_checkpoints:
+        ck = []
+    ck_rows = []
+    for c in ck:
+        sd = load_checkpoint(find_checkpoint(ctx.run_dir, c), map_location="cpu")["model"]
+        v = torch.cat([sd[k].reshape(-1).float() for k, _ in base.model.named_parameters()])
+        ck_rows.append([c, dist(v, b_end), dist(v, a_end)])
+    distances = DivergenceDistances(*zip(*rows))
+    evaluations = DivergenceEvaluations(*(zip(*loss_rows) if loss_rows else [[]] * 6))
+    last = {c: getattr(distances, c)[-1].item() for c in distances.columns()[3:]}
+    at = eval_steps[-1]
+    final_losses = {r[1]: Metrics(*r[2:]) for r in loss_rows if r[0] == at}
+    return DivergenceResult(
+        run=str(ctx.run_dir), step=S, steps=K, schedule=opts.schedule, lr=lr, other_seed=other, final=last,
+        twopoint_to_half_vs_A_B=last["dist_twopoint_H"] / last["dist_A_B"] if last["dist_A_B"] > 0 else None,
+        losses_at=at, losses=final_losses,
+        endpoint_distance_first_last=[ep_rows[0][2], ep_rows[-1][2]] if ep_rows else None,
+        distances=distances, evaluations=evaluations, endpoint_distances=EndpointDistances(*zip(*ep_rows)),
+        checkpoint_distances=CheckpointDistances(*(zip(*ck_rows) if ck_rows else [[]] * 3)))
+
+
+SIDETRIP = SideTrip(name="divergence", options=DivergenceOptions, compute=_compute, result=DivergenceResult,
+                    doc="side-trips with another batch order and half the lr from a checkpoint: distances, the "
+                        "two-point average vs lr/2, distances to independent end points (Fig. 6, 8)",
+                    function=divergence)
