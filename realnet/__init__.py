@@ -5,8 +5,11 @@ Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips fro
 (CLI ``python -m realnet sidetrip NAME``), each returning a typed result (``result.save(dir)`` /
 ``Result.load(dir)``; ``result["key"]`` reads its summary). Output files and columns are documented in
 :mod:`realnet.trainer` and the :mod:`realnet.sidetrips` package (one module per side-trip; the registry
-:data:`realnet.sidetrips.SIDETRIPS`).
+:data:`realnet.sidetrips.SIDETRIPS`). Averaging in anyone's training loop: :class:`KernelAveragedModel` (any
+quadsgd kernel as an averaged model) and :class:`EquivalentScheduleLR` (its equivalent lr schedule), in
+:mod:`realnet.averaging`.
 """
+from .averaging import EquivalentScheduleLR, KernelAveragedModel, equivalent_multipliers, unwrap_model
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, resolve_config
 from .data import BatchOrder, DataBundle, build_data
@@ -26,5 +29,7 @@ __all__ = [
     "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
     "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions", "DivergenceOptions",
     "parse_kernel", "kernel_at",
+    # averaging in your own loop
+    "KernelAveragedModel", "EquivalentScheduleLR", "equivalent_multipliers", "unwrap_model",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,9 @@ PUBLIC = {
     "quadsgd.testing": {"models", "kernels", "assert_stationary_matches", "assert_curve_matches",
                         "check_stationary", "check_curve", "CheckResult"},
     "realnet": {"TrainConfig", "train", "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
-                "load_checkpoint", "save_checkpoint", "list_checkpoints", "CheckpointError", "create_model", "build_data"},
+                "load_checkpoint", "save_checkpoint", "list_checkpoints", "CheckpointError", "create_model", "build_data",
+                "KernelAveragedModel", "EquivalentScheduleLR"},
+    "realnet.averaging": {"KernelAveragedModel", "EquivalentScheduleLR"},
     "validation": {"reproduce", "CLAIM_IDS", "Verdict", "decide", "SyntheticConfig", "SYNTHETIC_CLAIMS"},
 }
 

@@ -17,8 +17,9 @@ Kernel specs (``kernels``) use quadsgd's grammar (:func:`quadsgd.kernels.parse_k
 
 A kernel fits at ``k`` when it needs no iterate before the checkpoint: ``kernel.tracking().kind ==
 "geometric"`` (an EMA started at ``theta_S``) or ``kernel.support <= k + 1``; otherwise ``k`` is skipped.
-The averages are kept online from ``kernel.tracking()`` (a geometric recursion or weighted points at a
-stride) by :class:`_TrajectoryAverages`, the one place that computes them.
+The averages are :class:`realnet.averaging.KernelAveragedModel` instances (the public averaging API, kept
+from ``kernel.tracking()``: a geometric recursion or weighted points at a stride), held by
+:class:`_TrajectoryAverages`.
 
 Outputs (:class:`AveragingResult`):
 
@@ -41,16 +42,16 @@ Outputs (:class:`AveragingResult`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import quadsgd as qs
 from quadsgd.kernels import parse_kernel as _parse_quadsgd_kernel
 
+from ..averaging import KernelAveragedModel
 from ..config import ConfigError, check_int
 from ._results import Metrics, SideTripResult, Table, column
 from ._runner import Branch, RunContext, SideTrip, SideTripOptions, dist, flat_params, run_sidetrip
@@ -273,51 +274,40 @@ class _AvgSpec:
     metrics: Metrics | None = None
 
 
-def _weighted_avg_fn(weights_chron: np.ndarray) -> Callable:
-    cum = np.cumsum(weights_chron)
-
-    def fn(avg: torch.Tensor, cur: torch.Tensor, n_averaged) -> torch.Tensor:
-        i = int(n_averaged)
-        return avg + (cur - avg) * float(weights_chron[i] / cum[i])
-    return fn
-
-
 class _TrajectoryAverages:
-    """The averaging internals, in one place: online averages of the continued trajectory for every
-    (kernel, k), kept as ``kernel.tracking()`` says (a geometric recursion for EMA-like kernels, shared by
-    all k of one decay; otherwise the weighted points at offsets ``k - lag``, fed in chronological order
-    with running weights). Feed it ``theta_{S+offset}`` with :meth:`update`; :meth:`module` is the average
-    of a spec at its ``k`` once offset ``k`` was fed. (To be replaced by ``realnet.averaging.KernelAveragedModel``.)
+    """The averaging internals, in one place: a :class:`realnet.averaging.KernelAveragedModel` per
+    (kernel, k) -- the same implementation a user gets for their own loop. The model at construction is
+    ``theta_S`` (offset 0); feed ``theta_{S+offset}`` with :meth:`update` for offsets 1, 2, ...;
+    :meth:`module` is the average of a spec at its ``k`` once offset ``k`` was fed. Geometric (EMA)
+    kernels are kept continuously (``at_step=None``) and shared by all k of one decay; finite kernels are
+    evaluated at ``at_step=k`` (a running weighted mean updated at their point times only).
     """
 
     def __init__(self, model: nn.Module, specs: list[_AvgSpec]):
-        self._feed: dict[int, list[_AvgSpec]] = {}
-        self._geometric: dict[float, AveragedModel] = {}
-        self._points: dict[int, AveragedModel] = {}
+        self._geometric: dict[str, KernelAveragedModel] = {}
+        self._points: dict[int, KernelAveragedModel] = {}
         for sp in specs:
-            t = sp.kernel.tracking()
-            if t.kind == "geometric":
-                if t.decay not in self._geometric:
-                    self._geometric[t.decay] = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1.0 - t.decay))
+            if sp.kernel.tracking().kind == "geometric":
+                key = str(sp.kernel)
+                if key not in self._geometric:
+                    self._geometric[key] = KernelAveragedModel(model, sp.kernel)
                 continue
-            lags = np.arange(t.n) * t.stride  # kind "last": one point at lag 0
-            offsets = sorted(int(sp.k - lag) for lag in lags)  # chronological
-            w_chron = t.weight_array()[::-1]
-            self._points[id(sp)] = AveragedModel(model, avg_fn=_weighted_avg_fn(w_chron))
-            for o in offsets:
-                self._feed.setdefault(o, []).append(sp)
+            self._points[id(sp)] = KernelAveragedModel(model, sp.kernel, at_step=sp.k)
+        self._pending = {id(sp): sp for sp in specs}
 
     def update(self, offset: int, model: nn.Module) -> None:
-        """Feed ``theta_{S+offset}`` (the current parameters of ``model``)."""
-        for sp in self._feed.get(offset, []):
-            self._points[id(sp)].update_parameters(model)
+        """Feed ``theta_{S+offset}`` (the current parameters of ``model``), offset >= 1."""
+        for key, avg in self._points.items():
+            if self._pending[key].k >= offset:
+                avg.update_parameters(model)
         for avg in self._geometric.values():
             avg.update_parameters(model)
 
     def module(self, sp: _AvgSpec) -> nn.Module:
         """The averaged model of ``sp`` (valid once offset ``sp.k`` was fed)."""
-        t = sp.kernel.tracking()
-        return self._geometric[t.decay].module if t.kind == "geometric" else self._points[id(sp)].module
+        if sp.kernel.tracking().kind == "geometric":
+            return self._geometric[str(sp.kernel)].module
+        return self._points[id(sp)].module
 
     def release(self, sp: _AvgSpec) -> None:
         """Free the copy held for ``sp`` (geometric averages are shared and kept)."""
@@ -368,7 +358,6 @@ def _compute(ctx: RunContext, S: int, opts: AveragingOptions) -> AveragingResult
 
     # the continued main trajectory and its averages
     traj_rows, trajectory = [], []
-    averages.update(0, main.model)
     for j, (x, y) in enumerate(ctx.batches(S, S + K)):
         loss = main.sgd_step(x, y, lr)
         traj_rows.append([S + j, j, lr, loss])
