@@ -82,22 +82,9 @@ def atomic_output(path: str | Path, fsync: bool = True):
 def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_output(path, fsync=fsync) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _fsync_dir(path.parent)
     return path
 
 

@@ -194,9 +194,14 @@ class AveragingKernel:
         args = self.spec_args()
         return ":".join([self.spec_name, *(_fmt_arg(a) for a in args)])
 
+    #: a spec without arguments takes ``length`` as its one size argument (``twopoint``, ``swa`` templates)
+    length_template: ClassVar[bool] = False
+
     @classmethod
     def from_spec_args(cls, args: list[str], length: int | None = None) -> "AveragingKernel":
         """Build from the text arguments of a spec; ``length`` fills omitted size arguments (see subclasses)."""
+        if not args and length is not None and cls.length_template:
+            return cls(length)
         if len(args) != len(cls.params):
             raise ValueError(f"{cls.spec_name} takes {len(cls.params)} argument(s) {cls.params}, got {args}")
         return cls(*(_parse_number(a) for a in args))
@@ -261,6 +266,7 @@ class TwoPoint(AveragingKernel):
     spec_aliases: ClassVar[tuple] = ("two_point", "two-point")
     params: ClassVar[tuple] = ("delta",)
     spec_forms: ClassVar[str] = "twopoint:D"
+    length_template: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "delta", _check_int("delta", self.delta, 1))
@@ -281,12 +287,6 @@ class TwoPoint(AveragingKernel):
 
     def paper_factor(self, Gam, ops: Ops):
         return 0.5 * (ops.I + ops.power(Gam, self.delta))  # eq. 20: C_0 = 1/2, C_Delta = 1/4
-
-    @classmethod
-    def from_spec_args(cls, args, length=None):
-        if not args and length is not None:
-            return cls(length)
-        return super().from_spec_args(args, length)
 
     def __repr__(self) -> str:
         return f"TwoPoint(delta={self.delta})"
@@ -374,6 +374,7 @@ class SWA(AveragingKernel):
     spec_name: ClassVar[str] = "swa"
     params: ClassVar[tuple] = ("window",)
     spec_forms: ClassVar[str] = "swa:W"
+    length_template: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "window", _check_int("window", self.window, 1))
@@ -390,12 +391,6 @@ class SWA(AveragingKernel):
 
     def paper_factor(self, Gam, ops: Ops):
         return _uniform_paper_factor(self.window, 1, Gam, ops)
-
-    @classmethod
-    def from_spec_args(cls, args, length=None):
-        if not args and length is not None:
-            return cls(length)
-        return super().from_spec_args(args, length)
 
     def __repr__(self) -> str:
         return f"SWA(window={self.window})"
