@@ -52,8 +52,9 @@ batch HVPs), noise 6 s (100 gradients), continuation 155 s (75 s per 1000 steps)
 side-trip inside ``python -m validation reproduce --quick --real-only --only linear-model-fit`` at load ~3 took
 152 s (Lanczos 38 s = 1.32 s per iteration, curvature 20 s, noise 4 s, continuation 89 s = 43 s per 1000
 steps); the whole command 2 min 47 s including training the 150-step run. Budget other sizes with: Lanczos
-iterations ~ 2k + 13 (k = 8: 29) x s/iteration (proportional to the sample size), curvature ~ k x batches
-batch-HVPs, continuation ~ N x (s per 1000 steps) / 1000.
+iterations (measured at tol 1e-4: 29 for k = 8, 33 for k = 10) x s/iteration (proportional to the sample
+size), curvature ~ k x curvature_batches batch HVPs (~4 gradients each), continuation ~ N x (s per 1000
+steps) / 1000.
 """
 from __future__ import annotations
 

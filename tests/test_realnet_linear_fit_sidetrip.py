@@ -189,7 +189,8 @@ def test_quick_and_full_sizes_satisfy_the_length_rule():
 
 # ------------------------------------------------------------------------------------ synthetic quadratic network
 class QuadraticNet(nn.Module):
-    r"""Loss on example b: :math:`\tfrac12\theta^\top A\theta - b^\top\theta`; batch mean: Hessian A, noise Cov(b)/|B|."""
+    r"""Loss on example b: :math:`\tfrac12\theta^\top A\theta - b^\top\theta`; batch mean: Hessian A, noise
+    Cov(b)/|B|."""
 
     def __init__(self, A: np.ndarray):
         super().__init__()

@@ -825,7 +825,8 @@ def _compute(ctx: RunContext, S: int, opts: LinearFitOptions) -> LinearFitResult
     prov = _provenance(seed=cfg.seed, config={"sidetrip": LinearFitResult.NAME, "run": str(ctx.run_dir.resolve()),
                                               "step": int(S), "options": dataclasses.asdict(opts)},
                        data_seed=cfg.data_seed, device=str(ctx.rt.device),
-                       precision="bf16" if ctx.rt.amp_dtype else "fp32", hvp_precision=str(fit.lanczos.eigenvectors.dtype))
+                       precision="bf16" if ctx.rt.amp_dtype else "fp32",
+                       hvp_precision=str(fit.lanczos.eigenvectors.dtype))
     return build_result(fit, opts, run=str(ctx.run_dir), step=S, batch_size=B, provenance=prov,
                         independent_pool=independent)
 
