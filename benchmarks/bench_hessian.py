@@ -1,7 +1,8 @@
 """Benchmark and measurements of realnet.hessian (HVP cost, Lanczos wall time, BatchNorm treatment).
 
-    python benchmarks/bench_hessian.py [--part cost|lanczos|bn|all] [--width 16] [--sample 512]
+    python benchmarks/bench_hessian.py [--part cost|lanczos|bn|sidetrip|all] [--width 16] [--sample 512]
                                        [--rounds 7] [--threads 1] [--device cpu] [--out benchmarks/results]
+                                       [--lf-steps 0] [--lf-k 0]
 
 * ``cost``: ResNet-20 (``create_model("resnet20", 10, small_stem=True, width=W)``) on digits-sized inputs
   (3x16x16), one fixed sample: the time of one HVP divided by the time of one gradient on the same
@@ -17,6 +18,12 @@
   optimizer feels along each vector -- :math:`v^\\top(\\bar g(\\theta+hv) - \\bar g(\\theta-hv))/2h` with
   :math:`\\bar g` the mean over 200 fresh training batches of 32 of the train-mode-BN gradient (the
   gradient SGD uses), common batches at both points, with its standard error.
+* ``sidetrip``: the ``linear-fit`` side-trip (``realnet.fit_linear_model``) end to end on that checkpoint with
+  the quick validation sizes (``validation.realclaims.RealConfig.for_mode("quick")``: k = 8, sample 8 x 32,
+  16 curvature batches, 100 noise batches, kernels ema:0.1 / twopoint:20 / swa:20, lags 10, 20 blocks,
+  N = 2,065 continuation steps; ``--lf-steps`` / ``--lf-k`` override N and k): total wall time and the
+  side-trip's own per-phase timing (``timing`` in its summary: seconds per Lanczos iteration and per 1000
+  continuation steps, for budgeting other sizes). Not part of ``all`` (it takes minutes).
 
 The machine is shared (2 cores, other engineers' jobs): timings are medians of interleaved rounds and
 the thread count is fixed (default 1: on this machine one torch thread is much faster for these small
@@ -37,6 +44,17 @@ average 8-9 during the run), 1 thread, torch 2.14.1, ResNet-20 width 16 (269,722
   (bench_realnet) -- an estimate, not a measurement.
 * BatchNorm: see realnet/hessian.py's module docstring (eval-mode top eigenvalue 147 vs 2.9 in batch mode;
   SGD feels 0.39 +- 0.09 along the eval-mode top vector).
+
+Results 2026-12-01, ``--part sidetrip`` (``bench_hessian_sidetrip_2026-12-01.json``), same machine, 1 thread, load
+average 4.3-4.6: the linear-fit side-trip with the quick sizes (k = 8, sample 256, N = 2,065) took 256 s:
+Lanczos 63 s (29 HVPs of the 256-example sample, 1 restart; 2.17 s per iteration), curvature 31 s (16 x 8
+batch HVPs), noise 6 s (100 gradients), continuation 155 s (75 s per 1000 steps), analysis 0.3 s. The same
+side-trip inside ``python -m validation reproduce --quick --real-only --only linear-model-fit`` at load ~3 took
+152 s (Lanczos 38 s = 1.32 s per iteration, curvature 20 s, noise 4 s, continuation 89 s = 43 s per 1000
+steps); the whole command 2 min 47 s including training the 150-step run. Budget other sizes with: Lanczos
+iterations (measured at tol 1e-4: 29 for k = 8, 33 for k = 10) x s/iteration (proportional to the sample
+size), curvature ~ k x curvature_batches batch HVPs (~4 gradients each), continuation ~ N x (s per 1000
+steps) / 1000.
 """
 from __future__ import annotations
 
@@ -56,7 +74,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from realnet.files import package_versions, write_json  # noqa: E402
+from quadsgd._files import package_versions, write_json  # noqa: E402
 from realnet.hessian import FlatModel, SampleLoss, lanczos  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
 
@@ -107,7 +125,7 @@ def bench_cost(width: int, sample: int, rounds: int, device: str) -> dict:
 
 
 def quick_checkpoint(workdir: Path, threads: int):
-    """Train the quick validation run (100 + 50 steps) and return (cfg, data, model at step 100)."""
+    """Train the quick validation run (100 + 50 steps) and return (cfg, data, model at step 100, run directory)."""
     from realnet.checkpoint import checkpoint_path, load_checkpoint
     from realnet.config import TrainConfig
     from realnet.data import build_data
@@ -122,7 +140,28 @@ def quick_checkpoint(workdir: Path, threads: int):
     data = build_data(cfg)
     model = build_model(cfg, data.num_classes)
     restore_checkpoint(load_checkpoint(checkpoint_path(run, 100)), model, rng=False)
-    return cfg, data, model
+    return cfg, data, model, run
+
+
+def bench_sidetrip(run: Path, step: int, threads: int, device: str, steps: int = 0, k: int = 0) -> dict:
+    """The linear-fit side-trip with the quick validation sizes from ``step`` of ``run``."""
+    from dataclasses import asdict
+
+    from realnet.sidetrips.linear_fit import fit_linear_model
+    from validation.realclaims import RealConfig
+
+    c = RealConfig.for_mode("quick")
+    opts = dict(k=k or c.linear_fit_k, sample_size=c.linear_fit_sample_batches * c.batch_size,
+                steps=steps or c.linear_fit_steps, lags=c.linear_fit_lags, kernels=list(c.linear_fit_kernels),
+                n_blocks=c.linear_fit_blocks, noise_batches=c.linear_fit_noise_batches,
+                curvature_batches=c.linear_fit_curvature_batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        r = fit_linear_model(run, step, Path(tmp) / "lf", threads=threads, device=device, progress=False, **opts)
+        wall = time.perf_counter() - t
+    return {"options": opts, "wall_s": wall, "sidetrip_wall_s": r.wall_s, "timing": asdict(r.timing),
+            "lanczos": asdict(r.lanczos), "steps": r.steps, "parameters": r.parameters,
+            "statistic": r.statistic.value, "variance_statistic": r.variance_statistic.value}
 
 
 def _train_sample(data, n: int, seed: int = 3):
@@ -187,7 +226,9 @@ def bench_bn(model, data, sample: int, device: str, k: int = 5, n_batches: int =
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["cost", "lanczos", "bn", "all"], default="all")
+    ap.add_argument("--part", choices=["cost", "lanczos", "bn", "sidetrip", "all"], default="all")
+    ap.add_argument("--lf-steps", type=int, default=0, help="sidetrip: continuation steps N (0 = quick default)")
+    ap.add_argument("--lf-k", type=int, default=0, help="sidetrip: Hessian directions k (0 = quick default)")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--sample", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=7)
@@ -210,10 +251,19 @@ def main(argv=None):
         for mode, r in res["cost"]["modes"].items():
             print(f"cost [{mode:5s}] grad {r['gradient_s_median']:.3f}s  HVP/grad: double_backward "
                   f"{r['ratio_double_backward']:.2f}  func {r['ratio_func']:.2f}", flush=True)
-    if a.part in ("lanczos", "bn", "all"):
+    if a.part in ("lanczos", "bn", "sidetrip", "all"):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg, data, model = quick_checkpoint(Path(tmp), a.threads)
+            cfg, data, model, run = quick_checkpoint(Path(tmp), a.threads)
             model = model.to(a.device)
+            if a.part == "sidetrip":
+                res["sidetrip"] = r = bench_sidetrip(run, 100, a.threads, a.device, a.lf_steps,
+                                                     a.lf_k)
+                tm = r["timing"]
+                print(f"linear-fit side-trip (k={r['options']['k']}, N={r['steps']}): {r['wall_s']:.1f}s total; "
+                      f"Lanczos {tm['lanczos_s']:.1f}s ({r['lanczos']['matvecs']} HVPs, "
+                      f"{tm['lanczos_s_per_iteration']:.2f}s/iteration), curvature {tm['curvature_s']:.1f}s, "
+                      f"noise {tm['noise_s']:.1f}s, continuation {tm['continuation_s']:.1f}s "
+                      f"({tm['continuation_s_per_1000_steps']:.1f}s per 1000 steps)", flush=True)
             if a.part in ("lanczos", "all"):
                 res["lanczos"] = bench_lanczos(model, data, a.sample, a.device)
                 r = res["lanczos"]
@@ -230,7 +280,8 @@ def main(argv=None):
     res["wall_s"] = time.perf_counter() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_hessian_{res['date']}.json"
+    suffix = "_sidetrip" if a.part == "sidetrip" else ""  # its own file: never overwrites the other parts' results
+    path = out / f"bench_hessian{suffix}_{res['date']}.json"
     write_json(path, res)
     print(f"wrote {path}")
     return res

@@ -1,7 +1,8 @@
 """realnet: ResNet trajectories, checkpoints and the paper's side-trip experiments (Sandler et al.).
 
 Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips from a checkpoint:
-:func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging`, :func:`alignment`, :func:`divergence`
+:func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging`, :func:`alignment`, :func:`divergence`,
+:func:`fit_linear_model` (side-trip ``linear-fit``; :mod:`realnet.linear_fit` holds its pure functions)
 (CLI ``python -m realnet sidetrip NAME``), each returning a typed result (``result.save(dir)`` /
 ``Result.load(dir)``; ``result["key"]`` reads its summary). Output files and columns are documented in
 :mod:`realnet.trainer` and the :mod:`realnet.sidetrips` package (one module per side-trip; the registry
@@ -14,8 +15,9 @@ from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save
 from .config import ConfigError, TrainConfig, resolve_config
 from .data import BatchOrder, DataBundle, build_data
 from .models import ResNet20, count_parameters, create_model
-from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LrSweepOptions,
-                        alignment, averaging, divergence, fixed_batch, kernel_at, lr_sweep, parse_kernel)
+from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LinearFitOptions,
+                        LrSweepOptions, alignment, averaging, divergence, fit_linear_model, fixed_batch, kernel_at,
+                        lr_sweep, parse_kernel)
 from .trainer import evaluate, load_config, lr_at, train, train_step
 
 __all__ = [
@@ -26,8 +28,9 @@ __all__ = [
     # checkpoints
     "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError",
     # side-trips
-    "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
+    "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence", "fit_linear_model",
     "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions", "DivergenceOptions",
+    "LinearFitOptions",
     "parse_kernel", "kernel_at",
     # averaging in your own loop
     "KernelAveragedModel", "EquivalentScheduleLR", "equivalent_multipliers", "unwrap_model",

@@ -15,7 +15,7 @@ PUBLIC = {
                         "check_stationary", "check_curve", "CheckResult"},
     "realnet": {"TrainConfig", "train", "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence",
                 "load_checkpoint", "save_checkpoint", "list_checkpoints", "CheckpointError", "create_model", "build_data",
-                "KernelAveragedModel", "EquivalentScheduleLR"},
+                "KernelAveragedModel", "EquivalentScheduleLR", "fit_linear_model", "LinearFitOptions"},
     "realnet.averaging": {"KernelAveragedModel", "EquivalentScheduleLR"},
     "validation": {"reproduce", "CLAIM_IDS", "Verdict", "decide", "SyntheticConfig", "SYNTHETIC_CLAIMS"},
 }
@@ -36,4 +36,4 @@ def test_contract_claim_ids():
         "fig9-ema-fast-slow", "fig11-per-coordinate", "eq13-radius-sqrt-lr", "eq20-two-point", "eq21-n-point",
         "table1-equivalent-schedule-linear", "eq19-non-normal-gap", "fig2-single-step", "fig3-same-basin",
         "fig5-averaging-equals-schedule", "fig6-two-point-half-lr", "fig7-gradient-alignment",
-        "fig8-distance-saturates", "fig13-batch-size"]
+        "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit"]

@@ -113,18 +113,26 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path):
 
     rc = RealConfig(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32, sweep_batch_sizes=[16, 32],
                     fixed_batch_alphas=3, averaging_steps=4, alignment_steps=4, divergence_steps=6,
-                    eval_samples=64, threads=1, device="cpu")
+                    eval_samples=64, threads=1, device="cpu", linear_fit_k=2, linear_fit_sample_batches=2,
+                    linear_fit_lags=2, linear_fit_kernels=["ema:0.5", "twopoint:2", "swa:2"], linear_fit_blocks=5,
+                    linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
     out = tmp_path / "out"
     verdicts = reproduce(out, synthetic=False, progress=False, real_config=rc)
     assert [v.id for v in verdicts] == ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule",
                                         "fig6-two-point-half-lr", "fig7-gradient-alignment",
-                                        "fig8-distance-saturates", "fig13-batch-size"]
+                                        "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit"]
     for v in verdicts:
         assert v.error is None, (v.id, v.error)
         assert v.source == "realnet" and (out / v.figure).stat().st_size > 10_000
         assert not math.isnan(v.value)
     data = json.loads((out / "verdicts.json").read_text())
     assert all(REQUIRED <= set(d) for d in data)
+    lfv = data[-1]
+    assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
+    assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
+    assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
+                                                                                         "variance_off"}
+    assert (out / "sidetrips" / "linear-fit" / "directions.csv").exists()
     assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep" / "summary.json").exists()
     # --run DIR validates an existing run without training (and never writes into it)
     before = sorted(p.name for p in (out / "run").rglob("*"))

@@ -20,7 +20,7 @@ import numpy as np
 
 from quadsgd._files import atomic_write_text
 
-from . import plots
+from . import linearfit, plots
 from .verdict import Verdict
 
 __all__ = ["RealConfig", "REAL_CLAIMS"]
@@ -66,6 +66,17 @@ class RealConfig:
     averaging_kernels: list = field(default_factory=lambda: ["swa", "ema:0.02", "twopoint"])
     alignment_steps: int = 100
     divergence_steps: int = 150
+    # linear-model-fit (realnet.sidetrips.linear_fit): top-k Hessian directions on a fixed sample, curvature and
+    # noise on fresh batches, a constant-lr continuation of linear_fit_steps updates (>= the length rule's minimum
+    # for lags / kernels / blocks: 2,065 for these; 0 = exactly that minimum)
+    linear_fit_k: int = 8
+    linear_fit_sample_batches: int = 8  # Hessian sample: this many batches of the run's batch size
+    linear_fit_steps: int = 0
+    linear_fit_lags: int = 10
+    linear_fit_kernels: list = field(default_factory=lambda: ["ema:0.1", "twopoint:20", "swa:20"])
+    linear_fit_blocks: int = 20  # jackknife blocks
+    linear_fit_noise_batches: int = 100
+    linear_fit_curvature_batches: int = 16
     eval_samples: int = 2048  # train / validation examples per evaluation
     threads: int = 1  # torch threads: one is faster for this small model on 2 shared cores (32 vs 1.5-40 it/s)
     device: str = "auto"
@@ -73,7 +84,10 @@ class RealConfig:
     @classmethod
     def for_mode(cls, mode, run=None, data_dir=None, dataset=None):
         base = cls() if mode == "quick" else cls(averaging_steps=500, alignment_steps=500, divergence_steps=500,
-                                                 eval_samples=10000, fixed_batch_alphas=21)
+                                                 eval_samples=10000, fixed_batch_alphas=21, linear_fit_k=16,
+                                                 linear_fit_sample_batches=16,
+                                                 linear_fit_kernels=["ema:0.02", "twopoint:100", "swa:100"],
+                                                 linear_fit_noise_batches=400, linear_fit_curvature_batches=64)
         if dataset and dataset != "digits":
             base = cls(**{**asdict(base), "dataset": dataset, "model": "resnet34", "batch_size": 128,
                           "steps": 20000, "lr": 0.1, "threads": 0,
@@ -403,4 +417,5 @@ REAL_CLAIMS = {
     "fig7-gradient-alignment": claim_fig7,
     "fig8-distance-saturates": claim_fig8,
     "fig13-batch-size": claim_fig13,
+    "linear-model-fit": linearfit.claim_linear_fit,
 }

@@ -56,6 +56,8 @@ The side-trips (outputs in each module's docstring)
 * ``averaging`` (Fig. 1, 5, 10, 14): :mod:`realnet.sidetrips.averaging` -- averages vs equivalent schedules.
 * ``alignment`` (Fig. 7): :mod:`realnet.sidetrips.alignment` -- a fixed batch's gradient along side-trips.
 * ``divergence`` (Fig. 6, 8): :mod:`realnet.sidetrips.divergence` -- other batch order, lr/2, end points.
+* ``linear-fit`` (App. A.1): :mod:`realnet.sidetrips.linear_fit` -- the linear model fitted at S (Hessian, noise)
+  against a constant-lr continuation (function ``fit_linear_model``: ``linear_fit`` is the module).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ from . import alignment as _alignment_module
 from . import averaging as _averaging_module
 from . import divergence as _divergence_module
 from . import fixed_batch as _fixed_batch_module
+from . import linear_fit as _linear_fit_module
 from . import lr_sweep as _lr_sweep_module
 from ._losses import batch_losses
 from ._results import Metrics, SideTripResult, Table
@@ -75,6 +78,7 @@ from .averaging import (AveragingOptions, AveragingResult, AveragingTable, Kerne
 from .divergence import (CheckpointDistances, DivergenceDistances, DivergenceEvaluations, DivergenceOptions,
                          DivergenceResult, EndpointDistances, divergence)
 from .fixed_batch import FixedBatchEndpoints, FixedBatchInterpolation, FixedBatchOptions, FixedBatchResult, fixed_batch
+from .linear_fit import LinearFitOptions, LinearFitResult, fit_linear_model
 from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResult, lr_sweep
 
 __all__ = [
@@ -88,11 +92,13 @@ __all__ = [
     "ScheduleTable", "TrajectoryPoint", "KernelPoint", "KernelResults", "AlignmentResult", "AlignmentRecords",
     "DifferentBatches", "DivergenceResult", "DivergenceDistances", "DivergenceEvaluations", "EndpointDistances",
     "CheckpointDistances",
+    "LinearFitOptions", "LinearFitResult", "fit_linear_model",
 ]
 
 #: name -> :class:`SideTrip`, in the order the CLI lists them
 SIDETRIPS: dict[str, SideTrip] = {m.SIDETRIP.name: m.SIDETRIP for m in (
-    _lr_sweep_module, _fixed_batch_module, _averaging_module, _alignment_module, _divergence_module)}
+    _lr_sweep_module, _fixed_batch_module, _averaging_module, _alignment_module, _divergence_module,
+    _linear_fit_module)}
 
 
 def headline(name: str, summary: Mapping[str, Any] | SideTripResult) -> dict[str, Any]:
