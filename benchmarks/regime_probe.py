@@ -44,10 +44,8 @@ Prints a JSON object (and writes it with ``--json``). All on the CPU; one torch 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
-import math
 import statistics
 import sys
 import time
@@ -468,7 +466,10 @@ def table(results: list[dict]) -> str:
         c = p["config"]
         S = p["step"]
         N = int(c["steps"]) if int(round(0.75 * c["steps"])) == S else int(round(S / 0.75))
-        pl = plateau(Path(p["run"]), N) if Path(p["run"], "metrics.csv").is_file() else p["plateau"]
+        try:
+            a_txt = f"{plateau(Path(p['run']), N)['ratio']:.3f}"
+        except (OSError, ValueError):  # run moved, or a copy shorter than N: (a) needs the full run
+            a_txt = f"n/a (metrics < {N} steps)"
         m = p["memorisation"]
         if "premise" in p:
             items = [v for sch in p["premise"]["schedules"].values() for k, v in sch.items() if k in ("heldout", "train")]
@@ -478,7 +479,7 @@ def table(results: list[dict]) -> str:
         else:
             prem = "- | - | -"
         rows.append(f"| {Path(p['run']).name} | {c.get('augment_strength', 0.0):g} | {c['lr']:g} | {c['weight_decay']:g} "
-                    f"| {N} | {S} | {pl['ratio']:.3f} | {m['ratio']:.3f} | {prem} | {m['clean_val']['acc']:.3f} |")
+                    f"| {N} | {S} | {a_txt} | {m['ratio']:.3f} | {prem} | {m['clean_val']['acc']:.3f} |")
     return "\n".join(rows)
 
 
@@ -486,7 +487,7 @@ def _headline(res: dict) -> dict:
     h = {}
     if "speed" in res:
         s = res["speed"]
-        h["speed"] = {k: s[k] for k in ("config", "s_per_train_step", "s_per_batch", "steps_per_s",
+        h["speed"] = {k: s[k] for k in ("config", "s_per_train_step", "s_per_batch", "s_per_plain_batch", "steps_per_s",
                                         "augment_cost_vs_step", "load_avg")}
     if "train" in res:
         t = res["train"]
