@@ -51,7 +51,9 @@ class TrainConfig:
     data_dir: str | None = None  # local root for cifar10/100 (torchvision format) or imagenet; never downloaded
     image_size: int = 0  # input side in pixels; 0 = dataset default (digits 16, cifar 32, imagenet 224)
     heldout_size: int = 0  # held-out examples carved from the training split; 0 = default (300 / 5000 / 10000)
-    augment: bool = True  # random crop + flip for cifar/imagenet training batches (digits: never augmented)
+    augment: bool = True  # training-stream augmentation: random crop + flip (cifar/imagenet); digits: see next key
+    augment_strength: float = 0.0  # digits only: strength of realnet.data.DigitsAugment (affine + elastic + noise)
+    #   on training and held-out batches (0 = plain digits; needs augment); validation is never augmented
     # ---- model ------------------------------------------------------------------------------
     model: str = "auto"  # resnet34 | resnet18 | resnet20 | auto (resnet20 for digits, resnet34 otherwise)
     width: int = 16  # resnet20 base width (16 = He et al. 2015); ignored by resnet18/34
@@ -167,6 +169,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lr_gamma must be in (0, 1]; got {c.lr_gamma!r}")
     if any(s < 0 for s in c.checkpoint_steps):
         raise ConfigError(f"checkpoint_steps must be >= 0; got {c.checkpoint_steps!r}")
+    if not (0.0 <= c.augment_strength <= 4.0):
+        raise ConfigError(f"augment_strength must be in [0, 4]; got {c.augment_strength!r}")
+    if c.augment_strength > 0 and c.dataset != "digits":
+        raise ConfigError(f"augment_strength applies to dataset 'digits' only (cifar/imagenet use --augment); "
+                          f"got augment_strength={c.augment_strength!r} with dataset={c.dataset!r}")
     if c.dataset == "digits" and c.image_size < 8:
         raise ConfigError(f"image_size for digits must be >= 8; got {c.image_size}")
     # the schedule horizon is part of the trajectory's definition: resolve it once, store it

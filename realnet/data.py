@@ -6,7 +6,9 @@ Data sets (``TrainConfig.dataset``):
   download). Fixed stratified split: validation 300, held-out ``heldout_size`` (default 300), train the
   rest (1,197). Images are scaled to [0, 1], upsampled to ``image_size`` (nearest neighbour for
   multiples of 8, else bilinear), normalised with the training mean/std and repeated to 3 channels.
-  Kept in memory as tensors; never augmented.
+  Kept in memory as tensors. With ``augment_strength > 0`` (and ``augment``) the training stream and the
+  held-out batches get :class:`DigitsAugment` (per-sample random affine + elastic distortion + pixel
+  noise, applied to the [0, 1] image before normalisation); the validation split is never augmented.
 * ``cifar10`` / ``cifar100``: torchvision format under ``data_dir`` (``cifar-10-batches-py/`` or
   ``cifar-100-python/``), ``download=False``. Held-out = a fixed subset of the official training set,
   validation = the official test set. Training batches: random crop (pad 4) + horizontal flip.
@@ -20,11 +22,19 @@ Batch order (:class:`BatchOrder`): epoch ``e`` is ``torch.randperm(n)`` from a C
 ``t // steps_per_epoch`` (last partial batch dropped). Random augmentation of sample ``j`` of step ``t``
 is seeded from ``SeedSequence([data_seed, 1, t])``, so a batch is a pure function of
 ``(data_seed, t)``: resuming and branching at any step reproduce it exactly. Under DDP rank ``r`` of
-``w`` takes positions ``r, r+w, ...`` of the global batch.
+``w`` takes positions ``r, r+w, ...`` of the global batch. Fixed batches (:meth:`DataBundle.fixed_batches`)
+seed sample ``j`` of batch ``i`` from ``SeedSequence([seed, 2, i])``: the same augmented images every time.
+
+Digits augmentation (:class:`DigitsAugment`) is computed on the whole batch with torch ops: per-sample
+parameters come from one CPU ``torch.Generator`` per sample seeded with its sample seed (so a sample's
+augmentation does not depend on the rest of the batch, bit for bit on the CPU), then one ``affine_grid``
++ an elastic displacement (white noise smoothed by a separable Gaussian, two batched banded matmuls) +
+one bilinear ``grid_sample`` for the batch: about 3% of a ResNet-20 training step at batch 32.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -33,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchOrder", "TensorSplit", "FileSplit", "DataBundle", "build_data", "digits_split_indices",
-           "DIGITS_VAL_SIZE"]
+__all__ = ["BatchOrder", "TensorSplit", "FileSplit", "DataBundle", "DigitsAugment", "build_data",
+           "digits_split_indices", "DIGITS_VAL_SIZE"]
 
 DIGITS_VAL_SIZE = 300
 _CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
@@ -94,25 +104,148 @@ def _as_index(idx) -> torch.Tensor:
     return torch.as_tensor(idx, dtype=torch.long)
 
 
-class TensorSplit:
-    """An in-memory split: ``x`` (N, 3, H, W) float32, ``y`` (N,) int64."""
+@functools.lru_cache(maxsize=16)
+def _gaussian_band(sigma: float, size: int) -> tuple[torch.Tensor, int, float]:
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    k = k / k.sum()
+    m = torch.zeros(size, size + 2 * r, dtype=torch.float64)
+    for i in range(size):
+        m[i, i:i + 2 * r + 1] = k
+    return m.float(), r, float((k * k).sum())
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+
+@dataclass(frozen=True)
+class DigitsAugment:
+    """Per-sample random distortion of single-channel images in [0, 1] (background 0); every magnitude is
+    multiplied by ``strength``.
+
+    For sample ``j`` a CPU ``torch.Generator`` seeded with its seed ``s_j`` draws one standard-normal
+    vector, split in this order into ``u = erf(. / sqrt 2) ~ U(-1, 1)^5`` (rotation, log-scale, shear,
+    x/y translation), a white-noise field ``z ~ N(0, 1)^(2, H+2r, W+2r)`` and pixel noise
+    ``n ~ N(0, 1)^(1, H, W)``. The output pixel at
+    normalised position ``p`` (``[-1, 1]^2``, ``align_corners=False``) samples the input bilinearly at
+
+        q = R(a) Sh(h) c p + t + e(p),     a = rot u0,  c = exp(log_scale u1),  h = shear u2,
+                                           t = translate (u3, u4) / 4,
+        e = elastic / 4 * (G_sigma * z) / ||G_sigma||_2        (rms displacement ``elastic`` source pixels)
+
+    (zeros outside the image), and ``noise * n`` is added. Lengths are in *source* pixels (the 8x8 digits
+    grid: 1 source pixel = 1/4 of the normalised unit at any ``image_size``); ``G_sigma`` is a separable
+    Gaussian of std ``elastic_sigma`` source pixels, ``r`` its radius (valid convolution, no border effect).
+
+    Shapes: ``x`` (B, 1, H, W) float32, ``seeds`` B ints; returns (B, 1, H, W).
+    """
+
+    strength: float = 1.0
+    rotate_deg: float = 12.0  # max |rotation|
+    log_scale: float = 0.12  # max |log zoom|
+    shear_deg: float = 10.0  # max |shear angle|
+    translate: float = 1.0  # max |shift| per axis, source pixels
+    elastic: float = 0.6  # rms elastic displacement, source pixels
+    elastic_sigma: float = 1.5  # smoothness of the elastic field, source pixels
+    noise: float = 0.1  # std of additive Gaussian pixel noise (image range [0, 1])
+
+    def __post_init__(self):
+        for name in ("strength", "rotate_deg", "log_scale", "shear_deg", "translate", "elastic", "noise"):
+            v = float(getattr(self, name))
+            if not (0.0 <= v < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
+        if not (0.0 < float(self.elastic_sigma) < float("inf")):
+            raise ValueError(f"elastic_sigma must be a finite number > 0; got {self.elastic_sigma!r}")
+
+    def _smoother(self, size: int) -> tuple[torch.Tensor, int, float]:
+        """Banded (H, H+2r) matrix of the valid 1-D Gaussian convolution, its radius r, and
+        ||G_sigma||_2 = sum k^2 of the 2-D kernel (the std of G_sigma * white noise)."""
+        return _gaussian_band(float(self.elastic_sigma) * size / 8.0, size)
+
+    def draws(self, seeds: Sequence[int], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-sample random numbers: ``u`` (B, 5) uniform on (-1, 1), ``z`` (B, 2, H+2r, H+2r) and
+        ``n`` (B, 1, H, H) standard normal. Sample ``j``: one ``torch.randn`` of 5 + 2 (H+2r)^2 + H^2
+        values from a CPU generator seeded with ``seeds[j]``; ``u = erf(first five / sqrt 2)``."""
+        _, r, _ = self._smoother(size)
+        B, L = len(seeds), size + 2 * r
+        buf = torch.empty(B, 5 + 2 * L * L + size * size)
+        g = torch.Generator()
+        for j, sd in enumerate(seeds):
+            g.manual_seed(int(sd))
+            torch.randn(buf.shape[1], generator=g, out=buf[j])
+        u = torch.erf(buf[:, :5] * (0.5 ** 0.5))
+        z = buf[:, 5:5 + 2 * L * L].view(B, 2, L, L)
+        n = buf[:, 5 + 2 * L * L:].view(B, 1, size, size)
+        return u, z, n
+
+    def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        B, C, H, W = x.shape
+        if len(seeds) != B:
+            raise ValueError(f"seeds must have one entry per sample ({B}); got {len(seeds)}")
+        if H != W:
+            raise ValueError(f"DigitsAugment needs square images; got {H}x{W}")
+        s = float(self.strength)
+        if s == 0.0 or B == 0:
+            return x
+        u, z, n = self.draws(seeds, H)
+        a = u[:, 0] * math.radians(self.rotate_deg * s)
+        c = torch.exp(u[:, 1] * (self.log_scale * s))
+        h = torch.tan(u[:, 2] * math.radians(self.shear_deg * s))
+        cos, sin = torch.cos(a), torch.sin(a)
+        theta = torch.empty(B, 2, 3)
+        # R(a) @ [[1, h], [0, 1]] * c, then the shift
+        theta[:, 0, 0], theta[:, 0, 1] = c * cos, c * (cos * h - sin)
+        theta[:, 1, 0], theta[:, 1, 1] = c * sin, c * (sin * h + cos)
+        theta[:, :, 2] = u[:, 3:5] * (self.translate * s / 4.0)
+        grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)  # (B, H, W, 2): (x, y) per pixel
+        if self.elastic > 0:
+            m, _, gnorm = self._smoother(H)
+            e = m @ z @ m.T  # (B, 2, H, W): separable valid Gaussian convolution of the white noise
+            grid = grid + e.permute(0, 2, 3, 1) * (self.elastic * s / 4.0 / gnorm)
+        dev = x.device
+        out = F.grid_sample(x, grid.to(dev), mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.noise > 0:
+            out = out + (self.noise * s) * n.to(dev)
+        return out
+
+
+class TensorSplit:
+    """An in-memory split: ``x`` (N, 3, H, W) float32, ``y`` (N,) int64.
+
+    With ``augment`` (a :class:`DigitsAugment`), ``raw`` (N, 1, H, W) holds the images before
+    normalisation and ``norm`` = (mean, std): an augmented batch is ``(augment(raw[i], seeds) - mean) / std``
+    repeated to 3 channels; unaugmented batches are ``x[i]`` (bit-identical to a split without ``augment``).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None = None,
+                 augment: DigitsAugment | None = None, norm: tuple[torch.Tensor, torch.Tensor] | None = None):
         if len(x) != len(y):
             raise ValueError("x and y must have the same length")
-        self.x, self.y = x, y
+        if augment is not None and (raw is None or norm is None or len(raw) != len(x)):
+            raise ValueError("an augmented TensorSplit needs raw images (one per example) and norm=(mean, std)")
+        self.x, self.y, self.raw, self.augment, self.norm = x, y, raw, augment, norm
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device) -> "TensorSplit":
-        return TensorSplit(self.x.to(device), self.y.to(device))
+        if self.augment is None:
+            return TensorSplit(self.x.to(device), self.y.to(device))
+        return TensorSplit(self.x.to(device), self.y.to(device), self.raw.to(device), self.augment,
+                           (self.norm[0].to(device), self.norm[1].to(device)))
+
+    def augmented(self, idx, seeds: Sequence[int]) -> torch.Tensor:
+        """Augmented, normalised examples ``idx`` with per-sample ``seeds``; (len(idx), 3, H, W)."""
+        i = _as_index(idx).to(self.raw.device)
+        mean, std = self.norm
+        return ((self.augment(self.raw[i], list(seeds)) - mean) / std).expand(-1, 3, -1, -1).contiguous()
 
     def iterate(self, batches: Iterable[tuple[Any, Sequence[int] | None]], train: bool, device,
                 num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx, _seeds in batches:
+        for idx, seeds in batches:
             i = _as_index(idx).to(self.x.device)
-            yield self.x[i].to(device, non_blocking=True), self.y[i].to(device, non_blocking=True)
+            if train and self.augment is not None and seeds is not None:
+                x = self.augmented(i, seeds)
+            else:
+                x = self.x[i]
+            yield x.to(device, non_blocking=True), self.y[i].to(device, non_blocking=True)
 
 
 class _SeededItems(torch.utils.data.Dataset):
@@ -179,6 +312,7 @@ class DataBundle:
     heldout: Any
     val: Any
     num_workers: int = 0
+    augment_fixed: bool = False  # fixed train/held-out batches augmented by default (digits with augmentation)
 
     def split(self, name: str):
         if name not in ("train", "heldout", "val"):
@@ -187,7 +321,7 @@ class DataBundle:
 
     def to(self, device) -> "DataBundle":
         return DataBundle(self.name, self.num_classes, self.image_size, self.train.to(device),
-                          self.heldout.to(device), self.val.to(device), self.num_workers)
+                          self.heldout.to(device), self.val.to(device), self.num_workers, self.augment_fixed)
 
     def train_batches(self, order: BatchOrder, start: int, stop: int, device, rank: int = 0, world: int = 1,
                       augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -202,13 +336,18 @@ class DataBundle:
         return next(self.train_batches(order, step, step + 1, device, augment=augment))
 
     def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int, device,
-                      augment: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      augment: bool | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``n_batches`` fixed batches of ``batch_size`` from ``split`` (deterministic in ``seed``).
 
         Batches are disjoint when the split is large enough (``n_batches * batch_size <= len``); otherwise
         each batch is an independent draw without replacement (batches may then share examples).
+        ``augment``: None = the data set's policy (``augment_fixed``: digits with augmentation augment
+        train and held-out fixed batches like the training stream, with the fixed seeds above; cifar and
+        imagenet fixed batches are not augmented); the validation split is never augmented.
         """
         s = self.split(split)
+        if augment is None:
+            augment = self.augment_fixed and split != "val"
         n = len(s)
         if not (1 <= batch_size <= n):
             raise ValueError(f"batch_size must be in [1, {n}] (the {split} split has {n} examples); got {batch_size}")
@@ -264,7 +403,7 @@ def digits_split_indices(heldout_size: int = 300) -> tuple[np.ndarray, np.ndarra
     return out
 
 
-def _digits(image_size: int, heldout_size: int) -> DataBundle:
+def _digits(image_size: int, heldout_size: int, augment: DigitsAugment | None = None) -> DataBundle:
     images, target = _load_digits_arrays()
     x = torch.from_numpy(images / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
     if image_size != 8:
@@ -274,9 +413,16 @@ def _digits(image_size: int, heldout_size: int) -> DataBundle:
     y = torch.from_numpy(target.copy())
     tr, he, va = (a.copy() for a in digits_split_indices(heldout_size))
     mean, std = x[tr].mean(), x[tr].std()
-    x = ((x - mean) / std).expand(-1, 3, -1, -1).contiguous()
-    mk = lambda i: TensorSplit(x[torch.from_numpy(i)].clone(), y[torch.from_numpy(i)].clone())  # noqa: E731
-    return DataBundle("digits", 10, image_size, mk(tr), mk(he), mk(va))
+    xn = ((x - mean) / std).expand(-1, 3, -1, -1).contiguous()
+
+    def mk(i, aug):
+        t = torch.from_numpy(i)
+        if aug is None:
+            return TensorSplit(xn[t].clone(), y[t].clone())
+        return TensorSplit(xn[t].clone(), y[t].clone(), raw=x[t].clone(), augment=aug, norm=(mean, std))
+
+    return DataBundle("digits", 10, image_size, mk(tr, augment), mk(he, augment), mk(va, None),
+                      augment_fixed=augment is not None)
 
 
 def _require_dir(data_dir: str | None, dataset: str, layout: str) -> Path:
@@ -358,7 +504,9 @@ def _imagenet(data_dir, image_size: int, heldout_size: int, augment: bool, num_w
 def build_data(cfg) -> DataBundle:
     """The :class:`DataBundle` of a (resolved) :class:`~realnet.config.TrainConfig`."""
     if cfg.dataset == "digits":
-        return _digits(cfg.image_size, cfg.heldout_size)
+        strength = float(getattr(cfg, "augment_strength", 0.0))
+        aug = DigitsAugment(strength) if (cfg.augment and strength > 0) else None
+        return _digits(cfg.image_size, cfg.heldout_size, aug)
     if cfg.dataset in ("cifar10", "cifar100"):
         return _cifar(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.heldout_size, cfg.augment, cfg.num_workers)
     if cfg.dataset == "imagenet":
