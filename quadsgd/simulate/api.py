@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_array, check_choice, check_dtype, check_int, check_seed
+from .._checks import (check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real,
+                       check_seed)
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import _rng
@@ -100,49 +101,36 @@ def _kernels(kernels) -> tuple:
 
 
 def _lr(m, lr, steps):
-    """(lr of every step (steps,), lr as reported): every value finite, > 0 and stable for m."""
+    """(lr of every step (steps,), lr as reported): every value finite, in [0, m.lr_bound) (the shared rule
+    :func:`quadsgd._checks.check_lr_schedule`, as in ``expected_loss``)."""
     if lr is None:
         return np.full(steps, m.lr), m.lr
-    if isinstance(lr, (bool, np.bool_)):
-        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}")
-    try:
-        lr_arr = np.array(lr, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}, "
-                         f"got {type(lr).__name__}") from None
-    if lr_arr.ndim == 0:
-        lr_out = float(lr_arr)
-        lr_arr = np.full(steps, lr_out)
-    elif lr_arr.ndim != 1 or lr_arr.size != steps:
-        raise ValueError(f"lr array must have shape (steps,) = ({steps},), got {lr_arr.shape}")
-    else:
-        lr_out = lr_arr.copy()
-        lr_out.setflags(write=False)
-    if not np.all(np.isfinite(lr_arr)) or np.any(lr_arr <= 0):
-        i = int(np.flatnonzero(~(np.isfinite(lr_arr) & (lr_arr > 0)))[0])
-        raise ValueError(f"lr must be finite and > 0; lr[{i}] = {float(lr_arr[i])!r}")
-    i = int(np.argmax(lr_arr))
-    try:
-        m.with_lr(lr_arr[i])  # the stable set is an interval (0, bound): checking the max suffices
-    except ValueError:
-        where = "lr" if np.all(lr_arr == lr_arr[0]) else f"lr[{i}]"
-        raise ValueError(f"{where} = {float(lr_arr[i])!r} is unstable for this model (momentum {m.momentum}): "
-                         f"every step needs 0 < lr < {m.lr_bound:.6g}") from None
+    lr_arr, scalar = check_lr_schedule(lr, steps, m.lr_bound)
+    if scalar:
+        return lr_arr, float(lr_arr[0])
+    lr_out = lr_arr.copy()
+    lr_out.setflags(write=False)
     return lr_arr, lr_out
 
 
 def _selection(record_states, chains) -> np.ndarray:
     if record_states is None:
         return np.zeros(0, np.int64)
-    if isinstance(record_states, (int, np.integer)) and not isinstance(record_states, (bool, np.bool_)):
+    what = "record_states must be None, a number of chains or a sequence of chain indices"
+    if isinstance(record_states, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{what}, got {record_states!r}")
+    if isinstance(record_states, (int, np.integer)):
         n = int(record_states)
         if not 0 <= n <= chains:
             raise ValueError(f"record_states must be in [0, chains={chains}], got {n}")
         return np.arange(n, dtype=np.int64)
     try:
-        idx = np.array(record_states, dtype=np.int64).ravel()
+        raw = np.asarray(record_states)
     except (TypeError, ValueError):
-        raise ValueError("record_states must be None, a number of chains or a sequence of chain indices") from None
+        raise ValueError(f"{what}, got {type(record_states).__name__}") from None
+    if raw.size and raw.dtype.kind not in "iu":
+        raise ValueError(f"{what} (integers), got an array of dtype {raw.dtype}")
+    idx = raw.astype(np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= chains):
         raise ValueError(f"record_states indices must be in [0, {chains}), got {idx.tolist()}")
     if np.unique(idx).size != idx.size:
@@ -151,13 +139,7 @@ def _selection(record_states, chains) -> np.ndarray:
 
 
 def _memory_limit(memory_limit) -> float:
-    try:
-        memory_limit = float(memory_limit)
-    except (TypeError, ValueError):
-        raise ValueError(f"memory_limit must be a number of bytes, got {memory_limit!r}") from None
-    if not memory_limit > 0:
-        raise ValueError(f"memory_limit must be > 0 bytes, got {memory_limit!r}")
-    return memory_limit
+    return check_real("memory_limit", memory_limit, 0.0, low_open=True)
 
 
 def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit, *,
@@ -177,8 +159,9 @@ def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, meth
     memory_limit = _memory_limit(memory_limit)
     return SimConfig(m=m, steps=steps, chains=chains, kernels=kernels, lr=lr_arr, lr_out=lr_out, u0=u0,
                      record_every=record_every, seed=seed, dtype=dt, method=method, memory_limit=memory_limit,
-                     per_chain_loss=bool(per_chain_loss), state_chains=_selection(record_states, chains),
-                     progress=bool(progress), segment_steps=segment_steps)
+                     per_chain_loss=check_bool("per_chain_loss", per_chain_loss),
+                     state_chains=_selection(record_states, chains), progress=check_bool("progress", progress),
+                     segment_steps=segment_steps)
 
 
 # =============================================================================================
