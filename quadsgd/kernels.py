@@ -48,8 +48,36 @@ __all__ = ["AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kerne
            "kernel_from_params", "kernel_classes"]
 
 
+#: largest size parameter of a kernel (its support must fit in int64 arithmetic: 2**62 steps)
+_MAX_SIZE = 2 ** 62
+
+
 def _check_int(name: str, value, low: int) -> int:
-    return check_int(name, value, low)
+    v = check_int(name, value, low)
+    if v > _MAX_SIZE:
+        raise ValueError(f"{name} must be an integer >= {low} and <= 2**62 (supports are int64 step counts), got {v}")
+    return v
+
+
+def _check_lags(r) -> np.ndarray:
+    """r as an int64 array of lags >= 0 (integral floats accepted); ValueError naming r otherwise."""
+    if isinstance(r, (str, bytes)) or isinstance(r, (bool, np.bool_)):
+        raise ValueError(f"r must be an integer or an array of integers >= 0, got {r!r}")
+    try:
+        a = np.asarray(r)
+    except (TypeError, ValueError):
+        raise ValueError(f"r must be an integer or an array of integers >= 0, got {type(r).__name__}") from None
+    if a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(a) & (a == np.round(a)) & (np.abs(a) < 2.0 ** 62)
+        if not np.all(ok):
+            raise ValueError(f"r must hold integers >= 0, got {a.ravel()[np.flatnonzero(~ok.ravel())[0]]!r}")
+    elif a.dtype.kind not in "iu":
+        raise ValueError(f"r must be an integer or an array of integers >= 0, got an array of dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if np.any(a < 0):
+        raise ValueError(f"r must hold integers >= 0, got {int(a.min())}")
+    return a
 
 
 class Tracking(NamedTuple):
@@ -144,7 +172,7 @@ class AveragingKernel:
 
         Exactly 1.0 for r >= support (every weight included: the multiplier is 1 before the support).
         """
-        r = np.asarray(r, dtype=np.int64)
+        r = _check_lags(r)
         mu = self.weights()
         cs = np.concatenate([[0.0], np.cumsum(mu)])
         cs[-1] = 1.0
@@ -385,7 +413,7 @@ class TwoPoint(AveragingKernel):
 
     def cumulative(self, r: np.ndarray) -> np.ndarray:
         r""":math:`\sum_{m<r}\mu_m`: 0 (r = 0), 1/2 (1 <= r <= delta), 1 (r > delta); O(1) memory."""
-        r = np.asarray(r, dtype=np.int64)
+        r = _check_lags(r)
         return np.where(r <= 0, 0.0, np.where(r <= self.delta, 0.5, 1.0))
 
     def autocorrelation(self) -> np.ndarray:
@@ -481,6 +509,9 @@ class NPoint(AveragingKernel):
     def __post_init__(self):
         object.__setattr__(self, "n", _check_int("n", self.n, 2))
         object.__setattr__(self, "delta", _check_int("delta", self.delta, 1))
+        if (self.n - 1) * self.delta + 1 > _MAX_SIZE:
+            raise ValueError(f"n and delta must give a support (n - 1) * delta + 1 <= 2**62, got n = {self.n}, "
+                             f"delta = {self.delta}")
 
     @property
     def stride(self) -> int:  # type: ignore[override]
@@ -506,7 +537,7 @@ class NPoint(AveragingKernel):
 
     def cumulative(self, r: np.ndarray) -> np.ndarray:
         r""":math:`\sum_{m<r}\mu_m = \min(\lceil r/\Delta\rceil, n)/n`; O(1) memory (exactly 1 from r > (n-1) Delta)."""
-        r = np.asarray(r, dtype=np.int64)
+        r = _check_lags(r)
         k = np.minimum(-((-np.maximum(r, 0)) // self.delta), self.n)
         return np.where(k >= self.n, 1.0, k / self.n)
 
@@ -577,7 +608,7 @@ class SWA(AveragingKernel):
 
     def cumulative(self, r: np.ndarray) -> np.ndarray:
         r""":math:`\sum_{m<r}\mu_m = \min(r, W)/W`; O(1) memory (exactly 1 from r = W)."""
-        r = np.asarray(r, dtype=np.int64)
+        r = _check_lags(r)
         W = self.window
         return np.where(r >= W, 1.0, np.maximum(r, 0) / W)
 
@@ -649,7 +680,7 @@ class EMA(AveragingKernel):
 
     def cumulative(self, r: np.ndarray) -> np.ndarray:
         r""":math:`\sum_{m<r}\mu_m = 1-(1-a)^r` (Table 1 EMA row, off-by-one corrected)."""
-        r = np.asarray(r, dtype=np.float64)
+        r = _check_lags(r).astype(np.float64)
         a = self.decay
         if a == 1.0:
             return np.where(r >= 1, 1.0, 0.0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import (check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real,
-                       check_seed)
+                       check_seed, check_size)
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import _rng
@@ -147,6 +147,7 @@ def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, meth
     if not isinstance(m, LinearModel):
         raise ValueError(f"m must be a qs.LinearModel, got {type(m).__name__}")
     steps = check_int("steps", steps, 1)
+    check_size("steps", steps, "the per-step learning rates")
     chains = check_int("chains", chains, 1)
     method = check_choice("method", method, _METHODS)
     record_every = check_int("record_every", record_every, 1, steps)
@@ -157,10 +158,20 @@ def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, meth
     u0 = np.ones(d) if u0 is None else check_array("u0", u0, shape=(d,))
     lr_arr, lr_out = _lr(m, lr, steps)
     memory_limit = _memory_limit(memory_limit)
+    per_chain_loss = check_bool("per_chain_loss", per_chain_loss)
+    sel = _selection(record_states, chains)
+    n_rec = steps // record_every + 1
+    K = len(kernels)
+    check_size("steps / record_every", float(n_rec) * K, "the recorded losses (kernels x records)",
+               hint="raise record_every")
+    if per_chain_loss:
+        check_size("per_chain_loss", float(n_rec) * K * chains, "the per-chain losses (kernels x chains x records)",
+                   hint="raise record_every or use fewer chains")
+    check_size("record_states", float(n_rec) * K * sel.size * d, "the stored averaged iterates "
+               "(kernels x selected chains x records x d)", hint="select fewer chains or raise record_every")
     return SimConfig(m=m, steps=steps, chains=chains, kernels=kernels, lr=lr_arr, lr_out=lr_out, u0=u0,
                      record_every=record_every, seed=seed, dtype=dt, method=method, memory_limit=memory_limit,
-                     per_chain_loss=check_bool("per_chain_loss", per_chain_loss),
-                     state_chains=_selection(record_states, chains), progress=check_bool("progress", progress),
+                     per_chain_loss=per_chain_loss, state_chains=sel, progress=check_bool("progress", progress),
                      segment_steps=segment_steps)
 
 
@@ -205,8 +216,9 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
         Chains whose averaged iterates are stored at every record (an int n: chains 0..n-1).
     progress : bool
         Show a tqdm progress bar (default off).
-    memory_limit : float
-        Bytes allowed for the accumulator slots of finite kernels (ValueError beyond).
+    memory_limit : float > 0
+        Bytes allowed for the accumulator slots of finite kernels (ValueError beyond, naming
+        ``record_every`` and the kernel).
 
     Returns
     -------
@@ -214,7 +226,11 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
 
     Raises ValueError naming the offending argument for steps < 1, chains < 1, an lr array of the
     wrong length, an unstable lr, an unknown method, record_every < 1 or > steps, a dtype other than
-    float32/float64, or trackers that would not fit in memory_limit.
+    float32/float64, strings / booleans / NaN where numbers are expected (the rules of
+    :mod:`quadsgd._checks`), outputs (records, per-chain losses, stored states) beyond 2 GiB, or
+    trackers that would not fit in memory_limit. Kernels of any support cost O(1) per accumulator slot
+    (SWA, TwoPoint and NPoint keep no weight arrays beyond 1e6 points; only points at lags < steps are
+    ever visited).
     """
     cfg = _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit,
                     per_chain_loss=per_chain_loss, record_states=record_states, progress=progress,

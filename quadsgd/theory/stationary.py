@@ -96,6 +96,19 @@ def _pair_moments(lam_i, lam_j, lr: float, beta: float):
     ejc = np.conj(lr * lam_j)
     b2 = 1.0 - beta * beta
     den = b2 * (1.0 - beta) * (ei + ejc) - (ejc - beta * ei) * (ei - beta * ejc)
+    # Towards the fast stability edge (Re(e_i + e_j) > 2(1 + beta)) the two terms of den nearly cancel
+    # (den = 0 at the edge): there den is written as the identical
+    # (1-beta)^2 [c (d_i + d_j) - d_i d_j] + beta (e_i - e_j)^2, c = 1 + beta, d = 2c - e (the distance to the
+    # edge, formed once), and 1 - beta^2 as (1 - beta)(1 + beta) (its rounding would be amplified by
+    # 1/(1 - beta^2) as beta -> 1). The slow half keeps the form above (cancellation-free there).
+    c = 1.0 + beta
+    fast = np.real(ei + ejc) > 2.0 * c
+    if np.any(fast):
+        di, djc = 2.0 * c - ei, 2.0 * c - ejc
+        b2f = (1.0 - beta) * c
+        denf = (1.0 - beta) ** 2 * (c * (di + djc) - di * djc) + beta * (ei - ejc) ** 2
+        b2 = np.where(fast, b2f, b2)
+        den = np.where(fast, denf, den)
     p = lr * lr * b2 / den
     phi_i = 1.0 + beta - ei
     phi_jc = 1.0 + beta - ejc
@@ -109,8 +122,8 @@ def _fast_edge_modes(lam, lr: float, beta: float):
 
     Real eigenvalue, roots of the AR(2) in the left half-plane (:math:`\mathrm{Re}\,z_{lo} < 0`: towards the
     fast stability edge, where the stationary variance :math:`\propto 1/|1+z_{lo}|` grows and averaging removes
-    most of it) and not nearly double (:math:`|z_{hi}-z_{lo}| \ge 10^{-3}`: the eigen-decomposition amplifies
-    rounding by :math:`|z_{hi}-z_{lo}|^{-2}`). Elsewhere the companion form (:func:`_psi_companion`) is used.
+    most of it) and not nearly double (:math:`|z_{hi}-z_{lo}| \ge 10^{-4}`: the eigen-decomposition amplifies
+    rounding by :math:`|z_{hi}-z_{lo}|^{-2} \le 10^8`). Elsewhere the companion form (:func:`_psi_companion`) is used.
     Measured against 60-digit references (``tests/test_hardening.py``; SWA, TwoPoint, NPoint, EMA, Kernel,
     beta 0.5..0.999, lr 0.6..1-1e-7 of the bound) the root form is within a few ulps of the inherent
     sensitivity to the rounding of lr everywhere there; the companion form lost up to 4e-2.
@@ -118,7 +131,7 @@ def _fast_edge_modes(lam, lr: float, beta: float):
     lam = np.asarray(lam)
     eps = lr * np.real(lam).astype(np.float64)
     R = companion_roots(eps, beta)
-    mask = (R.z[1].real < 0) & (np.abs(R.gap) >= 1e-3)
+    mask = (R.z[1].real < 0) & (np.abs(R.gap) >= 1e-4)
     if np.iscomplexobj(lam):
         mask &= np.imag(lam) == 0
     return mask, R
@@ -356,7 +369,10 @@ def stationary_loss_per_coordinate(m, kernel: AveragingKernel = Last()) -> np.nd
     _check_model_kernel(m, kernel)
     if not m.diagonal:
         raise ValueError("stationary_loss_per_coordinate needs a diagonal (1-D) omega")
-    return 0.5 * m.loss_matrix() * stationary_covariance(m, kernel)
+    C = stationary_covariance(m, kernel)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = 0.5 * m.loss_matrix() * C
+    return _finite_result("stationary_loss_per_coordinate", out)
 
 
 # ====================================================================================
@@ -406,10 +422,12 @@ def effective_lr(m, kernel: AveragingKernel, method: str = "ratio") -> np.ndarra
         raise ValueError("effective_lr(method='exact') needs real eigenvalues of omega; use method='ratio'")
     kap = lam.real
     lr, beta = m.lr, m.momentum
-    p, _, _ = _pair_moments(kap, kap, lr, beta)
-    V = K * p.real  # averaged stationary variance per unit noise
-    # invert Var_Last(lr') = lr'(1+beta) / ((1-beta) kappa (2+2beta-lr' kappa)) = V
-    return 2.0 * kap * V * (1.0 - beta * beta) / ((1.0 + beta) + V * (1.0 - beta) * kap * kap)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        p, _, _ = _pair_moments(kap, kap, lr, beta)
+        V = K * p.real  # averaged stationary variance per unit noise
+        # invert Var_Last(lr') = lr'(1+beta) / ((1-beta) kappa (2+2beta-lr' kappa)) = V
+        out = 2.0 * kap * V * (1.0 - beta * beta) / ((1.0 + beta) + V * (1.0 - beta) * kap * kap)
+    return _finite_result("effective_lr", out)
 
 
 def stationary_radius(m, kernel: AveragingKernel = Last(), method: str = "exact") -> float:
@@ -429,7 +447,6 @@ def stationary_radius(m, kernel: AveragingKernel = Last(), method: str = "exact"
     if method == "paper":
         return paper.paper_radius(m, kernel)
     C = stationary_covariance(m, kernel)
-    if m.diagonal:
-        return float(np.sqrt(np.sum(C)))
-    Q = m.Q
-    return float(np.sqrt(np.trace(Q @ C @ Q.T)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = float(np.sqrt(np.sum(C))) if m.diagonal else float(np.sqrt(np.trace(m.Q @ C @ m.Q.T)))
+    return _finite_result("stationary_radius", out)

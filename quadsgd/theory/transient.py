@@ -126,17 +126,19 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
 
     .. math:: E\,\ell_t = \tfrac12\,\bar u_t^\top H\bar u_t + \tfrac12\mathrm{tr}(H\,\mathrm{Cov}\,\hat u_t).
 
-    lr: None (constant ``m.lr``), or an array of shape (steps,) (lr of step t -> t+1).
+    steps: an integer >= 1 (10.0 is 10; 2.5, True, "10" are refused). lr: None (constant ``m.lr``), a
+    number, or an array of shape (steps,) (lr of step t -> t+1); every value finite and in
+    [0, ``m.lr_bound``) -- a step with lr = 0 is allowed (frozen), the same rule as :func:`quadsgd.simulate`.
     How the average is followed comes from ``kernel.tracking()``. Cost for diagonal omega: O(d T) for
     the last iterate, a geometric (EMA) average, two points, and (SGD) a uniform window of W
     consecutive iterates (SWA, NPoint(n, 1), a uniform ``Kernel``) -- the window sums use block
     suffix/prefix sums, so nothing is subtracted -- and O(d T n) for n weighted points at a stride
     (NPoint, an arbitrary ``Kernel``: its support) and for a uniform window with momentum.
-    Dense diagonalizable omega: the same per pair of eigen-directions, O(d^2 T n).
+    Dense diagonalizable omega: the same per pair of eigen-directions, O(d^2 T n). Only the points of a
+    finite kernel at lags <= steps are propagated (the others sit at u0): a kernel of any support
+    (``TwoPoint(10**9)``, ``SWA(10**12)``) costs what its first ``steps`` lags cost.
     Returns: shape (steps + 1,).
     """
-    from . import _moments
-
     _check_model_kernel(m, kernel)
     if steps is None:
         raise ValueError("steps must be given (an integer >= 1)")
@@ -145,6 +147,19 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
     if u0 is None:
         u0 = np.ones(d)
     u0 = check_array("u0", u0, shape=(d,))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        out = _expected_loss(m, kernel, steps, lrs, u0)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("expected_loss: the loss curve is not finite in float64 (u0, lr or the loss matrix hold "
+                         "values whose squares overflow); rescale the model or u0")
+    return out
+
+
+def _expected_loss(m, kernel, steps, lrs, u0):
+    """The moment propagation of :func:`expected_loss` (arguments already validated)."""
+    from . import _moments
+
+    d = m.dim
     H = m.loss_matrix()
     tracking = kernel.tracking()
     D, w, a = _tracked_points(tracking, steps)
