@@ -21,17 +21,17 @@ A kernel carries its own behaviour (the integrators never switch on its type):
 A new finite kernel needs only ``point_weights`` (and ``stride`` if its points are spaced): everything
 else has a correct generic default (costs: autocorrelation by FFT, O(L log L) for L point weights;
 :math:`\Psi` by Paterson-Stockmeyer, O(sqrt L) transition products plus O(L) scaled additions).
+Subclasses with a ``spec_name`` register themselves for :func:`parse_kernel`.
 
 Huge kernels: SWA, TwoPoint and NPoint answer everything the library asks (``support``, ``cumulative``,
-``psi``, ``paper_factor``, ``tracking``, ``autocorrelation`` at given lags) in closed form, so a support
-of 1e12 steps costs O(1) memory; the dense arrays ``weights()``, ``point_weights`` and the full
-``autocorrelation()`` are refused with a ValueError when they would exceed
-:data:`quadsgd._checks.MAX_ARRAY_BYTES` (instead of a MemoryError).
+``psi``, ``paper_factor``, ``tracking``) in closed form, so a support of 1e12 steps costs O(1) memory;
+the dense arrays ``weights()``, ``point_weights`` and ``autocorrelation()`` are O(support) by nature
+and are refused with a ValueError naming the size parameter when they would exceed
+:data:`quadsgd._checks.MAX_ARRAY_BYTES` (instead of a MemoryError). Size parameters are <= 2**62.
 
 Fast stability edge: on real scalar transitions that carry :math:`1 + M` (``Transition.I_plus_M``, from
 the eigen-root path of the stationary theory), SWA, NPoint, TwoPoint and EMA evaluate :math:`\Psi` near
-:math:`M = -1` in closed forms that do not cancel (the alternating mode that the average removes). Subclasses with a ``spec_name`` register themselves for
-:func:`parse_kernel`.
+:math:`M = -1` in closed forms that do not cancel (the alternating mode that the average removes).
 """
 from __future__ import annotations
 
@@ -700,9 +700,11 @@ class EMA(AveragingKernel):
         num = T.ops.I + (1.0 - a) * T.M
         out = c * T.solve_shifted(a, num)
         if not T.ops.matrix and T.I_plus_M is not None:
-            omM = T.I_minus_M if T.I_minus_M is not None else 1.0 - T.M
-            alt = c * (a + (1.0 - a) * T.I_plus_M) / (a + (1.0 - a) * omM)
-            out = alt if np.iscomplexobj(T.M) else np.where(np.asarray(T.M) < 0, alt, out)
+            neg = True if np.iscomplexobj(T.M) or np.iscomplexobj(T.I_plus_M) else _negative_scalars(T)
+            if neg is not None:
+                omM = T.I_minus_M if T.I_minus_M is not None else 1.0 - T.M
+                alt = c * (a + (1.0 - a) * T.I_plus_M) / (a + (1.0 - a) * omM)
+                out = alt if neg is True else np.where(neg, alt, out)
         return out
 
     def paper_factor(self, Gam, ops: Ops):

@@ -193,6 +193,27 @@ def test_lyapunov_path_is_accurate_or_says_so(beta, eps):
     assert issubclass(qs.AccuracyWarning, UserWarning)
 
 
+@pytest.mark.parametrize("beta, frac, W", [(0.99, 1 - 1e-7, 10 ** 6), (0.9, 1 - 1e-4, 1000), (0.5, 0.5, 10),
+                                            (0.0, 1 - 1e-7, 10 ** 4), (0.9, 1 - 1e-7, 10 ** 5)])
+def test_lyapunov_path_with_an_average_at_the_fast_edge_is_accurate_or_says_so(beta, frac, W):
+    # the Lyapunov path evaluates Psi(M) as a matrix: at the fast edge SWA cancels inside it (7e-4 off at
+    # beta 0.99, W = 1e6, silently before); its error estimate re-evaluates Psi on D M D^-1
+    m = qs.LinearModel(np.array([1.0]), frac * 2 * (1 + beta), momentum=beta)
+    truth = float(mp_ar2_average_var(1.0, m.lr, beta, window=W))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = qs.stationary_covariance(m, qs.SWA(W), method="lyapunov")
+    tol = max(1e-8, 64 * np.finfo(float).eps / (1 - frac))
+    if not caught:
+        assert rel(got, truth) < tol
+    else:
+        assert all(issubclass(w.category, qs.AccuracyWarning) for w in caught)
+        est = float(str(caught[0].message).split("estimated relative error ")[1].split(" ")[0])
+        assert est > tol and est > rel(got, truth) / 10  # the estimate is of the right size
+    if (beta, W) == (0.99, 10 ** 6):
+        assert caught
+
+
 # ============================================================================ 2. stability decisions
 # Before: "spectral radius < 1" rounded to 1.0 for lr * kappa < 1e-16 and refused stable models.
 

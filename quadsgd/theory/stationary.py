@@ -130,10 +130,14 @@ def _fast_edge_modes(lam, lr: float, beta: float):
     """
     lam = np.asarray(lam)
     eps = lr * np.real(lam).astype(np.float64)
-    R = companion_roots(eps, beta)
-    mask = (R.z[1].real < 0) & (np.abs(R.gap) >= 1e-4)
+    # Re z_lo < 0 needs z_hi + z_lo = 1 + beta - eps < 0 (real roots: both negative; complex: Re z = that / 2)
+    pre = eps > 1.0 + beta
     if np.iscomplexobj(lam):
-        mask &= np.imag(lam) == 0
+        pre &= np.imag(lam) == 0
+    if not np.any(pre):
+        return pre, None
+    R = companion_roots(eps, beta)
+    mask = pre & (R.z[1].real < 0) & (np.abs(R.gap) >= 1e-4)
     return mask, R
 
 
@@ -233,14 +237,19 @@ def stationary_covariance(m, kernel: AveragingKernel = Last(), method: str = "ex
                 out = _lyapunov_covariance(
                     m, kernel, reason=f"method='exact' with a defective or badly conditioned omega (eigenvector "
                                       f"condition number {cond:.3g} >= 1e8)")
-    return _finite_result("stationary_covariance", out)
+    return _finite_result("stationary_covariance", out,
+                          " (method='paper': eq. 21's inverses of I - Gamma^Delta are singular once "
+                          "lr * omega rounds 1 - lr * omega to 1; use method='exact')" if method == "paper" else "")
 
 
-def _finite_result(what: str, out):
+def _finite_result(what: str, out, hint: str = ""):
     """``out`` if finite; a ValueError saying that the model's stationary moments overflow float64 otherwise."""
-    if not np.all(np.isfinite(out)):
+    a = np.asarray(out)
+    finite = np.isfinite(a.max()) and np.isfinite(a.min()) if a.dtype.kind == "f" and a.size else \
+        bool(np.all(np.isfinite(a)))  # (max and min propagate NaN and inf without a temporary array)
+    if not finite:
         raise ValueError(f"{what}: the result is not finite in float64 (the stationary variance ~ lr/omega of this "
-                         f"model overflows, or lr / omega / hessian hold extreme values); rescale the model")
+                         f"model overflows, or lr / omega / hessian hold extreme values; rescale the model){hint}")
     return out
 
 
@@ -269,8 +278,8 @@ def _diagonal_covariance(m, kernel):
     p, q, r = _pair_moments(w, w, lr, beta)
     Psi = _psi_companion(kernel, w, lr, beta)
     out = 2.0 * (Psi[:, 0, 0] * p + Psi[:, 0, 1] * r)
-    mask, R = _fast_edge_modes(w, lr, beta)
-    if np.any(mask) and not kernel.is_last:
+    mask, R = _fast_edge_modes(w, lr, beta) if not kernel.is_last else (None, None)
+    if mask is not None and np.any(mask):
         K = [_root_psi(kernel, R, a, mask) for a in range(2)]
         out[mask] = _root_cov(K, K, R, R, mask, mask, lr).real
     return out
@@ -291,8 +300,8 @@ def _eigen_covariance(m, kernel, lam, V, Vinv):
         Psi = _psi_companion(kernel, lam, lr, beta)
         a, b = Psi[:, 0, 0], Psi[:, 0, 1]
         C = a[:, None] * p + b[:, None] * r + p * np.conj(a)[None, :] + q * np.conj(b)[None, :]
-        mask, R = _fast_edge_modes(lam, lr, beta)
-        if np.any(mask) and not kernel.is_last:
+        mask, R = _fast_edge_modes(lam, lr, beta) if not kernel.is_last else (None, None)
+        if mask is not None and np.any(mask):
             idx = np.flatnonzero(mask)
             K = [_root_psi(kernel, R, a_, mask) for a_ in range(2)]
             C[np.ix_(idx, idx)] = _root_cov([k[:, None] for k in K], [k[None, :] for k in K], R, R,
@@ -307,8 +316,10 @@ def _lyapunov_covariance(m, kernel, reason: str):
     iterative refinement), then :math:`[\Psi(M)P + P\Psi(M)^\top]_{uu}` with :math:`\Psi` from the kernel; O(d^3).
 
     The estimated relative error of the result (entrywise, on the scale :math:`\sqrt{C_{ii}C_{jj}}`) is the
-    kernel transform of the last refinement correction plus the rounding floor :math:`4\epsilon_{mach}
-    |\Psi||P|` of the product. An :class:`~quadsgd.AccuracyWarning` stating it is emitted when it exceeds
+    kernel transform of the last refinement correction, plus the change of the result when :math:`\Psi` is
+    evaluated on :math:`DMD^{-1}` (a fixed diagonal D: equal in exact arithmetic, so the difference measures
+    the rounding inside :math:`\Psi`, e.g. SWA at the fast stability edge), plus the rounding floor
+    :math:`4\epsilon_{mach}|\Psi||P|` of the product. An :class:`~quadsgd.AccuracyWarning` stating it is emitted when it exceeds
     ``max(1e-8, 64 eps kappa_lr)``, :math:`\kappa_{lr} = \lambda^*/(\lambda^*-\lambda)` the sensitivity of the
     stationary covariance to one rounding of lr (inherent to the input: every method has it).
     """
@@ -317,15 +328,23 @@ def _lyapunov_covariance(m, kernel, reason: str):
     Psi = kernel.psi(Transition(M, Ops(M, matrix=True), I_minus_M=E))
     d = m.dim
 
-    def average(P):
+    def average(P, Psi=Psi):
         X = Psi @ P
         out = (X + X.T)[:d, :d]
         return 0.5 * (out + out.T)
 
     out = average(sol.P)
+    # error estimate: (i) the last refinement correction of P, carried through the average; (ii) the
+    # rounding of Psi(M) itself -- an average that removes most of a large stationary variance (SWA at
+    # the fast stability edge) cancels inside Psi -- estimated by evaluating Psi once more on the
+    # similar matrix D M D^-1 (fixed D in [1, 2): the same value in exact arithmetic, other roundings);
+    # (iii) the rounding floor of the product Psi P
+    Dv = 1.0 + (np.arange(M.shape[0]) * 0.6180339887498949) % 1.0
+    Psi2 = kernel.psi(Transition(Dv[:, None] * M / Dv[None, :], Ops(M, matrix=True),
+                                 I_minus_M=Dv[:, None] * E / Dv[None, :])) / Dv[:, None] * Dv[None, :]
     AX = np.abs(Psi) @ np.abs(sol.P)
     floor = 4.0 * np.finfo(np.float64).eps * (AX + AX.T)[:d, :d]
-    err = scaled_error(np.abs(average(sol.dP)) + floor, out)
+    err = scaled_error(np.abs(average(sol.dP)) + np.abs(average(sol.P, Psi2) - out) + floor, out)
     kappa = m.lr_bound / (m.lr_bound - m.lr)
     tol = max(1e-8, 64.0 * np.finfo(np.float64).eps * kappa)
     if not err <= tol:
@@ -387,8 +406,8 @@ def _mode_variance_ratio(m, kernel, lam):
     p, q, r = _pair_moments(lam, lam, lr, beta)
     Psi = _psi_companion(kernel, lam, lr, beta)
     avg = (2.0 * (Psi[:, 0, 0] * p + Psi[:, 0, 1] * r)).real
-    mask, R = _fast_edge_modes(lam, lr, beta)
-    if np.any(mask) and not kernel.is_last:
+    mask, R = _fast_edge_modes(lam, lr, beta) if not kernel.is_last else (None, None)
+    if mask is not None and np.any(mask):
         K = [_root_psi(kernel, R, a, mask) for a in range(2)]
         avg[mask] = _root_cov(K, K, R, R, mask, mask, lr).real
     return avg / p.real
