@@ -8,6 +8,7 @@ numpy recursions of the means and variances, and the chains' own recorded trajec
 """
 from __future__ import annotations
 
+import functools
 import math
 import tracemalloc
 import warnings
@@ -28,14 +29,12 @@ def rel(a, b):
 
 
 # ============================================================================ mpmath references
-def mp_heavy_ball_cov(omega, lr, beta, weights=None, ema=None, dps=50):
-    r"""Cov of the averaged iterate of the (u, b) heavy-ball state at ``dps`` digits: the Stein equation
-    :math:`(I - M\otimes M)\,\mathrm{vec}P = \mathrm{vec}(NN^\top)` by LU, then :math:`[\Psi(M)P + P\Psi(M)^\top]_{uu}`
-    with :math:`\Psi = C_0/2\,I + \sum_\delta C_\delta M^\delta` (finite weights) or the EMA closed form."""
+@functools.lru_cache(maxsize=16)
+def _mp_state(omega_key, d, lr, beta, dps):
+    """(M, P) of the (u, b) heavy-ball state at dps digits: P from (I - M kron M) vec P = vec(N N^T) by LU."""
+    omega = np.frombuffer(omega_key).reshape(d, d)
     with mp.workdps(dps):
-        omega = np.atleast_2d(np.diag(omega) if np.ndim(omega) == 1 else omega)
-        d = omega.shape[0]
-        lr, beta = mp.mpf(float(lr)), mp.mpf(float(beta))
+        lr, beta = mp.mpf(lr), mp.mpf(beta)
         n = d if beta == 0 else 2 * d
         M, N = mp.zeros(n, n), mp.zeros(n, d)
         for i in range(d):
@@ -60,6 +59,18 @@ def mp_heavy_ball_cov(omega, lr, beta, weights=None, ema=None, dps=50):
         for i in range(n):
             for j in range(n):
                 P[i, j] = x[i * n + j]
+        return M, P
+
+
+def mp_heavy_ball_cov(omega, lr, beta, weights=None, ema=None, dps=50):
+    r"""Cov of the averaged iterate of the (u, b) heavy-ball state at ``dps`` digits: the Stein equation
+    :math:`(I - M\otimes M)\,\mathrm{vec}P = \mathrm{vec}(NN^\top)` by LU, then :math:`[\Psi(M)P + P\Psi(M)^\top]_{uu}`
+    with :math:`\Psi = C_0/2\,I + \sum_\delta C_\delta M^\delta` (finite weights) or the EMA closed form."""
+    omega = np.ascontiguousarray(np.atleast_2d(np.diag(omega) if np.ndim(omega) == 1 else omega), dtype=np.float64)
+    d = omega.shape[0]
+    M, P = _mp_state(omega.tobytes(), d, float(lr), float(beta), dps)
+    with mp.workdps(dps):
+        n = M.rows
         I = mp.eye(n)
         if ema is not None:
             a = mp.mpf(float(ema))
@@ -191,6 +202,30 @@ def test_lyapunov_path_is_accurate_or_says_so(beta, eps):
     if (beta, eps) == (0.5, 1e-17):  # a case that cannot be resolved: it must warn
         assert msgs and err > 0.5
     assert issubclass(qs.AccuracyWarning, UserWarning)
+
+
+def _slow_jordan(ks, fast, beta, frac=0.5, c=0.7):
+    """A slow Jordan block [[ks, 1], [0, ks]] beside fast diagonal entries that set lr, mixed by a unit upper
+    triangular Q: defective (eigenvector condition ~1e17), lr * ks ~ 1e-12."""
+    d = 2 + len(fast)
+    J = np.diag([ks, ks] + list(fast))
+    J[0, 1] = 1.0
+    Q = np.eye(d) + c * np.triu(np.ones((d, d)), 1)
+    om = np.linalg.solve(Q, J @ Q)
+    return qs.LinearModel(om, frac * qs.stability_bound([max(fast)], beta), momentum=beta, hessian=np.eye(d)), om
+
+
+@pytest.mark.parametrize("ks, fast, beta", [(1e-11, (1.0,), 0.0), (1e-12, (1.0,), 0.6), (1e-11, (1.0, 0.5, 2.0), 0.6)])
+@pytest.mark.parametrize("kernel, ref", [(qs.Last(), dict(weights=[1.0])), (qs.SWA(5), dict(weights=[0.2] * 5)),
+                                         (qs.EMA(0.3), dict(ema=0.3))], ids=lambda x: str(x)[:12])
+def test_slow_defective_omega_against_a_50_digit_stein_solve(ks, fast, beta, kernel, ref):
+    # before: 2.5e-7 .. 5e-5 off (entrywise, on the scale sqrt(C_ii C_jj)), silently; now ~1e-15
+    m, om = _slow_jordan(ks, fast, beta)
+    assert m._eig[3] >= 1e8
+    truth = mp_heavy_ball_cov(om, m.lr, beta, **ref)
+    got = qs.stationary_covariance(m, kernel)
+    s = np.sqrt(np.diag(truth))
+    assert np.max(np.abs(got - truth) / np.outer(s, s)) < 1e-13
 
 
 @pytest.mark.parametrize("beta, frac, W", [(0.99, 1 - 1e-7, 10 ** 6), (0.9, 1 - 1e-4, 1000), (0.5, 0.5, 10),
