@@ -4,6 +4,7 @@ from .model import LinearModel, stability_bound
 from .simulate import SimulationResult, simulate
 from .sweep import SpecError, SweepError, expand_grid, load_spec, random_design, run_spec, sweep
 from .theory import (
+    AccuracyWarning,
     effective_lr,
     equivalent_schedule,
     expected_loss,
@@ -20,7 +21,7 @@ __all__ = [
     "simulate", "SimulationResult", "testing",
     "sweep", "run_spec", "load_spec", "random_design", "expand_grid", "SweepError", "SpecError",
     "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate", "effective_lr",
-    "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
+    "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius", "AccuracyWarning",
 ]
 from . import testing  # noqa: E402  (hypothesis strategies and statistical assertions; loads hypothesis lazily)
 

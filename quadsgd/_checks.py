@@ -9,7 +9,13 @@ One rule per kind of argument, so that the same value is accepted or refused eve
   NaN/inf, values outside the stated interval;
 * arrays (:func:`check_array`): anything numpy converts to a real float64 array; refused: strings,
   objects, complex values, NaN/inf, wrong ndim / shape, empty arrays;
-* choices (:func:`check_choice`), seeds (:func:`check_seed`), dtypes (:func:`check_dtype`).
+* choices (:func:`check_choice`), seeds (:func:`check_seed`), dtypes (:func:`check_dtype`), booleans
+  (:func:`check_bool`: True/False only);
+* learning-rate schedules (:func:`check_lr_schedule`, shared by ``simulate`` and ``expected_loss``): None,
+  a number or an array of shape (steps,), every step's lr finite and in **[0, bound)** -- a step with
+  lr = 0 is a valid (frozen) step, e.g. the first step of a linear warm-up; the model's own lr is > 0;
+* sizes of dense outputs (:func:`check_size`): an array that would exceed :data:`MAX_ARRAY_BYTES` is
+  refused with a ValueError naming the argument that sets its size (no MemoryError, no swapping).
 
 The helpers never emit warnings (a ``RuntimeWarning`` before a ``ValueError`` is a crash under
 ``-W error``).
@@ -22,7 +28,10 @@ from typing import Iterable
 import numpy as np
 
 __all__ = ["interval", "check_int", "check_real", "check_array", "check_choice", "check_seed", "check_dtype",
-           "check_bool"]
+           "check_bool", "check_lr_schedule", "check_size", "MAX_ARRAY_BYTES"]
+
+#: dense arrays (outputs, weight vectors) larger than this are refused by :func:`check_size` (2 GiB)
+MAX_ARRAY_BYTES = 2 ** 31
 
 _INTEGER_TYPES = (int, np.integer)
 _REAL_TYPES = (int, float, np.integer, np.floating)
@@ -149,3 +158,40 @@ def check_dtype(dtype) -> np.dtype:
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt
+
+
+def check_size(name: str, n, what: str, itemsize: int = 8, hint: str = "") -> int:
+    """``n`` (the number of entries of a dense array ``what`` whose size ``name`` sets) if it fits in
+    :data:`MAX_ARRAY_BYTES`; a ValueError saying so otherwise (instead of a MemoryError)."""
+    nbytes = float(n) * itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise ValueError(f"{name}: {what} would have {float(n):.4g} entries ({nbytes / 2**30:.4g} GiB > "
+                         f"{MAX_ARRAY_BYTES / 2**30:g} GiB){'; ' + hint if hint else ''}")
+    return int(n)
+
+
+def check_lr_schedule(lr, steps: int, bound: float, name: str = "lr"):
+    r"""The learning rate of every step, (steps,) float64, from None-free ``lr``: a number or an array of
+    shape (steps,); every value finite and in [0, bound) (``bound``: the model's ``lr_bound``).
+
+    Returns (lrs, scalar) with ``scalar`` True when ``lr`` was a number. ValueError naming ``lr`` (or
+    ``lr[i]``), the allowed range and the reason otherwise.
+    """
+    if isinstance(lr, (str, bytes)) or _is_bool(lr):
+        raise ValueError(f"{name} must be a real array of shape (steps,) = ({steps},) or a real number, got {lr!r}")
+    a = check_array(name, lr, ndim=(0, 1), finite=False, square=False, nonempty=False)
+    scalar = a.ndim == 0
+    if scalar:
+        a = np.full(steps, float(a))
+    elif a.shape != (steps,):
+        raise ValueError(f"{name} must be a number or an array of shape (steps,) = ({steps},) (its length must "
+                         f"match steps), got shape {a.shape}")
+    ok = np.isfinite(a) & (a >= 0) & (a < bound)
+    if not np.all(ok):
+        i = int(np.flatnonzero(~ok)[0])
+        v = float(a[i])
+        where = name if scalar or bool(np.all(a == a[0])) else f"{name}[{i}]"
+        why = "is unstable" if math.isfinite(v) and v >= bound else "is not allowed"
+        raise ValueError(f"{where} = {v!r} {why}: every step needs a finite 0 <= lr < {bound:.6g} "
+                         "(the model's stability bound, lr_bound)")
+    return a, scalar

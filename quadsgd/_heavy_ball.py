@@ -5,16 +5,22 @@ r"""The heavy-ball SGD recursion of the linear model, written once (PyTorch's mo
 Per eigenvalue :math:`\kappa` of :math:`\Omega` (``eps`` = :math:`\lambda\kappa`) this is the AR(2)
 :math:`u_{t+1} = (1+\beta-\epsilon)u_t - \beta u_{t-1} + \lambda\xi_t`, whose characteristic polynomial
 :math:`x^2 - (1+\beta-\epsilon)x + \beta` gives the spectral radius (:func:`spectral_radius`) and the
-companion matrix on :math:`(u_t, u_{t-1})` (:func:`companion`, used by the stationary theory). The
+companion matrix on :math:`(u_t, u_{t-1})` (:func:`companion`, used by the stationary theory); its roots
+with :math:`1\mp z` computed without cancellation (:func:`companion_roots`). Stability is decided in closed
+form, without forming the spectral radius (:func:`stable_lr_bound`, :func:`is_stable`). The
 state-space form on :math:`(u, b, e^{(1..m)}, S)` (:func:`one_step_matrices`) drives the simulator's exact
-transitions. The compiled transient-moment kernels (:mod:`quadsgd.theory._moments`, ``_fill_transition``)
+transitions, and :func:`i_minus_m` the cancellation-free :math:`E = I - M` of its (u, b) part (the
+stationary Lyapunov solve, :mod:`quadsgd.theory._stein`). The compiled transient-moment kernels (:mod:`quadsgd.theory._moments`, ``_fill_transition``)
 and the simulator's step loops evaluate the same recursion inline in Numba.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["spectral_radius", "companion", "companion_shifted_inverse", "one_step_matrices"]
+__all__ = ["spectral_radius", "stable_lr_bound", "is_stable", "companion", "companion_roots",
+           "companion_shifted_inverse", "one_step_matrices", "i_minus_m", "Roots"]
 
 
 def spectral_radius(eps, beta: float) -> np.ndarray:
@@ -23,6 +29,54 @@ def spectral_radius(eps, beta: float) -> np.ndarray:
     p = 1.0 + beta - eps
     disc = np.sqrt(p * p - 4.0 * beta)
     return np.maximum(np.abs((p + disc) / 2.0), np.abs((p - disc) / 2.0))
+
+
+def stable_lr_bound(lam, beta: float) -> np.ndarray:
+    r"""Supremum of the stable learning rates per eigenvalue :math:`\lambda = a + ib` of :math:`\Omega`, in closed form.
+
+    .. math:: \lambda^* = \frac{2a(1+\beta)(1-\beta)^2}{a^2(1-\beta)^2 + b^2(1+\beta)^2}
+              = \frac{2(1+\beta)}{a + t^2/a},\quad t = \frac{b(1+\beta)}{1-\beta}
+
+    (real :math:`\lambda`: :math:`2(1+\beta)/a`; SGD: :math:`2a/|\lambda|^2`); 0 where :math:`a \le 0`.
+    The iteration is stable (both roots of :math:`x^2-(1+\beta-\epsilon)x+\beta` strictly inside the unit
+    disk) exactly for :math:`0 < \lambda_{lr} < \lambda^*`.
+
+    Derivation. The roots :math:`x` of the characteristic polynomial satisfy
+    :math:`\epsilon = (1 + \beta) - x - \beta/x = (1 - x)(1 - \beta/x)`; the number of roots outside the unit
+    disk can only change when a root crosses the unit circle :math:`x = e^{i\theta}`, i.e. when
+    :math:`\epsilon` crosses the curve :math:`\epsilon(\theta) = (1+\beta)(1-\cos\theta) - i(1-\beta)\sin\theta`:
+    the ellipse :math:`(\mathrm{Re}\,\epsilon-(1+\beta))^2/(1+\beta)^2 + (\mathrm{Im}\,\epsilon)^2/(1-\beta)^2 = 1`.
+    Its interior contains the stable point :math:`\epsilon = 0^+` (roots :math:`1 - \epsilon/(1-\beta)` and
+    :math:`\beta`), its exterior the unstable :math:`\epsilon = -1`, so the stable set is the interior (Schur-Cohn),
+    i.e. with :math:`\epsilon = x + iy`, cancellation-free: :math:`x(2(1+\beta)-x)(1-\beta)^2 > y^2(1+\beta)^2` (which
+    implies :math:`0 < x < 2(1+\beta)`). Put :math:`\epsilon = \lambda_{lr}(a+ib)` and divide by :math:`\lambda_{lr} > 0`:
+    :math:`2a(1+\beta)(1-\beta)^2 > \lambda_{lr}(a^2(1-\beta)^2 + b^2(1+\beta)^2)`. ``tests/test_hardening.py`` checks it
+    against the spectral radius on random cases away from the rounding regime.
+
+    Nothing here forms a root or a spectral radius, so the decision is exact down to :math:`\lambda_{lr}\kappa
+    \approx 10^{-300}` (the spectral radius rounds to 1.0 once :math:`\lambda_{lr}\kappa < 10^{-16}`). No
+    floating-point warnings: overflow gives a bound of inf (huge) or 0 (tiny).
+    lam: array of eigenvalues (any shape, real or complex). Returns float64 of the same shape.
+    """
+    lam = np.asarray(lam)
+    a = np.asarray(lam.real, dtype=np.float64)
+    b = np.asarray(lam.imag, dtype=np.float64) if np.iscomplexobj(lam) else np.zeros_like(a)
+    c = 1.0 + beta
+    with np.errstate(all="ignore"):
+        t = b * (c / (1.0 - beta))
+        bound = (2.0 * c) / (a + t * (t / a))  # b = 0: exactly 2(1+beta)/a
+    return np.where(a > 0, bound, 0.0)
+
+
+def is_stable(eps, beta: float) -> np.ndarray:
+    r"""True where :math:`\epsilon = \lambda_{lr}\lambda` (complex ok) is strictly inside the stability ellipse
+    (see :func:`stable_lr_bound`): :math:`x(2(1+\beta)-x)(1-\beta)^2 > y^2(1+\beta)^2`, :math:`\epsilon = x+iy`."""
+    eps = np.asarray(eps)
+    x = np.asarray(eps.real, dtype=np.float64)
+    y = np.asarray(eps.imag, dtype=np.float64) if np.iscomplexobj(eps) else np.zeros_like(x)
+    c = 1.0 + beta
+    with np.errstate(all="ignore"):
+        return (x > 0) & (x * (2.0 * c - x) * (1.0 - beta) ** 2 > (y * c) ** 2)
 
 
 def companion(lam, lr: float, beta: float):
@@ -34,6 +88,59 @@ def companion(lam, lr: float, beta: float):
     Phi[..., 0, 1] = -beta
     Phi[..., 1, 0] = 1.0
     return Phi
+
+
+class Roots(NamedTuple):
+    r"""Roots :math:`z_{hi}, z_{lo}` of :math:`z^2-(1+\beta-\epsilon)z+\beta` per mode, with :math:`1\mp z` cancellation-free.
+
+    Real roots: ``z_hi >= z_lo``; complex roots: ``z_hi`` has the positive imaginary part. ``one_minus``
+    and ``one_plus`` are (2, ...) arrays for (z_hi, z_lo); ``gap`` = z_hi - z_lo; ``real``: bool mask.
+    """
+
+    z: np.ndarray          # (2, ...) complex: z_hi, z_lo
+    one_minus: np.ndarray  # (2, ...) complex: 1 - z
+    one_plus: np.ndarray   # (2, ...) complex: 1 + z
+    gap: np.ndarray        # (...) complex: z_hi - z_lo
+    real: np.ndarray       # (...) bool: real roots
+
+
+def companion_roots(eps, beta: float) -> Roots:
+    r"""The two roots of :math:`z^2-(1+\beta-\epsilon)z+\beta` per real ``eps`` = lr * kappa, cancellation-free.
+
+    With :math:`\delta = 2(1+\beta)-\epsilon` (the distance to the fast stability edge),
+    :math:`A = 1-\beta+\epsilon`, :math:`B = 1-\beta+\delta`, the discriminant is
+    :math:`(1-\beta)^2 - \epsilon\delta` (no cancellation at either edge) and, for real roots
+    (:math:`s = \sqrt{\mathrm{disc}}`), :math:`1 - z_{hi} = 2\epsilon/(A+s)`, :math:`1 - z_{lo} = (A+s)/2`,
+    :math:`1 + z_{lo} = 2\delta/(B+s)`, :math:`1 + z_{hi} = (B+s)/2` (Vieta: :math:`(1-z_{hi})(1-z_{lo}) = \epsilon`,
+    :math:`(1+z_{hi})(1+z_{lo}) = \delta`); complex roots (:math:`t = \sqrt{-\mathrm{disc}}`): :math:`z = (1+\beta-\epsilon \pm it)/2`,
+    :math:`1 - z = (A \mp it)/2`, :math:`1 + z = (B \pm it)/2`. Small roots come from Vieta (:math:`z_{hi}z_{lo} = \beta`).
+    """
+    eps = np.asarray(eps, dtype=np.float64)
+    c = 1.0 + beta
+    delta = 2.0 * c - eps
+    A = (1.0 - beta) + eps
+    B = (1.0 - beta) + delta
+    phi = c - eps
+    disc = (1.0 - beta) ** 2 - eps * delta
+    real = disc >= 0
+    s = np.sqrt(np.where(real, disc, 0.0))
+    t = np.sqrt(np.where(real, 0.0, -disc))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # real roots: the larger-magnitude one from the formula, the other from z_hi z_lo = beta
+        big_hi = phi >= 0
+        zb = np.where(big_hi, (phi + s) / 2.0, (phi - s) / 2.0)
+        zs = np.where(zb != 0, beta / zb, 0.0)
+        zr_hi = np.where(big_hi, zb, zs)
+        zr_lo = np.where(big_hi, zs, zb)
+        omr_hi = 2.0 * eps / (A + s)
+        omr_lo = (A + s) / 2.0
+        opr_lo = 2.0 * delta / (B + s)
+        opr_hi = (B + s) / 2.0
+    z = np.stack([np.where(real, zr_hi, phi / 2.0 + 0.5j * t), np.where(real, zr_lo, phi / 2.0 - 0.5j * t)])
+    one_minus = np.stack([np.where(real, omr_hi, A / 2.0 - 0.5j * t), np.where(real, omr_lo, A / 2.0 + 0.5j * t)])
+    one_plus = np.stack([np.where(real, opr_hi, B / 2.0 + 0.5j * t), np.where(real, opr_lo, B / 2.0 - 0.5j * t)])
+    gap = np.where(real, s + 0j, 1j * t)
+    return Roots(z, one_minus, one_plus, gap, real)
 
 
 def companion_shifted_inverse(lam, lr: float, beta: float, a: float):
@@ -124,3 +231,36 @@ def one_step_matrices(m, lr: float, ema_a, has_S: bool):
         M[blk(ib, ib)] = beta * I
         N[ib * d:(ib + 1) * d] = -I
     return M, N
+
+
+def i_minus_m(m, lr: float, scaled: bool = True):
+    r""":math:`E = I - M` of the (u, b) state of dense omega, formed without cancellation; and the noise factor.
+
+    SGD: :math:`E = \lambda\Omega`, :math:`N = \lambda I` (state u). Heavy ball, ``scaled=False`` (state (u, b)):
+    :math:`E = \begin{pmatrix}\lambda\Omega & \lambda\beta I\\ -\Omega & (1-\beta)I\end{pmatrix}`,
+    :math:`N = (\lambda I; -I)`. ``scaled=True`` uses the state :math:`(u, \lambda b)` (the velocity
+    :math:`u_t - u_{t+1}`): :math:`E = \begin{pmatrix}\lambda\Omega & \beta I\\ -\lambda\Omega & (1-\beta)I\end{pmatrix}`,
+    :math:`N = \lambda(I; -I)` -- all blocks on the scale of :math:`\epsilon = \lambda\kappa`, so that
+    :math:`\|E\| \le 4` for any stable model (a Schur form of E then has small absolute errors). The u-block
+    of :math:`P` and every kernel average are the same in both bases.
+    Returns (E (pd, pd), N (pd, d), M = I - E (pd, pd)); a diagonal omega is densified.
+    """
+    om = np.asarray(m.omega, np.float64)
+    om = np.diag(om) if om.ndim == 1 else om
+    d = om.shape[0]
+    beta = float(m.momentum)
+    I = np.eye(d)
+    if beta == 0.0:
+        E = lr * om
+        N = lr * I
+    else:
+        s = lr if scaled else 1.0
+        E = np.block([[lr * om, (lr * beta / s) * I], [-s * om, (1.0 - beta) * I]])
+        N = np.vstack([lr * I, -s * I])
+    M = np.eye(E.shape[0]) - E
+    if beta != 0.0:
+        # the blocks of M that E forms by subtraction: write them exactly
+        M[d:, d:] = beta * I
+        M[:d, d:] = -E[:d, d:]
+        M[d:, :d] = -E[d:, :d]
+    return E, N, M

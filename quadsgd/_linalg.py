@@ -92,12 +92,17 @@ class Transition:
     cancellation (e.g. :math:`\lambda\Omega` for SGD), or None. shifted_inverse: optional callable
     ``a -> (I - (1-a)M)^{-1}`` known in a cancellation-free closed form (e.g. the adjugate of the
     heavy-ball companion matrix); without it :meth:`solve_shifted` solves with ``I_minus_M + a M``.
+    I_plus_M: :math:`I + M` computed without cancellation, or None -- given (for real scalars) by the
+    stationary theory's eigen-root path at the fast stability edge, where :math:`M \to -1` and kernels
+    that average the alternating mode away need :math:`1 + M` to full relative precision
+    (:meth:`quadsgd.kernels.AveragingKernel.psi` of SWA, NPoint, TwoPoint, EMA use it there).
     """
 
     M: np.ndarray
     ops: Ops
     I_minus_M: np.ndarray | None = None
     shifted_inverse: Callable[[float], np.ndarray] | None = None
+    I_plus_M: np.ndarray | None = None
 
     @classmethod
     def scalars(cls, g) -> "Transition":

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ._checks import check_array, check_real
-from ._heavy_ball import spectral_radius
+from ._heavy_ball import stable_lr_bound
 
 __all__ = ["LinearModel", "stability_bound"]
 
@@ -25,6 +25,30 @@ __all__ = ["LinearModel", "stability_bound"]
 def _finite_array(name: str, x, ndim=(1, 2)) -> np.ndarray:
     """A finite, non-empty real float64 copy of ``x`` with ``ndim`` in ``ndim`` (square if 2-D)."""
     return check_array(name, x, ndim=ndim)
+
+
+def _check_hessian(hessian, shape) -> np.ndarray:
+    """H of the loss: finite, the shape of omega, symmetric positive semi-definite (read-only copy)."""
+    H = _finite_array("hessian", hessian)
+    if H.shape != shape:
+        raise ValueError(f"hessian must have the shape of omega {shape}, got {H.shape}")
+    if H.ndim == 1:
+        if np.any(H < 0):
+            i = int(np.argmin(H))
+            raise ValueError(f"hessian must be positive semi-definite (the loss 0.5 u^T H u >= 0): "
+                             f"hessian[{i}] = {H[i]!r} < 0")
+    else:
+        scale = np.abs(H).max()
+        if not np.allclose(H, H.T, rtol=1e-12, atol=1e-14 * scale):
+            raise ValueError("hessian must be symmetric")
+        H = 0.5 * (H + H.T)
+        w = np.linalg.eigvalsh(H)
+        tol = 64.0 * H.shape[0] * np.finfo(np.float64).eps * max(np.abs(w).max(), np.finfo(np.float64).tiny)
+        if w[0] < -tol:
+            raise ValueError(f"hessian must be positive semi-definite (the loss 0.5 u^T H u >= 0): its smallest "
+                             f"eigenvalue is {w[0]:.6g}")
+    H.setflags(write=False)
+    return H
 
 
 def _check_momentum(momentum) -> float:
@@ -35,35 +59,77 @@ def _check_momentum(momentum) -> float:
         raise ValueError(f"momentum must be in [0.0, 1.0) (a finite real number), got {momentum!r}") from None
 
 
+def _eigenvalue_array(eigenvalues) -> np.ndarray:
+    """A finite, non-empty 1-D complex array of eigenvalues, all with a positive normal real part."""
+    if isinstance(eigenvalues, (str, bytes)):
+        raise ValueError(f"eigenvalues must be a real or complex array, got the string {eigenvalues!r}")
+    try:
+        a = np.asarray(eigenvalues)
+    except (TypeError, ValueError):
+        raise ValueError(f"eigenvalues must be a real or complex array, got {type(eigenvalues).__name__}") from None
+    if a.dtype.kind not in "iufc":
+        kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "objects"}.get(a.dtype.kind, str(a.dtype))
+        raise ValueError(f"eigenvalues must be a real or complex array, got an array of {kind}")
+    lam = a.astype(np.complex128).ravel()
+    if lam.size == 0:
+        raise ValueError("eigenvalues must not be empty")
+    if not np.all(np.isfinite(lam)):
+        raise ValueError("eigenvalues contains NaN or inf")
+    _check_positive_real_part("eigenvalues", lam)
+    return lam
+
+
+def _check_positive_real_part(name: str, lam: np.ndarray) -> None:
+    """ValueError unless every (real part of an) entry is a positive normal float (>= 2.2e-308)."""
+    tiny = np.finfo(np.float64).tiny
+    cplx = np.iscomplexobj(lam)
+    re = lam.real if cplx else lam
+    bad = np.flatnonzero(~(re >= tiny))
+    if not bad.size:
+        return
+    i = int(bad[np.argmin(re[bad])])
+    v = complex(lam[i]) if cplx and lam.imag[i] != 0 else float(re[i])
+    what = "real parts" if cplx else "entries"
+    if re[i] > 0:
+        raise ValueError(f"{name} must have {what} >= {tiny:.3g} (the smallest normal float64; smaller "
+                         f"curvatures are not representable to full precision), got {name}[{i}] = {v!r}")
+    if cplx:
+        raise ValueError(f"{name} must have positive real parts (no stationary distribution otherwise); "
+                         f"found {v!r}")
+    raise ValueError(f"{name} must be > 0 in every coordinate (no stationary distribution otherwise); "
+                     f"{name}[{i}] = {v!r}")
+
+
+def _bound_text(lam: np.ndarray, beta: float, bounds: np.ndarray) -> str:
+    """Which eigenvalue limits the learning rate, and the formula of its bound."""
+    i = int(np.argmin(bounds))
+    li = lam[i]
+    if li.imag == 0:
+        what = f"2(1+beta)/kappa_max with kappa_max = {li.real:.6g}" if beta else \
+            f"2/kappa_max with kappa_max = {li.real:.6g}"
+    else:
+        what = (f"2a(1+beta)(1-beta)^2/(a^2(1-beta)^2 + b^2(1+beta)^2) for the eigenvalue a+ib = {li:.6g}"
+                if beta else f"2a/|lambda|^2 for the eigenvalue lambda = a+ib = {li:.6g}")
+    return what
+
+
 def stability_bound(eigenvalues, momentum: float = 0.0) -> float:
     r"""Supremum of the learning rates for which the iteration is stable (spectral radius < 1).
 
-    For real eigenvalues :math:`\kappa > 0` of :math:`\Omega` this is :math:`2(1+\beta)/\kappa_{max}`
-    (SGD: :math:`0 < \lambda\kappa < 2`). Complex eigenvalues: found by bisection per eigenvalue.
-    eigenvalues: shape (d,), all with positive real part.
+    Closed form per eigenvalue :math:`\lambda = a + ib` of :math:`\Omega` (a > 0; derivation in
+    :func:`quadsgd._heavy_ball.stable_lr_bound`), minimised over the eigenvalues:
+
+    .. math:: \lambda^* = \min_i \frac{2a_i(1+\beta)(1-\beta)^2}{a_i^2(1-\beta)^2 + b_i^2(1+\beta)^2}
+
+    (real eigenvalues: :math:`2(1+\beta)/\kappa_{max}`; SGD: :math:`\min 2a/|\lambda|^2`). The iteration is stable
+    exactly for :math:`0 < \lambda_{lr} < \lambda^*`, decided without forming a spectral radius (which rounds to
+    1.0 once :math:`\lambda_{lr}\kappa < 10^{-16}`).
+    eigenvalues: shape (d,) real or complex, finite, every real part >= 2.2e-308 (a normal float).
+    momentum: in [0, 1). ValueError naming the argument otherwise.
     """
-    lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
     beta = _check_momentum(momentum)
-    real = np.abs(lam.imag) <= 1e-14 * np.abs(lam)
-    bounds = np.full(lam.shape, np.inf)
-    bounds[real] = 2.0 * (1.0 + beta) / lam.real[real]
-    for i in np.flatnonzero(~real):
-        if beta == 0.0:
-            bounds[i] = 2.0 * lam[i].real / abs(lam[i]) ** 2
-            continue
-        lo, hi = 0.0, 4.0 * (1.0 + beta) / abs(lam[i])
-        while spectral_radius(hi * lam[i], beta) < 1.0:
-            hi *= 2.0
-        # the stable set is an interval (0, b); shrink [lo, hi] around b
-        lo = hi * 1e-12
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if spectral_radius(mid * lam[i], beta) < 1.0:
-                lo = mid
-            else:
-                hi = mid
-        bounds[i] = lo
-    return float(bounds.min())
+    lam = _eigenvalue_array(eigenvalues)
+    return float(stable_lr_bound(lam, beta).min())
 
 
 class LinearModel:
@@ -72,15 +138,17 @@ class LinearModel:
     Parameters
     ----------
     omega : array, shape (d,) or (d, d)
-        1-D: the diagonal of :math:`\Omega` (curvature per whitened coordinate, each > 0).
-        2-D: dense :math:`\Omega`; every eigenvalue must have positive real part.
+        1-D: the diagonal of :math:`\Omega` (curvature per whitened coordinate, each >= 2.2e-308, a
+        normal float). 2-D: dense :math:`\Omega`; every eigenvalue must have a positive (normal) real part.
     lr : float
-        Learning rate :math:`\lambda` (constant); must keep the iteration stable
-        (spectral radius < 1; SGD on a real eigenvalue :math:`\kappa`: :math:`0 < \lambda\kappa < 2`).
+        Learning rate :math:`\lambda` (constant); must keep the iteration stable:
+        :math:`0 < \lambda <` :func:`stability_bound` (closed form; SGD on a real eigenvalue :math:`\kappa`:
+        :math:`0 < \lambda\kappa < 2`, heavy ball :math:`0 < \lambda\kappa < 2(1+\beta)`). Attribute ``lr_bound``.
     momentum : float
         Heavy-ball :math:`\beta \in [0, 1)`, PyTorch convention.
     hessian : array, optional
-        :math:`H` of the loss :math:`\tfrac12 u^\top H u`, same shape as ``omega``. Default
+        :math:`H` of the loss :math:`\tfrac12 u^\top H u`, same shape as ``omega``, symmetric positive
+        semi-definite (a loss is >= 0; an indefinite H gave negative "losses"). Default
         :math:`H = \Omega` (then a 2-D omega must be symmetric to define a loss).
 
     Attributes: ``omega``, ``lr``, ``momentum``, ``hessian`` (or None), ``dim``, ``diagonal``
@@ -95,11 +163,8 @@ class LinearModel:
         lr = check_real("lr", lr, 0.0, low_open=True)
         self.diagonal = om.ndim == 1
         self.dim = om.shape[0]
-        if self.diagonal and np.any(om <= 0):
-            i = int(np.argmin(om))
-            raise ValueError(
-                f"omega must be > 0 in every coordinate (no stationary distribution otherwise); "
-                f"omega[{i}] = {om[i]!r}")
+        if self.diagonal:
+            _check_positive_real_part("omega", om)
         om.setflags(write=False)
         self.omega = om
         self._Q = _Q
@@ -110,28 +175,23 @@ class LinearModel:
             else:
                 H = None
         else:
-            H = _finite_array("hessian", hessian)
-            if H.shape != om.shape:
-                raise ValueError(f"hessian must have the shape of omega {om.shape}, got {H.shape}")
-            if H.ndim == 2 and not np.allclose(H, H.T, rtol=1e-12, atol=1e-14 * np.abs(H).max()):
-                raise ValueError("hessian must be symmetric")
-            if H.ndim == 2:
-                H = 0.5 * (H + H.T)
-            H.setflags(write=False)
+            H = _check_hessian(hessian, om.shape)
         self.hessian = H
         lam = self.eigenvalues
-        if np.any(lam.real <= 0):
-            i = int(np.argmin(lam.real))
-            raise ValueError(
-                f"omega must have eigenvalues with positive real part (no stationary distribution "
-                f"otherwise); found eigenvalue {lam[i]!r}")
-        bound = stability_bound(lam, self.momentum)
+        if not self.diagonal:
+            lc = np.asarray(lam, dtype=np.complex128)
+            if not np.all(lc.real >= np.finfo(np.float64).tiny):
+                i = int(np.argmin(lc.real))
+                raise ValueError(
+                    f"omega must have eigenvalues with positive real part >= {np.finfo(np.float64).tiny:.3g} (no "
+                    f"stationary distribution otherwise); found eigenvalue {complex(lc[i])!r}")
+        bounds = stable_lr_bound(lam, self.momentum)
+        bound = float(bounds.min())
         self.lr_bound = bound
-        rad = spectral_radius(lr * lam, self.momentum).max()
-        if not (lr < bound) or rad >= 1.0:
+        if not lr < bound:
             raise ValueError(
                 f"lr = {lr!r} is unstable: with momentum {self.momentum} the iteration needs "
-                f"0 < lr < {bound:.6g} (spectral radius {rad:.6g} >= 1)")
+                f"0 < lr < {bound:.6g} (= {_bound_text(np.asarray(lam, dtype=np.complex128), self.momentum, bounds)})")
         self.lr = lr
 
     # ------------------------------------------------------------------ constructors
@@ -173,14 +233,13 @@ class LinearModel:
         return cls(omega, lr, momentum, hessian=H, _Q=Q, _A=A)
 
     def with_lr(self, lr) -> "LinearModel":
-        """The same model at another learning rate."""
+        """The same model at another learning rate (0 < lr < ``lr_bound``)."""
+        lr = check_real("lr", lr, 0.0, low_open=True)
+        if not lr < self.lr_bound:
+            raise ValueError(f"lr = {lr!r} is unstable: with momentum {self.momentum} the iteration needs "
+                             f"0 < lr < {self.lr_bound:.6g}")
         m = LinearModel.__new__(LinearModel)
         m.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("lr",)})
-        bound = self.lr_bound
-        lr = check_real("lr", lr, 0.0, low_open=True)
-        rad = spectral_radius(lr * self.eigenvalues, self.momentum).max()
-        if not lr < bound or rad >= 1.0:
-            raise ValueError(f"lr = {lr!r} is unstable: the iteration needs 0 < lr < {bound:.6g}")
         m.lr = lr
         return m
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_array, check_choice, check_dtype, check_int, check_seed
+from .._checks import (check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real,
+                       check_seed, check_size)
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import _rng
@@ -100,49 +101,36 @@ def _kernels(kernels) -> tuple:
 
 
 def _lr(m, lr, steps):
-    """(lr of every step (steps,), lr as reported): every value finite, > 0 and stable for m."""
+    """(lr of every step (steps,), lr as reported): every value finite, in [0, m.lr_bound) (the shared rule
+    :func:`quadsgd._checks.check_lr_schedule`, as in ``expected_loss``)."""
     if lr is None:
         return np.full(steps, m.lr), m.lr
-    if isinstance(lr, (bool, np.bool_)):
-        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}")
-    try:
-        lr_arr = np.array(lr, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"lr must be None, a positive number or an array of length steps={steps}, "
-                         f"got {type(lr).__name__}") from None
-    if lr_arr.ndim == 0:
-        lr_out = float(lr_arr)
-        lr_arr = np.full(steps, lr_out)
-    elif lr_arr.ndim != 1 or lr_arr.size != steps:
-        raise ValueError(f"lr array must have shape (steps,) = ({steps},), got {lr_arr.shape}")
-    else:
-        lr_out = lr_arr.copy()
-        lr_out.setflags(write=False)
-    if not np.all(np.isfinite(lr_arr)) or np.any(lr_arr <= 0):
-        i = int(np.flatnonzero(~(np.isfinite(lr_arr) & (lr_arr > 0)))[0])
-        raise ValueError(f"lr must be finite and > 0; lr[{i}] = {float(lr_arr[i])!r}")
-    i = int(np.argmax(lr_arr))
-    try:
-        m.with_lr(lr_arr[i])  # the stable set is an interval (0, bound): checking the max suffices
-    except ValueError:
-        where = "lr" if np.all(lr_arr == lr_arr[0]) else f"lr[{i}]"
-        raise ValueError(f"{where} = {float(lr_arr[i])!r} is unstable for this model (momentum {m.momentum}): "
-                         f"every step needs 0 < lr < {m.lr_bound:.6g}") from None
+    lr_arr, scalar = check_lr_schedule(lr, steps, m.lr_bound)
+    if scalar:
+        return lr_arr, float(lr_arr[0])
+    lr_out = lr_arr.copy()
+    lr_out.setflags(write=False)
     return lr_arr, lr_out
 
 
 def _selection(record_states, chains) -> np.ndarray:
     if record_states is None:
         return np.zeros(0, np.int64)
-    if isinstance(record_states, (int, np.integer)) and not isinstance(record_states, (bool, np.bool_)):
+    what = "record_states must be None, a number of chains or a sequence of chain indices"
+    if isinstance(record_states, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{what}, got {record_states!r}")
+    if isinstance(record_states, (int, np.integer)):
         n = int(record_states)
         if not 0 <= n <= chains:
             raise ValueError(f"record_states must be in [0, chains={chains}], got {n}")
         return np.arange(n, dtype=np.int64)
     try:
-        idx = np.array(record_states, dtype=np.int64).ravel()
+        raw = np.asarray(record_states)
     except (TypeError, ValueError):
-        raise ValueError("record_states must be None, a number of chains or a sequence of chain indices") from None
+        raise ValueError(f"{what}, got {type(record_states).__name__}") from None
+    if raw.size and raw.dtype.kind not in "iu":
+        raise ValueError(f"{what} (integers), got an array of dtype {raw.dtype}")
+    idx = raw.astype(np.int64).ravel()
     if idx.size and (idx.min() < 0 or idx.max() >= chains):
         raise ValueError(f"record_states indices must be in [0, {chains}), got {idx.tolist()}")
     if np.unique(idx).size != idx.size:
@@ -151,13 +139,7 @@ def _selection(record_states, chains) -> np.ndarray:
 
 
 def _memory_limit(memory_limit) -> float:
-    try:
-        memory_limit = float(memory_limit)
-    except (TypeError, ValueError):
-        raise ValueError(f"memory_limit must be a number of bytes, got {memory_limit!r}") from None
-    if not memory_limit > 0:
-        raise ValueError(f"memory_limit must be > 0 bytes, got {memory_limit!r}")
-    return memory_limit
+    return check_real("memory_limit", memory_limit, 0.0, low_open=True)
 
 
 def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit, *,
@@ -165,6 +147,7 @@ def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, meth
     if not isinstance(m, LinearModel):
         raise ValueError(f"m must be a qs.LinearModel, got {type(m).__name__}")
     steps = check_int("steps", steps, 1)
+    check_size("steps", steps, "the per-step learning rates")
     chains = check_int("chains", chains, 1)
     method = check_choice("method", method, _METHODS)
     record_every = check_int("record_every", record_every, 1, steps)
@@ -175,10 +158,21 @@ def _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, meth
     u0 = np.ones(d) if u0 is None else check_array("u0", u0, shape=(d,))
     lr_arr, lr_out = _lr(m, lr, steps)
     memory_limit = _memory_limit(memory_limit)
+    per_chain_loss = check_bool("per_chain_loss", per_chain_loss)
+    sel = _selection(record_states, chains)
+    n_rec = steps // record_every + 1
+    K = len(kernels)
+    check_size("steps / record_every", float(n_rec) * K, "the recorded losses (kernels x records)",
+               hint="raise record_every")
+    if per_chain_loss:
+        check_size("per_chain_loss", float(n_rec) * K * chains, "the per-chain losses (kernels x chains x records)",
+                   hint="raise record_every or use fewer chains")
+    check_size("record_states", float(n_rec) * K * sel.size * d, "the stored averaged iterates "
+               "(kernels x selected chains x records x d)", hint="select fewer chains or raise record_every")
     return SimConfig(m=m, steps=steps, chains=chains, kernels=kernels, lr=lr_arr, lr_out=lr_out, u0=u0,
                      record_every=record_every, seed=seed, dtype=dt, method=method, memory_limit=memory_limit,
-                     per_chain_loss=bool(per_chain_loss), state_chains=_selection(record_states, chains),
-                     progress=bool(progress), segment_steps=segment_steps)
+                     per_chain_loss=per_chain_loss, state_chains=sel, progress=check_bool("progress", progress),
+                     segment_steps=segment_steps)
 
 
 # =============================================================================================
@@ -222,8 +216,9 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
         Chains whose averaged iterates are stored at every record (an int n: chains 0..n-1).
     progress : bool
         Show a tqdm progress bar (default off).
-    memory_limit : float
-        Bytes allowed for the accumulator slots of finite kernels (ValueError beyond).
+    memory_limit : float > 0
+        Bytes allowed for the accumulator slots of finite kernels (ValueError beyond, naming
+        ``record_every`` and the kernel).
 
     Returns
     -------
@@ -231,7 +226,11 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
 
     Raises ValueError naming the offending argument for steps < 1, chains < 1, an lr array of the
     wrong length, an unstable lr, an unknown method, record_every < 1 or > steps, a dtype other than
-    float32/float64, or trackers that would not fit in memory_limit.
+    float32/float64, strings / booleans / NaN where numbers are expected (the rules of
+    :mod:`quadsgd._checks`), outputs (records, per-chain losses, stored states) beyond 2 GiB, or
+    trackers that would not fit in memory_limit. Kernels of any support cost O(1) per accumulator slot
+    (SWA, TwoPoint and NPoint keep no weight arrays beyond 1e6 points; only points at lags < steps are
+    ever visited).
     """
     cfg = _validate(m, steps, chains, kernels, lr, u0, record_every, seed, dtype, method, memory_limit,
                     per_chain_loss=per_chain_loss, record_states=record_states, progress=progress,

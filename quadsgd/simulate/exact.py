@@ -85,7 +85,7 @@ def exact_schedule(plan: Plan, times, lr, steps) -> Schedule:
             st = times - sp.n
             pts.append(st[st >= 1])
         else:
-            t = times[:, None] - sp.s * sp.nonzero_lags()[None, :]
+            t = times[:, None] - sp.s * sp.nonzero_lags((int(times[-1]) - 1) // sp.s)[None, :]
             pts.append(t[t >= 1].ravel())
             ti = times - (sp.n - 1) * sp.s
             pts.append(ti[ti >= 1])
@@ -111,7 +111,7 @@ def exact_schedule(plan: Plan, times, lr, steps) -> Schedule:
             ii = lo[rep] + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
             ev.append((ii, np.full(ii.size, ADD_S, np.int64), slot[rep], np.full(ii.size, sp.w0)))
         else:
-            jj = sp.nonzero_lags()
+            jj = sp.nonzero_lags((int(times[-1]) - 1) // sp.s)  # points at times >= 1 only
             t = times[:, None] - sp.s * jj[None, :]
             mask = t >= 1
             rr = np.broadcast_to(r[:, None], t.shape)[mask]

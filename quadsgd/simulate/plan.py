@@ -90,11 +90,14 @@ class SlotSpec:
             return self.w[j]
         return np.full(np.shape(j), 1.0 / self.n)
 
-    def nonzero_lags(self) -> np.ndarray:
-        """Indices j of the non-zero weights, increasing; (n_nonzero,) int64."""
+    def nonzero_lags(self, jmax: int | None = None) -> np.ndarray:
+        """Indices j <= jmax (default n - 1) of the non-zero weights, increasing; int64. Points beyond the
+        run (j s >= the last record time) are never needed: callers pass jmax, so that a kernel of 1e9
+        points costs O(steps / s) here."""
+        n = self.n if jmax is None else max(0, min(self.n, int(jmax) + 1))
         if self.w is not None:
-            return np.flatnonzero(self.w != 0.0)
-        return np.arange(self.n, dtype=np.int64)
+            return np.flatnonzero(self.w[:n] != 0.0)
+        return np.arange(n, dtype=np.int64)
 
     @property
     def n_nonzero(self) -> int:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_array, check_choice, check_int, check_lr_schedule, check_real
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import report
@@ -342,7 +342,10 @@ def check_curve(predicted, model, kernel, steps, *, chains=10000, alpha=1e-6, lr
     if combine == "hotelling" and chains < 10 * R:
         raise ValueError(f"combine='hotelling' needs chains >= 10 x records = {10 * R}, got chains = {chains}; "
                          f"use more chains, a larger record_every or combine='bonferroni'")
-    u0a = np.ones(model.dim) if u0 is None else np.asarray(u0, dtype=np.float64)
+    # validated here with the simulator's own rules (the arrays also enter the derived seed)
+    u0a = np.ones(model.dim) if u0 is None else check_array("u0", u0, shape=(model.dim,))
+    if lr is not None:
+        check_lr_schedule(lr, steps, model.lr_bound)
     lra = None if lr is None else np.asarray(lr, dtype=np.float64)
     sim_seed = _derive_seed("curve", _model_key(model), tuple(_seed_key(k) for k in ks), chains, method,
                             steps, record_every, u0a, lra, seed)

@@ -612,11 +612,42 @@ def _window_sums(x, W, Suf, Pre, out):
             out[j] = Suf[j] + Pre[j + W - 1]
 
 
-@njit(parallel=True, cache=True)
-def mean_loss_diag_swa(lam, h, u0, lrs, beta, W):
-    """0.5 * sum_i h_i * (E SWA_i)^2 for t = 0..T in O(d T); diagonal real case (any momentum)."""
+@njit(cache=True)
+def _mean_loss_long_window(lam, h, u0, lrs, beta, W, out):
+    """Adds 0.5 h_i (E SWA_i)^2 to out for a window W > T: every window still holds W - t copies of u0,
+    so its sum is (W - t) u0 + (u_1 + ... + u_t) (a running sum: O(T) memory whatever W)."""
     T = lrs.shape[0]
     d = lam.shape[0]
+    for i in range(d):
+        u = u0[i]
+        b = 0.0
+        acc = 0.0
+        hh = 0.5 * h[i] / (float(W) * float(W))
+        s = float(W) * u0[i]
+        out[0] += hh * s * s
+        for t in range(T):
+            b = beta * b + lam[i] * u
+            u = u - lrs[t] * b
+            if abs(u) < _TINY and abs(b) < _TINY:
+                u = 0.0
+                b = 0.0
+            acc += u
+            s = float(W - (t + 1)) * u0[i] + acc
+            out[t + 1] += hh * s * s
+
+
+@njit(parallel=True, cache=True)
+def mean_loss_diag_swa(lam, h, u0, lrs, beta, W):
+    """0.5 * sum_i h_i * (E SWA_i)^2 for t = 0..T in O(d T); diagonal real case (any momentum).
+
+    Memory O(T + W) per chunk for W <= T; a window longer than the run (W > T) takes
+    :func:`_mean_loss_long_window` (O(T), any W)."""
+    T = lrs.shape[0]
+    d = lam.shape[0]
+    if W > T:
+        out = np.zeros(T + 1)
+        _mean_loss_long_window(lam, h, u0, lrs, beta, W, out)
+        return out
     n_chunks = min(d, 64)
     partial = np.zeros((n_chunks, T + 1))
     for ch in prange(n_chunks):

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .._checks import check_array, check_int
+from .._checks import check_array, check_int, check_lr_schedule, check_size
 from ..kernels import AveragingKernel, Last
 from .stationary import _check_model_kernel
 
@@ -42,18 +42,27 @@ def equivalent_schedule(kernel: AveragingKernel, lr, steps: int | None = None) -
 
     kernel: any averaging kernel. lr: array of shape (k,), the base lr of the last k steps
     (``lr[-1]`` is the last step), or a scalar together with ``steps=k`` (``steps`` defaults to the
-    kernel's support; a kernel of infinite support, e.g. EMA, needs it).
+    kernel's support; a kernel of infinite support, e.g. EMA, needs it). ``steps``: an integer >= 1 (the
+    rule of :func:`quadsgd._checks.check_int`: 10.0 is 10, 2.5 / True / "10" are refused).
     Returns: array of shape (k,), ``out[-r]`` the equivalent lr of the step r steps before the end.
+    Cost O(k) (the kernel's ``cumulative`` is a closed form for SWA, TwoPoint, NPoint and EMA); an output
+    beyond 2 GiB (e.g. a scalar lr with the default steps = support of ``SWA(10**12)``) is refused with a
+    ValueError naming ``steps``.
     """
     _check_kernel(kernel)
+    if isinstance(lr, (str, bytes)) or isinstance(lr, (bool, np.bool_)):
+        raise ValueError(f"lr must be a non-negative real number or 1-D array, got {lr!r}")
     lr_arr = check_array("lr", lr, ndim=(0, 1), finite=False, square=False, nonempty=False)
     if lr_arr.ndim == 0:
         if steps is None:
             if math.isinf(kernel.support):
                 raise ValueError(f"steps must be given for a scalar lr with the kernel {kernel!r} "
                                  "(infinite support)")
+            check_size("steps", kernel.support, f"the schedule over the support of {kernel!r} (steps defaults "
+                       "to the support)", hint="pass steps= (the number of last steps you need)")
             steps = int(kernel.support)
         steps = check_int("steps", steps, 1)
+        check_size("steps", steps, "the equivalent schedule")
         lr_arr = np.full(steps, float(lr_arr))
     elif lr_arr.size == 0:
         raise ValueError(f"lr must be a scalar or a non-empty 1-D array, got shape {lr_arr.shape}")
@@ -71,33 +80,39 @@ def equivalent_schedule(kernel: AveragingKernel, lr, steps: int | None = None) -
 # ====================================================================================
 
 def _check_lr_schedule(m, steps, lr):
-    """(steps, lrs (steps,)) after checking steps >= 1 and every lr in [0, m.lr_bound)."""
+    """(steps, lrs (steps,)) after checking steps >= 1 and every lr in [0, m.lr_bound) (:func:`check_lr_schedule`)."""
     steps = check_int("steps", steps, 1)
+    check_size("steps", steps + 1, "the loss curve (steps + 1 values)")
     if lr is None:
         return steps, np.full(steps, m.lr)
-    lrs = check_array("lr", lr, ndim=(0, 1), finite=False, square=False, nonempty=False)
-    if lrs.ndim == 0:
-        lrs = np.full(steps, float(lrs))
-    if lrs.shape[0] != steps:
-        raise ValueError(f"lr must be None, a scalar or an array of length steps = {steps}, got shape {lrs.shape}")
-    if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
-        raise ValueError("lr must be finite and >= 0 at every step")
-    bound = m.lr_bound
-    bad = np.flatnonzero(lrs >= bound)
-    if bad.size:
-        raise ValueError(f"lr[{bad[0]}] = {lrs[bad[0]]!r} is unstable: every step needs 0 <= lr < {bound:.6g}")
+    lrs, _ = check_lr_schedule(lr, steps, m.lr_bound)
     return steps, lrs
 
 
-def _tracked_points(tracking):
-    """(stride D, point weights w, EMA decay a) for the moment kernels: a > 0 selects the Markov EMA path."""
+def _tracked_points(tracking, steps: int):
+    """(stride D, point weights w, EMA decay a) for the moment kernels: a > 0 selects the Markov EMA path.
+
+    Only the points at lags <= steps can see the chain move: the K = steps // D + 1 first points are kept
+    and all later ones (they sit at u0 for every t <= steps) are merged into one point of their total
+    weight at lag K D > steps -- exact, and O(steps / D) memory for a kernel of any support (SWA(10**12)).
+    """
     if tracking.kind == "last":
         return 1, np.ones(1), 0.0
     if tracking.kind == "geometric":
         a = float(tracking.decay)
         return 1, np.ones(1), a if a < 1.0 else 0.0
     if tracking.kind == "points":
-        return int(tracking.stride), np.ascontiguousarray(tracking.weight_array(), dtype=np.float64), 0.0
+        D, n = int(tracking.stride), int(tracking.n)
+        K = steps // D + 1
+        if K >= n:
+            return D, np.ascontiguousarray(tracking.weight_array(), dtype=np.float64), 0.0
+        if tracking.weights is None:  # uniform 1/n: nothing of size n is formed
+            w = np.full(K + 1, 1.0 / n)
+            w[K] = (n - K) / n
+        else:
+            full = np.asarray(tracking.weights, dtype=np.float64)
+            w = np.concatenate([full[:K], [full[K:].sum()]])
+        return D, w, 0.0
     raise ValueError(f"expected_loss cannot track an average of kind {tracking.kind!r} "
                      "(known: 'last', 'geometric', 'points')")
 
@@ -111,17 +126,19 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
 
     .. math:: E\,\ell_t = \tfrac12\,\bar u_t^\top H\bar u_t + \tfrac12\mathrm{tr}(H\,\mathrm{Cov}\,\hat u_t).
 
-    lr: None (constant ``m.lr``), or an array of shape (steps,) (lr of step t -> t+1).
+    steps: an integer >= 1 (10.0 is 10; 2.5, True, "10" are refused). lr: None (constant ``m.lr``), a
+    number, or an array of shape (steps,) (lr of step t -> t+1); every value finite and in
+    [0, ``m.lr_bound``) -- a step with lr = 0 is allowed (frozen), the same rule as :func:`quadsgd.simulate`.
     How the average is followed comes from ``kernel.tracking()``. Cost for diagonal omega: O(d T) for
     the last iterate, a geometric (EMA) average, two points, and (SGD) a uniform window of W
     consecutive iterates (SWA, NPoint(n, 1), a uniform ``Kernel``) -- the window sums use block
     suffix/prefix sums, so nothing is subtracted -- and O(d T n) for n weighted points at a stride
     (NPoint, an arbitrary ``Kernel``: its support) and for a uniform window with momentum.
-    Dense diagonalizable omega: the same per pair of eigen-directions, O(d^2 T n).
+    Dense diagonalizable omega: the same per pair of eigen-directions, O(d^2 T n). Only the points of a
+    finite kernel at lags <= steps are propagated (the others sit at u0): a kernel of any support
+    (``TwoPoint(10**9)``, ``SWA(10**12)``) costs what its first ``steps`` lags cost.
     Returns: shape (steps + 1,).
     """
-    from . import _moments
-
     _check_model_kernel(m, kernel)
     if steps is None:
         raise ValueError("steps must be given (an integer >= 1)")
@@ -130,9 +147,22 @@ def expected_loss(m, kernel: AveragingKernel = Last(), steps: int | None = None,
     if u0 is None:
         u0 = np.ones(d)
     u0 = check_array("u0", u0, shape=(d,))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        out = _expected_loss(m, kernel, steps, lrs, u0)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("expected_loss: the loss curve is not finite in float64 (u0, lr or the loss matrix hold "
+                         "values whose squares overflow); rescale the model or u0")
+    return out
+
+
+def _expected_loss(m, kernel, steps, lrs, u0):
+    """The moment propagation of :func:`expected_loss` (arguments already validated)."""
+    from . import _moments
+
+    d = m.dim
     H = m.loss_matrix()
     tracking = kernel.tracking()
-    D, w, a = _tracked_points(tracking)
+    D, w, a = _tracked_points(tracking, steps)
     beta = m.momentum
     if m.diagonal:
         lam = np.ascontiguousarray(m.omega)
