@@ -199,7 +199,7 @@ def _matrix_case(cli, kind, o, base: Path) -> Case:
         shutil.copytree(o[own], out)
     elif kind == "legacy-same-job":  # written before ownership markers existed
         shutil.copytree(o[own], out)
-        (out / MARKER).unlink()
+        (out / MARKER).unlink(missing_ok=True)
     elif kind == "inside-another-output":
         shutil.copytree(o["run" if own != "run" else "sweep"], root / "other")
         out = root / "other" / "sub"
@@ -659,3 +659,51 @@ def test_validation_shows_one_progress_bar_per_sidetrip(tmp_path, capfd):
     assert v[0].error is None, v[0].error
     err = capfd.readouterr().err
     assert "train run" in err and "alignment step 6" in err and "claims" in err
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("averaging", dict(steps=6, report_steps=[1, 4], kernels=["swa", "ema:0.2", "twopoint", "npoint:3"],
+                       bn_batches=2, train_eval_samples=64, val_samples=64)),
+    ("divergence", dict(steps=6, record_every=1, eval_steps=[0, 3], bn_batches=2, train_eval_samples=64,
+                        val_samples=64, snapshots=4)),
+])
+def test_interrupted_long_sidetrips_resume_bit_identically(outputs, tmp_path, monkeypatch, name, kw):
+    """Interrupted in both of averaging's phases (the continued trajectory, the equivalent side-trips) and
+    midway through divergence, each re-run continues from the resume state and ends with the uninterrupted
+    result, bit for bit."""
+    import realnet
+    from realnet.sidetrips import _runner
+
+    fn = getattr(realnet, name)
+    opts = dict(progress=False, threads=1, **kw)
+    fn(outputs["run"], 4, tmp_path / "ref", **opts)
+    real_step = _runner.Branch.sgd_step
+
+    def result_files(d):
+        out = {}
+        for p in sorted(d.iterdir()):
+            if p.suffix == ".csv":
+                out[p.name] = p.read_bytes()
+        summary = json.loads((d / "summary.json").read_text())
+        summary.pop("wall_s")
+        return out, summary
+
+    ref = result_files(tmp_path / "ref")
+    for stop_at in (4, 9, 16):  # Ctrl-C at the stop_at-th SGD update of the side-trip
+        out = tmp_path / f"stop{stop_at}"
+        calls = {"n": 0}
+
+        def interrupted(self, *a, **k):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise KeyboardInterrupt
+            return real_step(self, *a, **k)
+
+        monkeypatch.setattr(_runner.Branch, "sgd_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fn(outputs["run"], 4, out, save_every_s=0, **opts)
+        monkeypatch.setattr(_runner.Branch, "sgd_step", real_step)
+        assert (out / ".resume-state.pt").exists() and not (out / "summary.json").exists()
+        fn(outputs["run"], 4, out, save_every_s=0, **opts)
+        assert len(json.loads((out / "run_info.json").read_text())["resumed"]) == 1
+        assert result_files(out) == ref, (name, stop_at)
