@@ -5,7 +5,8 @@ cores) and runs the side-trips from a checkpoint at two thirds of it; ``--run DI
 existing realnet run (e.g. a GPU ImageNet run) instead, branching from its checkpoint nearest to 75%
 of its length (the paper's step 75k of 100k). Side-trip outputs are kept in ``OUT/sidetrips/`` and
 reused on a re-run (resume): a finished side-trip whose options are unchanged is read back with
-``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class),
+``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class;
+an interrupted one resumes from its saved state; :func:`progress_bars` shows one bar per side-trip),
 so the claims read typed fields and arrays of the results, never CSV strings. Thresholds are constants of
 this module, fixed before measuring.
 """

@@ -506,10 +506,16 @@ def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threa
             except ValueError as e:
                 raise _err(f"{spec.label(i)}: {e}. To record unstable points as skipped instead, set "
                            f"on_unstable = \"skip\" in [sweep] or pass --skip-unstable") from None
-    with claim_output(out, "sweep", spec_identity(spec.data), holder="sweep", legacy_identity=_legacy_identity,
-                      hint=lambda diff: " -- a results directory holds the rows of one spec",
-                      reentrant=True) as claim:
-        old = _stored_spec(claim.path) if claim.resumed else None
+    if out is None:  # nothing persisted: no directory to claim
+        import contextlib
+
+        claiming = contextlib.nullcontext(None)
+    else:
+        claiming = claim_output(out, "sweep", spec_identity(spec.data), holder="sweep", reentrant=True,
+                                legacy_identity=_legacy_identity,
+                                hint=lambda diff: " -- a results directory holds the rows of one spec")
+    with claiming as claim:
+        old = _stored_spec(claim.path) if claim is not None and claim.resumed else None
         executor, client = _executor_of(scheduler, executor)
         try:
             df = sweep(spec.function(), spec.points, executor, out=out, seed=spec.seed,
@@ -522,7 +528,7 @@ def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threa
         finally:
             if client is not None:
                 client.close()
-        if figures and spec.figures:
+        if figures and spec.figures and out is not None:
             draw_figures(df, spec.figures, out)
         for f in sorted(_figure_files(old) - _figure_files(spec.data)):  # figures the spec no longer lists
             (claim.path / f).unlink(missing_ok=True)
