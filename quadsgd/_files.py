@@ -725,14 +725,19 @@ def claim_output(path, kind: str, identity: Any = None, *, label: str = "--out",
             claim.lock = DirectoryLock(p, what, label)
         except OSError as e:
             raise OutputError(f"cannot write to {label} {_q(path)}: {e.strerror or e}", "path", p) from None
-        # decide again under the lock: another process may have claimed the directory meanwhile
+        # decide again under the lock: another process may have claimed the directory meanwhile (then what
+        # is in it is theirs: refuse without removing anything)
         marker = _read_marker(p)
-        if marker is None and not (exists and adopt):
-            if not _is_empty(p):
-                fresh, adopt = _decide(p, kind, identity, label, legacy_identity, hint)
-                claim.fresh = fresh
-        elif marker is not None:
-            _decide(p, kind, identity, label, legacy_identity, hint)
+        try:
+            if marker is None and not (exists and adopt):
+                if not _is_empty(p):
+                    fresh, adopt = _decide(p, kind, identity, label, legacy_identity, hint)
+                    claim.fresh = fresh
+            elif marker is not None:
+                _decide(p, kind, identity, label, legacy_identity, hint)
+        except OutputError:
+            claim.fresh = False
+            raise
         if _read_marker(p) is None:
             try:
                 write_json(p / MARKER, {"format": MARKER_FORMAT, "kind": kind, "identity": identity,

@@ -467,8 +467,8 @@ def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str,
         changes = config_diff(stored, dataclasses.asdict(cfg), ignore=()) if stored is not None else {}
         info_path = out / "run_info.json"
         info = read_json(info_path) if (resumed and info_path.is_file()) else {"sessions": []}
-        session = provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed, resumed_from=start if resumed else None,
-                             device=str(rt.device), world_size=rt.world,
+        session = provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed,
+                             resumed_from=start if resumed else None, device=str(rt.device), world_size=rt.world,
                              precision="bf16" if rt.amp_dtype else "fp32",
                              deterministic=torch.are_deterministic_algorithms_enabled())
         if changes:  # the history of the recorded config: what this session changed (runtime fields only)

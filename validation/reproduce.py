@@ -72,7 +72,8 @@ def check_real_arguments(out, run=None, data_dir=None, dataset=None) -> None:
         raise FileNotFoundError(f"--run {str(run)!r}: directory not found")
     if not (r / "config.json").is_file():
         raise ValueError(f"--run {str(run)!r} is not a realnet run directory (no config.json)")
-    steps = sorted(int(p.stem[5:]) for p in (r / "checkpoints").glob("step_*.pt")) if (r / "checkpoints").is_dir() else []
+    ck = r / "checkpoints"
+    steps = sorted(int(p.stem[5:]) for p in ck.glob("step_*.pt")) if ck.is_dir() else []
     if len(steps) < 3:
         raise ValueError(f"--run {str(run)!r} needs at least 3 checkpoints, has {steps}")
     o, rr = Path(out).resolve(), r.resolve()

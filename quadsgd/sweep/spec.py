@@ -484,7 +484,9 @@ def _legacy_identity(d: Path):
 
 def _figure_files(data: dict | None) -> set:
     figs = (data or {}).get("figures", [])
-    return {f["file"] for f in figs if isinstance(f, dict) and isinstance(f.get("file"), str)} if isinstance(figs, list) else set()
+    if not isinstance(figs, list):
+        return set()
+    return {f["file"] for f in figs if isinstance(f, dict) and isinstance(f.get("file"), str)}
 
 
 def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threads_per_worker=None,
