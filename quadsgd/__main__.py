@@ -6,8 +6,9 @@ sub-parser and sets ``func`` to a handler ``handler(args) -> exit status``):
     sweep SPEC.toml --out DIR [--scheduler local | serial | tcp://HOST:PORT] [--workers N]
           [--skip-unstable] [--batch-size N] [--no-progress] [--no-figures]
 
-Exit status: 0 success, 2 invalid input (spec errors, printed without a traceback), 1 a point failed,
-130 interrupted (finished points stay saved: re-run the same command to resume).
+Exit status: 0 success, 2 invalid input (spec errors, an unusable ``--out``: printed without a traceback),
+1 a point failed (or a file could not be written), 130 interrupted (finished points stay saved: re-run the
+same command to resume).
 """
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
         return 2
     except SweepError as e:
         print(f"python -m quadsgd {args.command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file could not be read or written (disk full, permissions changed meanwhile)
+        print(f"python -m quadsgd {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"python -m quadsgd {args.command}: interrupted; finished points are saved, "

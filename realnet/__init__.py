@@ -18,11 +18,12 @@ from .models import ResNet20, count_parameters, create_model
 from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LinearFitOptions,
                         LrSweepOptions, alignment, averaging, divergence, fit_linear_model, fixed_batch, kernel_at,
                         lr_sweep, parse_kernel)
-from .trainer import evaluate, load_config, lr_at, train, train_step
+from .trainer import DivergenceError, evaluate, load_config, lr_at, train, train_step
 
 __all__ = [
     # configuration and the main trajectory
     "TrainConfig", "resolve_config", "ConfigError", "train", "train_step", "evaluate", "lr_at", "load_config",
+    "DivergenceError",
     # data and models
     "build_data", "DataBundle", "BatchOrder", "create_model", "ResNet20", "count_parameters",
     # checkpoints

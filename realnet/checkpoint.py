@@ -25,7 +25,8 @@ from quadsgd._files import atomic_write_bytes
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_path", "list_checkpoints",
-    "find_checkpoint", "capture_rng_state", "restore_rng_state", "FORMAT",
+    "find_checkpoint", "capture_rng_state", "restore_rng_state", "FORMAT", "previous_good_checkpoint",
+    "load_run_checkpoint",
 ]
 
 MAGIC = b"REALNET-CKPT\x01\n"
@@ -102,6 +103,33 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"unexpected checkpoint format in {str(path)!r}")
     return obj
+
+
+def previous_good_checkpoint(run_dir: str | Path, step: int) -> int | None:
+    """The latest checkpoint before ``step`` that reads back intact (None: there is none)."""
+    for s in reversed([s for s in list_checkpoints(run_dir) if s < step]):
+        try:
+            load_checkpoint(checkpoint_path(run_dir, s))
+        except CheckpointError:
+            continue
+        return s
+    return None
+
+
+def load_run_checkpoint(run_dir: str | Path, step: int, map_location: Any = "cpu", use: str = "") -> dict[str, Any]:
+    """:func:`load_checkpoint` of the run's checkpoint at ``step``; a damaged file raises a
+    :class:`CheckpointError` that names it and the previous good step, with ``use`` (e.g. ``"--step"``) as the
+    way to use that one: ``use.format(step=N, path=P)``."""
+    path = checkpoint_path(run_dir, step)
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except CheckpointError as e:
+        prev = previous_good_checkpoint(run_dir, step)
+        if prev is None:
+            raise CheckpointError(f"{e}; no earlier checkpoint of this run is intact") from None
+        how = use.format(step=prev, path=str(path)) if use else f"use step {prev}"
+        raise CheckpointError(f"{e}; the previous good checkpoint is step {prev} "
+                              f"({str(checkpoint_path(run_dir, prev))!r}): {how}") from None
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -6,7 +6,18 @@
 
 Every key of :class:`realnet.config.TrainConfig` (or of the side-trip's options dataclass) can be given
 as ``--key=value`` / ``--key value`` (dashes or underscores) or in the TOML file; unknown keys are
-refused. ``python -m realnet train --help`` lists the keys with their defaults.
+refused; a bare ``--key`` means true for a boolean key and is refused for any other; list keys take
+``1,2,3`` or ``[1, 2, 3]``. ``python -m realnet train --help`` lists the keys with their defaults.
+
+Output directories follow :func:`quadsgd._files.claim_output`: ``--out`` is refused, before anything is
+written, when it is a file, under a file, not writable, locked by another process (its pid is named),
+another kind of output (a side-trip's ``--out`` that is a run, ...) or the same kind of another job.
+
+Exit status: 0 success (and the JSON headline on stdout: strict JSON, non-finite numbers as null),
+2 invalid arguments or an unusable ``--out`` / ``--run`` (one line on stderr, no traceback; set
+``REALNET_DEBUG=1`` for the traceback), 1 the computation failed (a diverged loss: the message names the
+step, loss and lr; a file that could not be written), 130 interrupted by Ctrl-C or SIGTERM (what is saved
+stays: re-run the same command to resume).
 """
 from __future__ import annotations
 
@@ -15,9 +26,12 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 
-from .checkpoint import CheckpointError
+from quadsgd._files import jsonable
+
+from .checkpoint import CheckpointError, list_checkpoints
 from .config import ConfigError, TrainConfig, build_options, parse_overrides
 
 __all__ = ["main"]
@@ -66,10 +80,29 @@ def _train(argv: list[str]) -> int:
     if "out" not in reserved:
         raise ConfigError("train needs --out DIR (the run directory)")
     cfg = build_options(TrainConfig, reserved.get("config"), over)
+    _INTERRUPTED["message"] = lambda: _train_interrupted(reserved["out"])
     summary = train(cfg, reserved["out"])
     if summary is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: summary[k] for k in ("steps", "final_train_loss", "val_loss", "val_acc", "steps_per_s")}))
+        _print_json({k: summary.get(k) for k in ("steps", "final_train_loss", "val_loss", "val_acc", "steps_per_s")})
     return 0
+
+
+def _print_json(obj) -> None:
+    """One line of strict JSON on stdout (non-finite numbers as null, never a NaN literal)."""
+    print(json.dumps(jsonable(obj), allow_nan=False))
+
+
+def _train_interrupted(out) -> str:
+    try:
+        ck = list_checkpoints(out)
+    except OSError:
+        ck = []
+    saved = f"saved up to checkpoint step {ck[-1]}" if ck else "not started (no checkpoint yet)"
+    return f"interrupted; the run {str(out)!r} is {saved}: re-run the same command to resume"
+
+
+#: what to say when the command is interrupted (set by the command)
+_INTERRUPTED: dict = {}
 
 
 def _sidetrip(argv: list[str]) -> int:
@@ -95,8 +128,10 @@ def _sidetrip(argv: list[str]) -> int:
     except ValueError:
         raise ConfigError(f"--step must be an integer; got {reserved['step']!r}") from None
     opts = build_options(trip.options, reserved.get("config"), over)
+    _INTERRUPTED["message"] = lambda: (f"interrupted; side-trip {name} in {reserved['out']!r} keeps its last saved "
+                                       f"state: re-run the same command to resume")
     result = trip.function(reserved["run"], step, reserved["out"], opts)
-    print(json.dumps(result.headline()))
+    _print_json(result.headline())
     return 0
 
 
@@ -106,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage() + _sidetrip_list())
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    from .trainer import DivergenceError
+
+    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    _INTERRUPTED.clear()
     try:
         if cmd == "train":
             return _train(rest)
@@ -113,7 +152,32 @@ def main(argv: list[str] | None = None) -> int:
             return _sidetrip(rest)
         raise ConfigError(f"unknown command {cmd!r}; use 'train' or 'sidetrip'")
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        return _fail(e, 2)
+    except (DivergenceError, OSError) as e:  # the computation failed, or a file could not be read / written
+        return _fail(e, 1)
+    except KeyboardInterrupt:
         if os.environ.get("REALNET_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        msg = _INTERRUPTED.get("message")
+        print(msg() if msg else "interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _fail(e: BaseException, code: int) -> int:
+    if os.environ.get("REALNET_DEBUG"):
+        raise e
+    print(f"error: {e}", file=sys.stderr)
+    return code
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

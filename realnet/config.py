@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pypr
 
 __all__ = [
     "ConfigError", "TrainConfig", "RUNTIME_FIELDS", "resolve_config", "config_diff",
-    "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES", "check_int", "check_choice",
+    "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES", "check_int", "check_choice", "FLAG",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
@@ -205,6 +205,39 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+class _Flag:
+    """The value of a bare ``--key`` on the command line (no value given): true for a boolean key, an error
+    naming the key for any other."""
+
+    def __repr__(self) -> str:
+        return "FLAG"
+
+
+#: the value :func:`parse_overrides` gives a bare ``--key``
+FLAG = _Flag()
+
+
+def _text_list(key: str, value: str) -> list:
+    """A list option from the command line: ``1,2,3``, ``[1, 2, 3]`` (the form ``--help`` shows, TOML/JSON
+    style, quotes optional for strings: ``['swa', 'ema:0.01']``) or an empty ``[]`` / ``''``."""
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            items = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            items = None
+        if isinstance(items, list):
+            return items
+        text = text[1:-1]
+    out = []
+    for v in (s.strip() for s in text.split(",")):
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        if v:
+            out.append(v)
+    return out
+
+
 def _unwrap_optional(tp):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -217,6 +250,10 @@ def _unwrap_optional(tp):
 def _convert(key: str, value: Any, tp, from_text: bool) -> Any:
     """Convert ``value`` (a CLI string if ``from_text`` else a TOML value) to the field type ``tp``."""
     base, optional = _unwrap_optional(tp)
+    if value is FLAG:
+        if base is bool:
+            return True
+        raise ConfigError(f"--{key.replace('_', '-')} needs a value (--{key.replace('_', '-')}=VALUE)")
     if value is None:
         if optional:
             return None
@@ -227,8 +264,9 @@ def _convert(key: str, value: Any, tp, from_text: bool) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(base)
         if from_text:
-            items = [v for v in (s.strip() for s in str(value).split(",")) if v]
-        elif isinstance(value, list):
+            items = _text_list(key, value)
+            return [_convert(key, v, item_tp, isinstance(v, str)) for v in items]
+        if isinstance(value, list):
             items = value
         else:
             raise ConfigError(f"{key} must be a list of {item_tp.__name__}; got {value!r}")
@@ -290,7 +328,9 @@ def _unknown(cls, key: str, types_: dict, where: str) -> ConfigError:
 def parse_overrides(argv: list[str], reserved: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Split ``--key=value`` / ``--key value`` tokens into (reserved, overrides); dashes -> underscores.
 
-    A bare ``--flag`` (no value, followed by another ``--`` token or the end) means ``true``.
+    A bare ``--flag`` (no value, followed by another ``--`` token or the end) gets the value :data:`FLAG`:
+    ``true`` for a boolean key (:func:`build_options`), a :class:`ConfigError` naming the key for any other
+    (``--out`` with no directory never becomes a directory named ``true``).
     """
     res: dict[str, str] = {}
     over: dict[str, str] = {}
@@ -307,9 +347,13 @@ def parse_overrides(argv: list[str], reserved: tuple[str, ...] = ()) -> tuple[di
             key, value = body, argv[i + 1]
             i += 2
         else:
-            key, value = body, "true"
+            key, value = body, FLAG
             i += 1
         key = key.replace("-", "_")
+        if not key:
+            raise ConfigError(f"unexpected argument {tok!r}: options are --key=value or --key value")
+        if key in reserved and value is FLAG:
+            raise ConfigError(f"--{key.replace('_', '-')} needs a value (--{key.replace('_', '-')} VALUE)")
         (res if key in reserved else over)[key] = value
     return res, over
 
@@ -340,5 +384,5 @@ def build_options(cls, toml_path: str | Path | None = None, overrides: dict[str,
         key = k.replace("-", "_")
         if key not in types_:
             raise _unknown(cls, k, types_, "command-line options")
-        values[key] = _convert(key, v, types_[key], from_text=isinstance(v, str))
+        values[key] = _convert(key, v, types_[key], from_text=isinstance(v, str) or v is FLAG)
     return cls(**values)

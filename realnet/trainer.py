@@ -11,11 +11,22 @@
 * ``evals.csv``    -- ``step`` (parameters after ``step`` updates), ``val_loss``, ``val_acc``;
 * ``checkpoints/step_#########.pt`` -- see :mod:`realnet.checkpoint` (step 0, every
   ``checkpoint_every`` steps, ``checkpoint_steps`` and the last step);
-* ``summary.json`` -- final numbers.
+* ``summary.json`` -- final numbers;
+* ``.sgd-trajectories.json`` -- the ownership marker (kind ``run``, identity = the resolved config without
+  :data:`~realnet.config.RUNTIME_FIELDS`) and ``.lock``, held while training (:func:`quadsgd._files.claim_output`).
 
 Re-running on an existing directory continues from its last checkpoint (same result as one
 uninterrupted run; bit-identical on CPU); a config that differs in anything but
-:data:`~realnet.config.RUNTIME_FIELDS` is refused.
+:data:`~realnet.config.RUNTIME_FIELDS` is refused, and so is a directory that holds anything but a run
+(a side-trip, a sweep, a report, other files) -- before anything is written. Run directories written
+before markers existed are recognised by ``config.json`` + ``checkpoints/`` and adopted. A second
+``train`` on a directory being trained exits with the holder's pid. A finished run re-run with the same
+``steps`` writes nothing (it returns the stored summary); ``config.json`` is rewritten only when the run is
+really continued with changed runtime fields, and the change is recorded in that session's entry of
+``run_info.json`` (``config_changes``). Training stops with :class:`DivergenceError` at the first
+non-finite training loss (checked when metrics are flushed, every ``log_every`` steps) or non-finite
+parameters (checked before every checkpoint): metrics up to the bad step are kept, no checkpoint after
+the last good one is written. A damaged latest checkpoint is reported with the previous good step.
 
 Multi-GPU: launch with ``torchrun --nproc_per_node=N -m realnet train ...`` (env:// rendezvous,
 DistributedDataParallel, each rank takes an equal share of the global batch, rank 0 writes). A single
@@ -37,22 +48,39 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from quadsgd._files import atomic_write_text, provenance, read_json, write_json
+from quadsgd._files import (OutputError, atomic_write_text, claim_output, describe_diff, provenance, read_json,
+                            write_json)
 
-from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_checkpoint,
+from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_run_checkpoint,
                          restore_rng_state, save_checkpoint)
-from .config import ConfigError, TrainConfig, build_options, config_diff, resolve_config
+from .config import RUNTIME_FIELDS, ConfigError, TrainConfig, build_options, config_diff, resolve_config
 from .data import BatchOrder, build_data
 from .models import create_model
 
 __all__ = [
     "Runtime", "make_runtime", "lr_at", "lr_schedule_array", "build_model", "build_optimizer",
     "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
-    "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS",
+    "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS", "DivergenceError", "run_identity", "all_finite",
 ]
 
 METRICS_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "time_s"]
 EVAL_COLUMNS = ["step", "val_loss", "val_acc"]
+
+
+class DivergenceError(RuntimeError):
+    """SGD reached a non-finite loss or non-finite parameters (the message names the step, the loss and the
+    lr); nothing after the last good state was written."""
+
+
+def all_finite(model: nn.Module) -> bool:
+    """Every parameter of ``model`` is finite (one host sync)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What makes two runs the same trajectory: the resolved config without :data:`RUNTIME_FIELDS`."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +328,32 @@ def _truncate_csv(path: Path, columns: list[str], keep) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _config_refusal(out: Path, diff: dict, old: dict, lines: str) -> ConfigError:
+    hint = ""
+    if set(diff) <= {"schedule_steps", "lr_step_size"}:
+        hint = (f" -- the lr schedule horizon was fixed when the run started; pass "
+                f"--schedule-steps={old.get('schedule_steps')} to extend it with the same schedule")
+    return ConfigError(f"run directory {str(out)!r} holds a different config ({lines}){hint}; "
+                       f"use the same settings or a new --out")
+
+
+def _legacy_identity(d: Path) -> dict[str, Any]:
+    """The identity of a run directory written before markers existed (its config.json)."""
+    return run_identity(load_config(d))
+
+
+def _claim_run(cfg: TrainConfig, out: Path):
+    """Claim ``out`` for ``cfg`` (:func:`quadsgd._files.claim_output`); a different config of the same run is a
+    :class:`ConfigError` naming the keys (with the schedule-horizon hint), anything else an OutputError."""
+    try:
+        return claim_output(out, "run", run_identity(cfg), holder="realnet train", legacy_identity=_legacy_identity)
+    except OutputError as e:
+        if e.reason != "identity":
+            raise
+        old = {k: a for k, (a, _) in e.diff.items()}
+        raise _config_refusal(out, e.diff, old, describe_diff(e.diff)) from None
+
+
 def _prepare_run_dir(cfg: TrainConfig, out: Path) -> int | None:
     """Validate ``out`` against ``cfg``; return the step to resume from (None for a fresh run)."""
     cfg_path = out / "config.json"
@@ -309,12 +363,7 @@ def _prepare_run_dir(cfg: TrainConfig, out: Path) -> int | None:
         diff = config_diff(old, dataclasses.asdict(cfg))
         if diff:
             lines = "; ".join(f"{k}: {a!r} (stored) != {b!r} (now)" for k, (a, b) in diff.items())
-            hint = ""
-            if set(diff) <= {"schedule_steps", "lr_step_size"}:
-                hint = (f" -- the lr schedule horizon was fixed when the run started; pass "
-                        f"--schedule-steps={old['schedule_steps']} to extend it with the same schedule")
-            raise ConfigError(f"run directory {str(out)!r} holds a different config ({lines}){hint}; "
-                              f"use the same settings or a new --out")
+            raise _config_refusal(out, diff, old, lines)
         if not steps:
             return None
         if steps[-1] > cfg.steps:
@@ -326,16 +375,33 @@ def _prepare_run_dir(cfg: TrainConfig, out: Path) -> int | None:
     return None
 
 
+def _diverged(out: Path, what: str) -> DivergenceError:
+    ck = list_checkpoints(out)
+    last = f"checkpoint step {ck[-1]}" if ck else "no checkpoint"
+    return DivergenceError(f"{what}; the run directory {str(out)!r} keeps everything up to {last} (no later "
+                           f"checkpoint was written); lower --lr and use a new --out")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or continue) the main trajectory of ``cfg`` in ``out_dir``; returns the summary dict."""
     cfg = resolve_config(cfg)
-    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, distributed=True)
     out = Path(out_dir)
-    if cfg.batch_size % rt.world:
-        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({rt.world})")
-    det = (rt.device.type == "cpu") if cfg.deterministic is None else cfg.deterministic
-    with deterministic_mode(det, cfg.threads):
-        return _train(cfg, out, rt)
+    # the run directory is checked and claimed first (rank 0 writes), before any heavy setup
+    claim = _claim_run(cfg, out) if _dist_env()[0] == 0 else None
+    try:
+        rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, distributed=True)
+        if cfg.batch_size % rt.world:
+            raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({rt.world})")
+        det = (rt.device.type == "cpu") if cfg.deterministic is None else cfg.deterministic
+        with deterministic_mode(det, cfg.threads):
+            return _train_claimed(cfg, out, rt, claim)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()  # a new directory that holds no checkpoint yet is removed again
+        raise
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _barrier(rt: Runtime) -> None:
@@ -344,13 +410,30 @@ def _barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
-def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
-    start = _prepare_run_dir(cfg, out) if rt.is_main else None
+def _finished_summary(cfg: TrainConfig, out: Path, start: int | None) -> dict[str, Any] | None:
+    """The stored summary of a run already trained to ``cfg.steps`` (None: there is work to do)."""
+    p = out / "summary.json"
+    if start != cfg.steps or not p.is_file():
+        return None
+    try:
+        summary = read_json(p)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("steps") == cfg.steps else None
+
+
+def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str, Any]:
+    start = finished = None
+    if rt.is_main:
+        start = _prepare_run_dir(cfg, out)
+        finished = _finished_summary(cfg, out, start)
     if rt.world > 1:
         import torch.distributed as dist
-        box = [start]
+        box = [start, finished]
         dist.broadcast_object_list(box, src=0)
-        start = box[0]
+        start, finished = box
+    if finished is not None:  # nothing to train: the run stays exactly as it is
+        return finished
     data = build_data(cfg)
     order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
     data = data.to(rt.device)
@@ -360,7 +443,9 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg)
     resumed = start is not None
     if resumed:
-        ckpt = load_checkpoint(checkpoint_path(out, start), map_location=rt.device)
+        ckpt = load_run_checkpoint(out, start, map_location=rt.device,
+                                   use="move the damaged file away (e.g. mv {path} {path}.damaged) and re-run to "
+                                       "resume from step {step}")
         restore_checkpoint(ckpt, model, optimizer, rng=True)
         del ckpt
     else:
@@ -377,19 +462,27 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
     ckpt_steps = set(cfg.checkpoint_steps) | {cfg.steps}
     metrics_path, evals_path = out / "metrics.csv", out / "evals.csv"
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", dataclasses.asdict(cfg))
+        cfg_path = out / "config.json"
+        stored = read_json(cfg_path) if cfg_path.is_file() else None
+        changes = config_diff(stored, dataclasses.asdict(cfg), ignore=()) if stored is not None else {}
         info_path = out / "run_info.json"
         info = read_json(info_path) if (resumed and info_path.is_file()) else {"sessions": []}
-        info["sessions"].append(provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed, resumed_from=start if resumed else None,
-                                           device=str(rt.device), world_size=rt.world,
-                                           precision="bf16" if rt.amp_dtype else "fp32",
-                                           deterministic=torch.are_deterministic_algorithms_enabled()))
+        session = provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed,
+                             resumed_from=start if resumed else None, device=str(rt.device), world_size=rt.world,
+                             precision="bf16" if rt.amp_dtype else "fp32",
+                             deterministic=torch.are_deterministic_algorithms_enabled())
+        if changes:  # the history of the recorded config: what this session changed (runtime fields only)
+            session["config_changes"] = {k: [a, b] for k, (a, b) in changes.items()}
+        info["sessions"].append(session)
         write_json(info_path, info)
+        if stored is None or changes:
+            write_json(cfg_path, dataclasses.asdict(cfg))
         _truncate_csv(metrics_path, METRICS_COLUMNS, lambda s: s < start)
         _truncate_csv(evals_path, EVAL_COLUMNS, lambda s: s < start)
         if not resumed:
             save_checkpoint(checkpoint_path(out, 0), checkpoint_payload(0, cfg, model, optimizer, order, rt.world))
+        if claim is not None:
+            claim.keep()  # a checkpoint exists: the directory stays even if training fails later
     _barrier(rt)
 
     def run_eval(step: int) -> dict[str, float] | None:
@@ -415,10 +508,15 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
             dist.all_reduce(stats)
             stats[:, 0] /= rt.world
         losses, corrects = stats[:, 0].cpu().tolist(), stats[:, 1].cpu().tolist()
+        bad = next((i for i, l in enumerate(losses) if not math.isfinite(l)), None)
+        good = len(losses) if bad is None else bad
         if rt.is_main:
             with open(metrics_path, "a", encoding="utf-8") as fh:
-                for (s, ep, lr, _, _, ts), l, c in zip(pending, losses, corrects):
+                for (s, ep, lr, _, _, ts), l, c in zip(pending[:good], losses[:good], corrects[:good]):
                     fh.write(f"{s},{ep},{lr!r},{l!r},{c / cfg.batch_size!r},{ts:.3f}\n")
+        if bad is not None:
+            s, _, lr = pending[bad][:3]
+            raise _diverged(out, f"training diverged at step {s}: train_loss = {losses[bad]!r} (lr = {lr:g})")
         last_loss = losses[-1]
         pending.clear()
 
@@ -438,6 +536,9 @@ def _train(cfg: TrainConfig, out: Path, rt: Runtime) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.4g}", refresh=False)
             if done in ckpt_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
                 flush()
+                if not all_finite(model):
+                    raise _diverged(out, f"training diverged: the parameters are not finite after update {step} "
+                                         f"(train_loss = {last_loss!r}, lr = {lr:g})")
                 if rt.is_main:
                     save_checkpoint(checkpoint_path(out, done),
                                     checkpoint_payload(done, cfg, model, optimizer, order, rt.world))

@@ -1,14 +1,17 @@
 """``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] --out OUT``.
 
 Exit status 0 when every claim was evaluated (whether it passed or failed; the report says which),
-1 when a claim could not be evaluated (an error), 2 on bad arguments.
+1 when a claim could not be evaluated (an error) or a file could not be written, 2 on bad arguments (checked
+before any work: the real-network arguments, an unusable ``--out``; one line on stderr), 130 when
+interrupted (Ctrl-C or SIGTERM: finished claims stay in ``OUT/parts``; re-run the same command to resume).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from .reproduce import CLAIM_IDS, reproduce
+from .reproduce import CLAIM_IDS, DATASETS, reproduce
 
 
 def main(argv=None) -> int:
@@ -21,7 +24,7 @@ def main(argv=None) -> int:
     g.add_argument("--full", action="store_true", help="larger sizes (more chains, longer runs)")
     r.add_argument("--run", help="existing realnet run directory to validate (e.g. a GPU ImageNet run)")
     r.add_argument("--data-dir", help="train the realnet run on a local data set at this path")
-    r.add_argument("--dataset", help="data set name for --data-dir (imagenet, cifar10, cifar100, digits)")
+    r.add_argument("--dataset", choices=DATASETS, help="data set name for --data-dir")
     r.add_argument("--out", required=True, help="output directory (created; re-running resumes)")
     r.add_argument("--only", nargs="+", metavar="ID", help=f"only these claims (ids: {', '.join(CLAIM_IDS)})")
     r.add_argument("--synthetic-only", action="store_true", help="skip the real-network claims")
@@ -35,6 +38,9 @@ def main(argv=None) -> int:
         ap.error("give either --run (validate an existing run) or --data-dir (train one), not both")
     if args.synthetic_only and args.real_only:
         ap.error("--synthetic-only and --real-only exclude each other")
+    from .report import failing_checks
+
+    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         verdicts = reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
                              data_dir=args.data_dir, dataset=args.dataset, only=args.only,
@@ -43,14 +49,35 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; the claims finished so far are saved in {str(args.out)!r} (parts/): re-run the same "
+              f"command to resume", file=sys.stderr)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     n_err = sum(v.error is not None for v in verdicts)
     n_pass = sum(v.passed for v in verdicts)
     print(f"{n_pass}/{len(verdicts)} claims verified; report: {args.out}/report.md")
     for v in verdicts:
         status = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
+        fails = failing_checks(v, markdown=False)
         print(f"  {status:5s} {v.id}: {v.value:.4g} {v.comparison} {v.threshold:.4g}"
-              + (f"  ({v.error})" if v.error else ""))
+              + (f"  ({v.error})" if v.error else "") + (f"  -- failing: {'; '.join(fails)}" if fails else ""))
     return 1 if n_err else 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

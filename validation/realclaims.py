@@ -5,12 +5,15 @@ cores) and runs the side-trips from a checkpoint at two thirds of it; ``--run DI
 existing realnet run (e.g. a GPU ImageNet run) instead, branching from its checkpoint nearest to 75%
 of its length (the paper's step 75k of 100k). Side-trip outputs are kept in ``OUT/sidetrips/`` and
 reused on a re-run (resume): a finished side-trip whose options are unchanged is read back with
-``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class),
+``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class;
+an interrupted one resumes from its saved state; :func:`progress_bars` shows one bar per side-trip),
 so the claims read typed fields and arrays of the results, never CSV strings. Thresholds are constants of
 this module, fixed before measuring.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import atomic_write_text
+from quadsgd._files import OutputError, atomic_write_text
 
 from . import linearfit, plots
 from .verdict import Verdict
@@ -101,6 +104,19 @@ class RealConfig:
 
 
 # ======================================================================================= context
+_PROGRESS = contextvars.ContextVar("validation_realnet_progress", default=False)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True):
+    """Show the progress bars of the realnet run and of every side-trip the claims run (``reproduce`` sets it)."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 class _Context:
     """The run and the side-trips shared by the claims (created lazily, reused across claims and re-runs)."""
 
@@ -134,7 +150,7 @@ class _Context:
         tc = TrainConfig(dataset=c.dataset, data_dir=c.data_dir, model=c.model, width=c.width, steps=c.steps,
                          batch_size=c.batch_size, lr=c.lr, seed=c.seed, checkpoint_every=max(1, c.steps // 6),
                          checkpoint_steps=sorted({S, S2}), eval_every=max(1, c.steps // 10), threads=c.threads,
-                         device=c.device, eval_samples=c.eval_samples)
+                         device=c.device, eval_samples=c.eval_samples, progress=_PROGRESS.get())
         train(tc, run)  # resumes if the run exists with the same config
         return run
 
@@ -172,12 +188,16 @@ class _Context:
         marker = d / "validation_options.json"
         if summary.exists() and marker.exists() and marker.read_text() == ident:
             return trip.result.load(d)
-        if d.exists():
+        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=_PROGRESS.get())
+        try:  # an unfinished side-trip of the same options resumes
+            result = trip.function(self.run_dir, step, d, **common, **overrides)
+        except OutputError as e:
+            if e.reason not in ("identity", "foreign"):
+                raise
             import shutil
 
-            shutil.rmtree(d)  # stale or unfinished: redo from scratch
-        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=False)
-        result = trip.function(self.run_dir, step, d, **common, **overrides)
+            shutil.rmtree(d)  # this report's own side-trip of other options: redo it from scratch
+            result = trip.function(self.run_dir, step, d, **common, **overrides)
         atomic_write_text(marker, ident)
         return result
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from quadsgd import _files
 
-from .verdict import Verdict
+from .verdict import Verdict, decide
 
-__all__ = ["write_report", "write_json_atomic", "environment"]
+__all__ = ["write_report", "write_json_atomic", "environment", "verdict_text", "failing_checks"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -48,8 +48,33 @@ def _git_text(env: dict) -> str:
     return f"{git} (uncommitted changes)" if env.get("git_dirty") else str(git)
 
 
-def write_report(out: Path, verdicts: list[Verdict], config: dict) -> None:
-    """Write ``out/verdicts.json`` and ``out/report.md``."""
+def _rule_text(c: dict) -> str:
+    return f"{_fmt(c['value'])}, rule {c['comparison']} {_fmt(c['threshold'])}"
+
+
+def failing_checks(v: Verdict, markdown: bool = True) -> list[str]:
+    """``check NAME = VALUE, rule OP THRESHOLD`` for every failing sub-check of ``v``."""
+    q = "`" if markdown else ""
+    return [f"check {q}{name}{q} = {_rule_text(c)}" for name, c in v.checks.items() if not c["passed"]]
+
+
+def verdict_text(v: Verdict, markdown: bool = True) -> str:
+    """``PASS`` / ``FAIL`` / ``ERROR`` and what decided it: a verdict fails when its statistic or any sub-check
+    fails, so the failing sub-checks are named with their value and rule (``FAIL: check loss_gap = 0.62, rule
+    < 0.15``); when the statistic itself fails, failing sub-checks are listed after it (``also ...``)."""
+    if v.error:
+        return "**ERROR**" if markdown else "ERROR"
+    word = ("**PASS**" if markdown else "PASS") if v.passed else ("**FAIL**" if markdown else "FAIL")
+    failing = failing_checks(v, markdown)
+    if v.passed or not failing:
+        return word
+    main_ok = not math.isnan(v.value) and decide(v.value, v.comparison, v.threshold)
+    return f"{word}: {'; '.join(failing)}" if main_ok else f"{word}; also {'; '.join(failing)}"
+
+
+def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> None:
+    """Write ``out/verdicts.json`` and ``out/report.md``. ``kept``: ids of verdicts taken over from an earlier
+    run into the same directory (named in the report)."""
     out = Path(out)
     write_json_atomic(out / "verdicts.json", [v.to_dict() for v in verdicts])
     n_pass = sum(v.passed for v in verdicts)
@@ -61,18 +86,23 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict) -> None:
         "",
         "Each row: the claim's id, the statistic that tests it, the measured value (with its standard "
         "error or CI half-width where one applies), the pass rule (fixed in code before the "
-        "measurement) and the verdict. Sub-tests that must also hold are listed under the table.",
+        "measurement) and the verdict. A claim passes only if its statistic and all its sub-checks pass; "
+        "a failing sub-check is named in the verdict cell with its value and rule. Sub-checks are listed "
+        "under the table.",
         "",
         "| id | statistic | value | rule | verdict | figure |",
         "|---|---|---|---|---|---|",
     ]
     for v in verdicts:
         unc = "" if math.isnan(v.uncertainty) else f" +- {_fmt(v.uncertainty)}"
-        verdict = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
         fig = f"[{v.figure}]({v.figure})" if v.figure else "-"
         stat = v.statistic.replace("|", "\\|")
+        verdict = verdict_text(v).replace("|", "\\|")
         lines.append(f"| `{v.id}` | {stat} | {_fmt(v.value)}{unc} | {v.comparison} {_fmt(v.threshold)} | "
-                     f"**{verdict}** | {fig} |")
+                     f"{verdict} | {fig} |")
+    if kept:
+        lines += ["", f"Verdicts taken over from an earlier run into this directory (not re-evaluated by the "
+                      f"last command): {', '.join(f'`{i}`' for i in kept)}."]
     lines += ["", "## Claims in detail", ""]
     for v in verdicts:
         verdict = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")

@@ -8,6 +8,15 @@ Layout of ``OUT``::
     OUT/run/                 the realnet trajectory trained for --quick/--full (unless --run is given)
     OUT/sidetrips/<name>/    realnet side-trip outputs
     OUT/report.md, OUT/verdicts.json
+    OUT/.sgd-trajectories.json, OUT/.lock   ownership marker (kind "report") and lock
+
+Before any work, :func:`reproduce` checks the real-network arguments (``--run`` must be a realnet run with
+at least 3 checkpoints and may not contain ``--out``; ``--dataset`` must be known and, unless it is
+``digits``, come with an existing ``--data-dir``) and claims ``OUT`` (:func:`quadsgd._files.claim_output`,
+identity = mode, run, data_dir, dataset): a file, a path under a file, an unwritable path, a directory
+another process writes, a realnet run, a side-trip, a sweep or a report of other arguments is refused
+before anything is written. The report always covers every claim evaluated in ``OUT`` so far: a run with
+``--only ID`` (or ``--synthetic-only``) replaces those claims' verdicts and keeps the others'.
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from quadsgd._files import claim_output, read_json
 
 from .report import environment, write_json_atomic, write_report
 from .synthetic import SYNTHETIC_CLAIMS, SyntheticConfig
@@ -38,8 +49,61 @@ CLAIM_IDS = list(SYNTHETIC_CLAIMS) + [
 ]
 
 
+#: data set names of realnet (``realnet.config.DATASETS``; listed here so that argument checks need no torch)
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
+
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_real_arguments(out, run=None, data_dir=None, dataset=None) -> None:
+    """The real-network arguments, checked before any work: ValueError / FileNotFoundError naming the option."""
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {str(data_dir)!r}: directory not found")
+    if dataset not in (None, "digits") and data_dir is None and run is None:
+        raise ValueError(f"--dataset {dataset} needs --data-dir (the local data set; nothing is downloaded)")
+    if run is None:
+        return
+    r = Path(run)
+    if not r.is_dir():
+        raise FileNotFoundError(f"--run {str(run)!r}: directory not found")
+    if not (r / "config.json").is_file():
+        raise ValueError(f"--run {str(run)!r} is not a realnet run directory (no config.json)")
+    ck = r / "checkpoints"
+    steps = sorted(int(p.stem[5:]) for p in ck.glob("step_*.pt")) if ck.is_dir() else []
+    if len(steps) < 3:
+        raise ValueError(f"--run {str(run)!r} needs at least 3 checkpoints, has {steps}")
+    o, rr = Path(out).resolve(), r.resolve()
+    if o == rr or rr in o.parents:
+        raise ValueError(f"--out {str(out)!r} lies inside --run {str(run)!r}: the run is never modified; choose an "
+                         f"--out outside it")
+
+
+def _identity(mode, run, data_dir, dataset) -> dict:
+    """What makes two reports the same job (the command's arguments; sizes are fingerprinted per claim)."""
+    return {"mode": mode, "run": str(Path(run).resolve()) if run else None,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "dataset": dataset or "digits"}
+
+
+def _legacy_identity(d: Path) -> dict:
+    c = read_json(d / "config.json")
+    return _identity(c.get("mode"), c.get("run"), c.get("data_dir"), c.get("dataset"))
+
+
+def _previous(out: Path):
+    """(verdicts, config) of an earlier reproduce into ``out`` (empty when there is none or it is damaged)."""
+    try:
+        verdicts = [Verdict.from_dict(d) for d in read_json(out / "verdicts.json")]
+    except (OSError, ValueError, TypeError, KeyError):
+        verdicts = []
+    try:
+        config = read_json(out / "config.json")
+    except (OSError, ValueError):
+        config = {}
+    return verdicts, config if isinstance(config, dict) else {}
 
 
 def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, only=None,
@@ -57,21 +121,33 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "parts").mkdir(exist_ok=True)
     if only:
         unknown = sorted(set(only) - set(CLAIM_IDS))
         if unknown:
             raise ValueError(f"unknown claim id(s) {unknown}; known: {CLAIM_IDS}")
+    run = run if run is not None else (real_config.run if real_config is not None else None)
+    check_real_arguments(out, run=run, data_dir=data_dir, dataset=dataset)
     syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
     real_cfg = None
     if real:
         from .realclaims import RealConfig
 
         real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
+    # ---- everything above is checked before anything is written
+    with claim_output(out, "report", _identity(mode, run, data_dir, dataset), holder="validation reproduce",
+                      legacy_identity=_legacy_identity) as claim:
+        return _reproduce(Path(out), claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force,
+                          syn_cfg, real_cfg)
+
+
+def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force, syn_cfg,
+               real_cfg):
+    previous, old_config = _previous(out) if claim.resumed else ([], {})
+    (out / "parts").mkdir(exist_ok=True)
     config = dict(mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
                   dataset=dataset, synthetic=asdict(syn_cfg), real=real_cfg.to_dict() if real_cfg else None)
+    if config["real"] is None and old_config.get("real") is not None:
+        config["real"] = old_config["real"]  # the real claims of an earlier run stay in the report
     config["environment"] = environment()
     write_json_atomic(out / "config.json", config)
 
@@ -85,29 +161,46 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
 
     verdicts, errors = [], 0
     bar = tqdm(todo, desc="claims", unit="claim", disable=not progress)
-    for cid, fn, cfg in bar:
-        bar.set_postfix_str(cid)
-        fp = _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
-        part = out / "parts" / f"{cid}.json"
-        if part.exists() and not force:
+    with _sidetrip_progress(progress and real):
+        for cid, fn, cfg in bar:
+            bar.set_postfix_str(cid)
+            fp = _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
+            part = out / "parts" / f"{cid}.json"
+            if part.exists() and not force:
+                try:
+                    saved = json.loads(part.read_text())
+                    if saved.get("fingerprint") == fp and (out / (saved["verdict"].get("figure") or "")).exists():
+                        verdicts.append(Verdict.from_dict(saved["verdict"]))
+                        continue
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass  # a damaged part is simply redone
             try:
-                saved = json.loads(part.read_text())
-                if saved.get("fingerprint") == fp and (out / (saved["verdict"].get("figure") or "")).exists():
-                    verdicts.append(Verdict.from_dict(saved["verdict"]))
-                    continue
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a damaged part is simply redone
-        try:
-            v = fn(cfg, out)
-        except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
-            errors += 1
-            v = Verdict(id=cid, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
-                        threshold=float("nan"), error=f"{type(exc).__name__}: {exc}",
-                        details=dict(traceback=traceback.format_exc()[-4000:]))
-        else:
-            write_json_atomic(part, dict(fingerprint=fp, verdict=v.to_dict()))
-        verdicts.append(v)
+                v = fn(cfg, out)
+            except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
+                errors += 1
+                v = Verdict(id=cid, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
+                            threshold=float("nan"), error=f"{type(exc).__name__}: {exc}",
+                            details=dict(traceback=traceback.format_exc()[-4000:]))
+            else:
+                write_json_atomic(part, dict(fingerprint=fp, verdict=v.to_dict()))
+                claim.keep()
+            verdicts.append(v)
     order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
     verdicts.sort(key=lambda v: order.get(v.id, len(order)))
-    write_report(out, verdicts, config)
+    # the report covers every claim evaluated in OUT: this run's verdicts replace earlier ones of the same id
+    mine = {v.id for v in verdicts}
+    kept = [v for v in previous if v.id not in mine]
+    report = sorted(verdicts + kept, key=lambda v: order.get(v.id, len(order)))
+    write_report(out, report, config, kept=[v.id for v in kept])
     return verdicts
+
+
+def _sidetrip_progress(enabled: bool):
+    """Progress bars of the realnet run and side-trips inside the claims (one bar per side-trip)."""
+    if not enabled:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from .realclaims import progress_bars
+
+    return progress_bars(True)

@@ -29,7 +29,13 @@ Results directory (``out``)
 Every point has a stable id, ``point_id = sha256("quadsgd-sweep-v1", fingerprint, canonical JSON of
 the parameters)[:16]`` (the fingerprint identifies the computation: the function and the sweep seed).
 A re-run computes only the points whose id is not in the store (resume); each point appears exactly
-once in the table however often the run was interrupted. A directory is locked while a sweep writes to it.
+once in the table however often the run was interrupted. A directory is locked while a sweep writes to it
+and carries the ownership marker of :func:`quadsgd._files.claim_output` (kind ``"sweep"``): ``sweep(fn,
+grid, out=DIR)`` uses DIR as a shared store any sweep may add points to (identity None), while
+:func:`quadsgd.sweep.run_spec` claims DIR for one spec (see :mod:`quadsgd.sweep.spec`); a directory
+holding anything else (a realnet run, a report, other files) is refused before anything is written.
+A directory this call created is removed again when the call fails before any result was stored.
+Pool workers exit when the main process dies (:func:`_exit_with_parent`).
 
 Seeds
 -----
@@ -87,13 +93,66 @@ class _SerialExecutor(cf.Executor):
         return f
 
 
-def _init_worker(threads: int) -> None:
-    """Process-pool initializer: limit each worker's BLAS / Numba threads (no oversubscription of the cores)."""
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Process-pool initializer: limit each worker's BLAS / Numba threads (no oversubscription of the cores);
+    with ``parent`` (the pid of the sweep's main process), exit as soon as that process is gone."""
+    if parent is not None:
+        _exit_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     # GNU OpenMP (Numba's "omp" layer) busy-waits between parallel regions: on cores shared with other
     # processes that makes Numba's parallel code ~15x slower; passive waiting costs nothing here
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _set_threads(threads)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker exit when the process ``parent`` dies, even by SIGKILL (no orphaned workers).
+
+    Two mechanisms: Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills the worker when its own
+    parent -- the pool's forkserver, which itself exits when the main process does -- dies), and a daemon
+    thread that waits on a pidfd of ``parent`` (``os.pidfd_open``; elsewhere it polls ``os.kill(parent, 0)``
+    and the parent pid twice a second) and ends the worker with ``os._exit``.
+    """
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except Exception:  # noqa: BLE001 - best effort; the thread below still watches
+            pass
+    start_ppid = os.getppid()
+
+    def gone() -> bool:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists but not ours (EPERM): alive
+            pass
+        return os.getppid() != start_ppid  # the forkserver (our parent) died: reparented
+
+    def watch() -> None:
+        fd = None
+        try:
+            fd = os.pidfd_open(parent)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])  # readable once the process has exited
+            os._exit(1)
+        while not gone():
+            time.sleep(0.5)
+        os._exit(1)
+
+    if gone():
+        os._exit(1)
+    threading.Thread(target=watch, name="quadsgd-parent-watch", daemon=True).start()
 
 
 def _set_threads(threads) -> None:
@@ -145,7 +204,8 @@ def _prepare_executor(executor, max_workers, threads_per_worker) -> _Executor:
         _check_count("max_workers", max_workers)
         n = max_workers or ncpu
         threads = threads_per_worker or max(1, ncpu // n)
-        ex = cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker, initargs=(threads,))
+        ex = cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker,
+                                    initargs=(threads, os.getpid()))
         return _Executor(ex, n, True, threads, f"local process pool ({n} workers x {threads} threads)")
     if isinstance(executor, str):
         if executor == "serial":
@@ -378,7 +438,9 @@ def _write_run(root, record: dict) -> None:
 
 
 def _open(plan: _Plan, fn, out, metadata) -> _Run:
-    """The run's record (provenance included) and its store (created and locked; ValueError when locked)."""
+    """The run's record (provenance included) and its store (claimed -- created, locked, marked -- by
+    :func:`quadsgd._files.claim_output`; OutputError, a ValueError, when it holds anything but a sweep or
+    another process writes to it)."""
     record = {"run_id": f"{time.time_ns()}-{os.getpid()}", "status": "running", "function": _fn_identity(fn),
               "seed": plan.seed, "n_points": len(plan.points), "n_skipped_invalid": len(plan.skipped),
               "argv": list(sys.argv), "started": _now(), **provenance(seed=plan.seed), **(metadata or {})}
@@ -588,7 +650,9 @@ def sweep(fn: Callable, grid, executor=None, *, out=None, seed=None, validate=No
             _compute(run, todo, executor, batch_size, max_workers, threads_per_worker, bar)
         return _finish(run)
     except BaseException as e:
-        if run.store is not None:
+        # a directory this call created and wrote no results into is removed again; otherwise the
+        # failure is recorded in run.json (finished points stay for the resume)
+        if run.store is not None and not run.store.claim.abandon():
             _record_failure(run, e)
         raise
     finally:

@@ -7,6 +7,14 @@ r"""Sweep spec files (``python -m quadsgd sweep SPEC.toml``): read, validate, ru
 * :func:`run_spec` runs a spec with the engine (:func:`quadsgd.sweep.engine.sweep`) on a local pool, in
   process or on a Dask scheduler, into a results directory, then draws its figures.
 
+A results directory belongs to one spec (:func:`spec_identity`: the spec's sections without
+``[[figures]]`` and the cosmetic ``[sweep]`` keys ``name``, ``description``, ``batch_size`` and
+``on_unstable``). Re-running the same spec resumes it; a different spec -- other points, kernels,
+quantities or seed -- is refused before anything is written, naming the keys that changed
+(``sweep.seed: 7 (stored) != 8 (now)``): one ``spec.toml`` and one ``results.parquet`` always describe all
+the directory's rows, and no row is dropped silently. A changed ``[[figures]]`` list is allowed (the rows are
+the same): the figures are redrawn and those the new spec no longer lists are removed.
+
 Steps of :func:`load_spec`: :func:`_read` (text and data), :func:`_sweep_section` (``[sweep]``),
 :func:`_design_blocks` (``[[design]]`` or the top-level grid/points/random), :func:`_block_points` (one
 design's points with the section each parameter came from), :func:`_normalize` (types and defaults,
@@ -26,6 +34,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pyproject.toml)
     import tomli as tomllib
 
+from .._files import claim_output
 from . import quantities as Q
 from .designs import (
     MAX_POINTS,
@@ -40,7 +49,7 @@ from .designs import (
 from .engine import sweep
 from .figures import FIGURE_KEYS, FIGURES, draw_figures
 
-__all__ = ["Spec", "SpecError", "load_spec", "run_spec"]
+__all__ = ["Spec", "SpecError", "load_spec", "run_spec", "spec_identity"]
 
 _TOP_KEYS = ("sweep", "params", "grid", "points", "random", "design", "figures")
 _SWEEP_KEYS = ("name", "description", "seed", "kernels", "quantities", "on_unstable", "batch_size")
@@ -444,6 +453,42 @@ def _executor_of(scheduler, executor):
     raise _err(f"scheduler must be 'local', 'serial' or a Dask address like tcp://HOST:PORT, got {scheduler!r}")
 
 
+#: [sweep] keys that do not change the rows (left out of a results directory's identity)
+_COSMETIC_SWEEP_KEYS = ("name", "description", "batch_size", "on_unstable")
+
+
+def spec_identity(data: dict) -> dict:
+    """What makes two specs (parsed TOML data) the same sweep: every section but ``[[figures]]``, without the
+    cosmetic ``[sweep]`` keys (``name``, ``description``, ``batch_size``, ``on_unstable``)."""
+    ident = {k: v for k, v in data.items() if k != "figures"}
+    if isinstance(ident.get("sweep"), dict):
+        ident["sweep"] = {k: v for k, v in ident["sweep"].items() if k not in _COSMETIC_SWEEP_KEYS}
+    return {"spec": ident}
+
+
+def _stored_spec(d: Path) -> dict | None:
+    """The parsed ``spec.toml`` of a results directory (None: none there)."""
+    p = Path(d) / "spec.toml"
+    if not p.is_file():
+        return None
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p} is not valid TOML: {e}") from None
+
+
+def _legacy_identity(d: Path):
+    data = _stored_spec(d)
+    return None if data is None else spec_identity(data)
+
+
+def _figure_files(data: dict | None) -> set:
+    figs = (data or {}).get("figures", [])
+    if not isinstance(figs, list):
+        return set()
+    return {f["file"] for f in figs if isinstance(f, dict) and isinstance(f.get("file"), str)}
+
+
 def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threads_per_worker=None,
              skip_unstable=None, batch_size=None, progress=True, figures=True):
     """Run a spec (path, dict or :class:`Spec`) into ``out``; draw its figures; return the table.
@@ -463,18 +508,30 @@ def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threa
             except ValueError as e:
                 raise _err(f"{spec.label(i)}: {e}. To record unstable points as skipped instead, set "
                            f"on_unstable = \"skip\" in [sweep] or pass --skip-unstable") from None
-    executor, client = _executor_of(scheduler, executor)
-    try:
-        df = sweep(spec.function(), spec.points, executor, out=out, seed=spec.seed,
-                   validate=Q.check_stable if skip else None, on_invalid="skip",
-                   batch_size=batch_size or spec.batch_size, max_workers=workers,
-                   threads_per_worker=threads_per_worker, progress=progress, fingerprint=spec.fingerprint,
-                   metadata={"spec": spec.name, "spec_path": spec.path, "scheduler": str(scheduler),
-                             "on_unstable": "skip" if skip else "error", "config": spec.data},
-                   config_files={"spec.toml": spec.text}, desc=spec.name)
-    finally:
-        if client is not None:
-            client.close()
-    if figures and spec.figures:
-        draw_figures(df, spec.figures, out)
+    if out is None:  # nothing persisted: no directory to claim
+        import contextlib
+
+        claiming = contextlib.nullcontext(None)
+    else:
+        claiming = claim_output(out, "sweep", spec_identity(spec.data), holder="sweep", reentrant=True,
+                                legacy_identity=_legacy_identity,
+                                hint=lambda diff: " -- a results directory holds the rows of one spec")
+    with claiming as claim:
+        old = _stored_spec(claim.path) if claim is not None and claim.resumed else None
+        executor, client = _executor_of(scheduler, executor)
+        try:
+            df = sweep(spec.function(), spec.points, executor, out=out, seed=spec.seed,
+                       validate=Q.check_stable if skip else None, on_invalid="skip",
+                       batch_size=batch_size or spec.batch_size, max_workers=workers,
+                       threads_per_worker=threads_per_worker, progress=progress, fingerprint=spec.fingerprint,
+                       metadata={"spec": spec.name, "spec_path": spec.path, "scheduler": str(scheduler),
+                                 "on_unstable": "skip" if skip else "error", "config": spec.data},
+                       config_files={"spec.toml": spec.text}, desc=spec.name)
+        finally:
+            if client is not None:
+                client.close()
+        if figures and spec.figures and out is not None:
+            draw_figures(df, spec.figures, out)
+        for f in sorted(_figure_files(old) - _figure_files(spec.data)):  # figures the spec no longer lists
+            (claim.path / f).unlink(missing_ok=True)
     return df

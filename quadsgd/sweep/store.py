@@ -3,12 +3,14 @@ r"""The durable, resumable store of a sweep's results directory, and its lock.
 ::
 
     DIR/.lock             held (fcntl.flock, exclusive, non-blocking) while a sweep writes to DIR
+    DIR/.sgd-trajectories.json   the ownership marker (kind "sweep"; quadsgd._files.claim_output)
     DIR/parts/*.parquet   one part per finished batch of points (append-only); each part is written to
                           a temporary file and moved into place (quadsgd._files.atomic_output), so a
                           killed run loses at most its in-flight batches and never leaves half a part
     DIR/results.parquet   the consolidated table (written by the engine, atomically, fsynced)
 
-:class:`Store` opens (creates) the directory under its lock and removes the temporary files a killed
+:class:`Store` opens (creates) the directory under its lock -- the claim of :func:`quadsgd._files.claim_output`,
+which refuses a directory that holds anything but a sweep -- and removes the temporary files a killed
 writer left; :meth:`Store.done_ids` says which points are stored (resume); :meth:`Store.read` returns
 the parts with each point once; :meth:`Store.compact` replaces many parts by one.
 """
@@ -18,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from .._files import atomic_output, remove_stale_temps
+from .._files import DirectoryLock, atomic_output, claim_output, remove_stale_temps
 
 __all__ = ["Store", "DirectoryLock", "write_table", "deps"]
 
@@ -44,44 +46,19 @@ def write_table(table, path: Path, fsync: bool = False) -> Path:
     return Path(path)
 
 
-class DirectoryLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``DIR/.lock`` (released by :meth:`close` or at exit).
+class Store:
+    """``DIR/parts/*.parquet``: one file per persisted batch; ``DIR/.lock`` held while open.
 
-    ValueError naming the directory when another process holds it. No-op where fcntl is missing.
+    claim: the :class:`quadsgd._files.OutputClaim` of ``DIR`` (default: claimed here as a shared sweep
+    store, identity None); the store releases it in :meth:`close` and keeps the directory once a part is written.
     """
 
-    def __init__(self, root, what: str = "sweep"):
+    def __init__(self, root, claim=None):
+        self.claim = claim if claim is not None else claim_output(root, "sweep", None, holder="sweep")
         self.root = Path(root)
-        self.path = self.root / ".lock"
-        self._fh = open(self.path, "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover - not POSIX
-            pass
-        except OSError:
-            self._fh.close()
-            raise ValueError(f"another {what} is writing to {self.root} (its lock {self.path} is held)") from None
-
-    @property
-    def closed(self) -> bool:
-        return self._fh.closed
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-
-class Store:
-    """``DIR/parts/*.parquet``: one file per persisted batch; ``DIR/.lock`` held while open."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.parts = self.root / "parts"
         self.parts.mkdir(exist_ok=True)
-        self._lock = DirectoryLock(self.root)
+        self._lock = self.claim.lock
         # a killed run's temporary files, never moved into place: every *.tmp under parts/ (only the
         # store writes there), the hidden atomic-write temporaries in DIR, and the NAME.PID.tmp files
         # of earlier versions
@@ -92,7 +69,7 @@ class Store:
         self.written: list[Path] = []
 
     def close(self) -> None:
-        self._lock.close()
+        self.claim.release()
 
     def files(self) -> list[Path]:
         """The stored parts, oldest first (names start with a nanosecond time stamp)."""
@@ -104,6 +81,7 @@ class Store:
         path = self.parts / f"part-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
         write_table(table, path)
         self.written.append(path)
+        self.claim.keep()
         return path
 
     def done_ids(self, files) -> set:

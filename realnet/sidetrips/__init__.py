@@ -46,7 +46,12 @@ Conventions shared by all side-trips
 * L2 distances are over all trainable parameters (not BatchNorm buffers), in float64.
 * Every output directory holds ``config.json`` (side-trip name, run, step, options, run config),
   ``run_info.json`` (time, command, seed, package versions, ``git`` commit and ``git_dirty``, device,
-  precision), ``summary.json`` and CSV files. Non-finite numbers are ``null`` in JSON and ``nan``/``inf``
+  precision), ``summary.json`` and CSV files, and the ownership marker ``.sgd-trajectories.json`` (kind
+  ``sidetrip``; :func:`quadsgd._files.claim_output`): an ``--out`` holding anything else -- a run, a sweep,
+  a report, another side-trip -- is refused before anything is written; the same side-trip, finished, is
+  read back; interrupted, it resumes (``averaging``, ``alignment`` and ``divergence`` save
+  ``.resume-state.pt`` at most every ``save_every_s`` seconds; see ``_runner.py``). A branch whose training
+  loss is not finite stops the side-trip (:class:`realnet.trainer.DivergenceError`). Non-finite numbers are ``null`` in JSON and ``nan``/``inf``
   in CSV; an empty CSV cell means "not applicable".
 
 The side-trips (outputs in each module's docstring)

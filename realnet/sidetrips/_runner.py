@@ -4,14 +4,32 @@
 
 1. builds the options (dataclass defaults < ``options`` < keyword overrides; unknown keys refused) and
    validates them (``options.validate(step)``, :class:`ConfigError` naming the key);
-2. refuses an output directory inside the run directory (side-trips never modify their parent run) and
-   creates it;
-3. opens the run (:class:`RunContext`: config, data, batch order, device) under the side-trip's thread count
-   and determinism setting, and checks that every checkpoint it needs exists;
-4. writes ``config.json`` (side-trip name, run, step, options, run config) and ``run_info.json``
-   (provenance: time, command, seed, versions, ``git``/``git_dirty``, device, precision);
-5. times the side-trip's computation (``trip.compute(ctx, step, options)``, which shows its progress with
-   :meth:`RunContext.bar` and returns a typed result), and saves the result into the output directory.
+2. checks the run (a realnet run directory), refuses an output directory inside it (side-trips never
+   modify their parent run) and checks that every checkpoint the side-trip needs exists -- all before
+   anything is written;
+3. claims the output directory (:func:`quadsgd._files.claim_output`, kind ``sidetrip``, identity =
+   :func:`sidetrip_identity`: name, run, step and the options but :data:`RUNTIME_OPTIONS`): a file, a path
+   under a file, an unwritable path, another process's directory, a run, a sweep, a report or a side-trip of
+   another job is refused, naming ``--out``; a side-trip of the same identity that finished is read back
+   (:meth:`SideTripResult.load`) instead of being recomputed, one that was interrupted is resumed;
+4. opens the run (:class:`RunContext`: config, data, batch order, device, resume state) under the
+   side-trip's thread count and determinism setting;
+5. writes ``config.json`` (side-trip name, run, step, options, run config) and ``run_info.json``
+   (provenance: time, command, seed, versions, ``git``/``git_dirty``, device, precision; a resumed
+   side-trip appends its session's provenance to ``resumed``);
+6. times the side-trip's computation (``trip.compute(ctx, step, options)``, which shows its progress with
+   :meth:`RunContext.bar` and returns a typed result), saves the result into the output directory and
+   removes the resume state.
+
+When the side-trip fails, a directory it created is removed again (unless a resume state was saved: an
+interrupted side-trip resumes); when SGD diverges (:class:`realnet.trainer.DivergenceError` from
+:meth:`Branch.sgd_step`: the message names the step, the loss and the lr) it is removed even then.
+
+Resume: long side-trips save their state with :meth:`ResumeState.save` (``ctx.state``) -- the branches'
+models and optimizers (:meth:`Branch.state_dict`), averages, partial records and the position -- at most
+every ``save_every_s`` seconds, atomically, into ``OUT/.resume-state.pt`` (the checksummed realnet checkpoint
+format). A re-run of the same command loads it (:meth:`ResumeState.load`) and continues; the result is
+bit-identical to an uninterrupted run's on CPU (deterministic algorithms, same thread count).
 
 A side-trip is described by a :class:`SideTrip` (name, options class, compute function, result class,
 one-line doc); :data:`realnet.sidetrips.SIDETRIPS` lists them.
@@ -21,6 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +51,20 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
-from quadsgd._files import provenance, write_json
+from quadsgd._files import claim_output, provenance, read_json, write_json
 
-from ..checkpoint import find_checkpoint, load_checkpoint
+from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_checkpoint, save_checkpoint
 from ..config import ConfigError, TrainConfig, build_options
 from ..data import BatchOrder, DataBundle, build_data
-from ..trainer import (Runtime, build_model, build_optimizer, deterministic_mode, evaluate, load_config, lr_at,
-                       make_runtime, restore_checkpoint, train_step)
+from ..trainer import (DivergenceError, Runtime, build_model, build_optimizer, deterministic_mode, evaluate,
+                       load_config, lr_at, make_runtime, restore_checkpoint, train_step)
 from ._results import Metrics, SideTripResult
 
-__all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED"]
+__all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED",
+           "ResumeState", "RUNTIME_OPTIONS", "sidetrip_identity"]
+
+#: option keys that do not change a side-trip's result (left out of its identity: a resume may change them)
+RUNTIME_OPTIONS = frozenset({"progress", "threads", "data_dir", "save_every_s"})
 
 BN_SEED = 7_000_003  # seed of the fixed training batches used by update_bn
 HELDOUT_SEED = 1_000_003  # seed of the fixed held-out batches
@@ -56,6 +79,7 @@ class SideTripOptions:
     deterministic: bool | None = None  # torch.use_deterministic_algorithms (None = auto: on CPU)
     progress: bool = True  # tqdm progress bars
     eval_batch_size: int = 256  # batch size of evaluation passes
+    save_every_s: float = 300.0  # save the resume state of long side-trips at most this often (seconds; 0 = every step)
 
     def validate(self, step: int) -> None:
         """Refuse invalid values with a :class:`ConfigError` naming the key (subclasses extend it)."""
@@ -97,14 +121,41 @@ def resolve_options(cls, options, overrides: dict[str, Any] | None):
 
 
 def prepare_out(run_dir, out_dir) -> Path:
-    """``out_dir`` resolved and created; ValueError if it is (inside) the run directory."""
+    """``out_dir`` resolved; ValueError naming ``--out`` and ``--run`` if it is (inside) the run directory.
+    Writes nothing (:func:`run_sidetrip` claims the directory)."""
     run = Path(run_dir).resolve()
     out = Path(out_dir).resolve()
     if out == run or run in out.parents:
-        raise ValueError(f"side-trip output {str(out)!r} must not be inside the run directory {str(run)!r} "
-                         f"(side-trips never modify their parent run)")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"side-trip output (--out) {str(out)!r} must not be inside the run directory (--run) "
+                         f"{str(run)!r} (side-trips never modify their parent run)")
     return out
+
+
+def sidetrip_identity(name: str, run_dir, step: int, opts) -> dict[str, Any]:
+    """What makes two side-trips the same job: name, run (resolved), step and every option but
+    :data:`RUNTIME_OPTIONS`."""
+    return {"sidetrip": name, "run": str(Path(run_dir).resolve()), "step": int(step),
+            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in RUNTIME_OPTIONS}}
+
+
+def _legacy_identity(trip: "SideTrip"):
+    """The identity of a side-trip directory written before markers existed (its config.json)."""
+    def identity(d: Path):
+        c = read_json(d / "config.json")
+        if c.get("sidetrip") != trip.name:
+            return {"sidetrip": c.get("sidetrip")}
+        opts = build_options(trip.options, overrides=c.get("options") or {})
+        return sidetrip_identity(trip.name, c["run"], c["step"], opts)
+    return identity
+
+
+def _check_run(run_dir) -> Path:
+    """The run directory (FileNotFoundError / ConfigError naming ``--run`` when it is none)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory not found: {str(run)!r}")
+    load_config(run)  # FileNotFoundError "no config.json ... (not a realnet run?)"
+    return run
 
 
 def run_sidetrip(trip: SideTrip, run_dir, step: int, out_dir, options=None,
@@ -114,31 +165,113 @@ def run_sidetrip(trip: SideTrip, run_dir, step: int, out_dir, options=None,
     opts = resolve_options(trip.options, options, overrides)
     step = int(step)
     opts.validate(step)
-    out = prepare_out(run_dir, out_dir)
-    with deterministic_mode(False, opts.threads):
-        ctx = RunContext(run_dir, opts)
-        for s in opts.checkpoints(step):
-            find_checkpoint(ctx.run_dir, s)  # ValueError naming the available steps
-        det = ctx.rt.device.type == "cpu" if opts.deterministic is None else opts.deterministic
-        with deterministic_mode(det):
-            config, run_info = write_meta(out, trip.name, ctx, step, opts)
-            t0 = time.perf_counter()
-            result = trip.compute(ctx, step, opts)
-            result.wall_s = time.perf_counter() - t0
-    result.config, result.run_info = config, run_info
-    result.save(out)
+    run = _check_run(run_dir)
+    prepare_out(run, out_dir)
+    for s in opts.checkpoints(step):
+        find_checkpoint(run, s)  # ValueError naming the available steps
+    claim = claim_output(out_dir, "sidetrip", sidetrip_identity(trip.name, run, step, opts),
+                         holder=f"side-trip {trip.name}", legacy_identity=_legacy_identity(trip))
+    out = claim.path
+    try:
+        if claim.resumed and (out / "summary.json").is_file():
+            return trip.result.load(out)  # the same side-trip, finished: nothing to do
+        result = _run_claimed(trip, run, step, out, opts, claim)
+    except DivergenceError:
+        claim.abandon(force=True)  # its resume states lead to the same divergence
+        raise
+    except BaseException:
+        claim.abandon()  # a new directory without a resume state is removed again
+        raise
+    finally:
+        claim.release()
     return result
 
 
-def write_meta(out: Path, name: str, ctx: "RunContext", step: int, opts) -> tuple[dict, dict]:
-    """Write ``config.json`` and ``run_info.json``; returns their contents."""
+def _run_claimed(trip: SideTrip, run: Path, step: int, out: Path, opts, claim) -> SideTripResult:
+    state = ResumeState(out, opts.save_every_s, on_save=claim.keep)
+    with deterministic_mode(False, opts.threads):
+        ctx = RunContext(run, opts, state=state)
+        det = ctx.rt.device.type == "cpu" if opts.deterministic is None else opts.deterministic
+        with deterministic_mode(det):
+            config, run_info = write_meta(out, trip.name, ctx, step, opts, resumed=state.exists())
+            t0 = time.perf_counter()
+            result = trip.compute(ctx, step, opts)
+            result.wall_s = time.perf_counter() - t0 + state.elapsed_before()
+    result.config, result.run_info = config, run_info
+    result.save(out)
+    claim.keep()
+    state.clear()
+    return result
+
+
+def write_meta(out: Path, name: str, ctx: "RunContext", step: int, opts, resumed: bool = False) -> tuple[dict, dict]:
+    """Write ``config.json`` and ``run_info.json``; returns their contents. A resumed side-trip keeps both
+    and appends this session's provenance to ``run_info["resumed"]``."""
     cfg = {"sidetrip": name, "run": str(ctx.run_dir.resolve()), "step": int(step),
            "options": dataclasses.asdict(opts), "run_config": dataclasses.asdict(ctx.cfg)}
     info = provenance(seed=ctx.cfg.seed, config=cfg, data_seed=ctx.cfg.data_seed, device=str(ctx.rt.device),
                       precision="bf16" if ctx.rt.amp_dtype else "fp32")
-    write_json(out / "config.json", cfg)
-    write_json(out / "run_info.json", info)
+    cfg_path, info_path = out / "config.json", out / "run_info.json"
+    if resumed and cfg_path.is_file() and info_path.is_file():
+        cfg, first = read_json(cfg_path), read_json(info_path)
+        first.setdefault("resumed", []).append(info)
+        write_json(info_path, first)
+        return cfg, first
+    write_json(cfg_path, cfg)
+    write_json(info_path, info)
     return cfg, info
+
+
+class ResumeState:
+    """The resume state of a side-trip: ``OUT/.resume-state.pt`` (:mod:`realnet.checkpoint` format: atomic,
+    checksummed, loaded with ``weights_only=True`` -- tensors, numbers, strings, lists and dicts only).
+
+    ``load()`` returns the dict saved last (None: start from the beginning); ``save(make)`` writes ``make()``
+    when ``every_s`` seconds passed since the last save (or with ``force``); ``clear()`` removes the file once
+    the result is saved. A disabled state (``directory=None``) never saves.
+    """
+
+    FILE = ".resume-state.pt"
+
+    def __init__(self, directory: Path | None, every_s: float = 300.0, on_save: Callable[[], None] | None = None):
+        self.path = None if directory is None else Path(directory) / self.FILE
+        self.every_s = float(every_s)
+        self.on_save = on_save
+        self._last = time.monotonic()
+        self._t0 = time.perf_counter()
+        self._elapsed = 0.0
+
+    def exists(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.exists():
+            return None
+        try:
+            payload = load_checkpoint(self.path, map_location="cpu")
+        except CheckpointError as e:
+            print(f"warning: ignoring a damaged resume state, starting the side-trip over: {e}", file=sys.stderr)
+            return None
+        self._elapsed = float(payload.get("elapsed_s", 0.0))
+        return payload["state"]
+
+    def elapsed_before(self) -> float:
+        """Compute seconds of the sessions before this one (from the loaded state)."""
+        return self._elapsed
+
+    def save(self, make: Callable[[], dict[str, Any]], force: bool = False) -> bool:
+        if self.path is None or (not force and time.monotonic() - self._last < self.every_s):
+            return False
+        elapsed = self._elapsed + time.perf_counter() - self._t0
+        save_checkpoint(self.path, {"state": make(), "elapsed_s": elapsed})
+        self._last = time.monotonic()
+        if self.on_save is not None:
+            self.on_save()
+        return True
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,10 +280,12 @@ def write_meta(out: Path, name: str, ctx: "RunContext", step: int, opts) -> tupl
 
 
 class RunContext:
-    """A run directory opened for side-trips: its config, data, batch order and runtime."""
+    """A run directory opened for side-trips: its config, data, batch order, runtime and the side-trip's
+    :class:`ResumeState` (``ctx.state``; disabled when the context is used outside :func:`run_sidetrip`)."""
 
-    def __init__(self, run_dir: str | Path, opts: SideTripOptions):
+    def __init__(self, run_dir: str | Path, opts: SideTripOptions, state: ResumeState | None = None):
         self.run_dir = Path(run_dir)
+        self.state = state if state is not None else ResumeState(None)
         if not self.run_dir.is_dir():
             raise FileNotFoundError(f"run directory not found: {str(self.run_dir)!r}")
         cfg = load_config(self.run_dir)
@@ -166,8 +301,9 @@ class RunContext:
 
     def branch(self, step: int) -> "Branch":
         """Model + optimizer (with momentum buffers) restored from the checkpoint at ``step``."""
-        path = find_checkpoint(self.run_dir, step)
-        ckpt = load_checkpoint(path, map_location=self.rt.device)
+        find_checkpoint(self.run_dir, step)
+        ckpt = load_run_checkpoint(self.run_dir, step, map_location=self.rt.device,
+                                   use="branch from it with --step {step}")
         with torch.random.fork_rng(devices=[]):
             model = build_model(self.cfg, self.data.num_classes).to(self.rt.device)
         if self.rt.channels_last:
@@ -218,9 +354,10 @@ class RunContext:
         va = evaluate(m, data.eval_batches("val", opts.val_samples, opts.eval_batch_size, rt.device), rt)
         return Metrics(train_loss=tr["loss"], train_acc=tr["acc"], val_loss=va["loss"], val_acc=va["acc"])
 
-    def bar(self, total: int, desc: str):
-        """A tqdm progress bar (disabled with ``progress=False``)."""
-        return tqdm(total=total, desc=desc, disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+    def bar(self, total: int, desc: str, initial: int = 0):
+        """A tqdm progress bar (disabled with ``progress=False``), starting at ``initial`` (a resumed side-trip)."""
+        return tqdm(total=total, desc=desc, initial=initial, disable=not self.progress, dynamic_ncols=True,
+                    mininterval=1.0)
 
 
 class Branch:
@@ -236,9 +373,24 @@ class Branch:
         return Branch(self.ctx, model, opt, self.step)
 
     def sgd_step(self, x, y, lr: float) -> torch.Tensor:
+        """One SGD update; :class:`DivergenceError` (naming the step, the loss and the lr) when the batch's
+        loss is not finite."""
         loss, _ = train_step(self.model, self.optimizer, x, y, lr, self.ctx.rt, self.ctx.cfg.label_smoothing)
+        if not bool(torch.isfinite(loss)):
+            raise DivergenceError(f"the side-trip diverged at step {self.step}: train_loss = {float(loss)!r} "
+                                  f"(lr = {lr:g}); use a smaller lr")
         self.step += 1
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer (momentum buffers) and step, for :class:`ResumeState`."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "Branch":
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        return self
 
     def flat(self) -> torch.Tensor:
         return flat_params(self.model)

@@ -13,6 +13,8 @@ Outputs (:class:`AlignmentResult`):
 * ``summary.json``: final and extreme values of the above, and ``different_batches`` =
   {``cos_mean``, ``cos_std``, ``cos_abs_max``, ``n_pairs``}: cosines between gradients of different
   training batches at ``S`` (the reference for "nearly orthogonal").
+
+Resumable: the two branches and the records so far are saved in the resume state (``save_every_s``).
 """
 from __future__ import annotations
 
@@ -136,9 +138,15 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
     bc, bl = base.clone(), base.clone()
     rec = set(record_points(K, opts.record_every))
     rows = []
-    bar = ctx.bar(K + 1, f"alignment step {S}")
-    it = ctx.batches(S, S + K + 1)
-    for t in range(K + 1):
+    t0 = 0
+    saved = ctx.state.load()  # resume: both branches, the records so far, the next t
+    if saved is not None:
+        bc.load_state_dict(saved["constant"])
+        bl.load_state_dict(saved["linear"])
+        rows, t0 = saved["rows"], int(saved["t"])
+    bar = ctx.bar(K + 1, f"alignment step {S}", initial=t0)
+    it = ctx.batches(S + t0, S + K + 1)
+    for t in range(t0, K + 1):
         x, y = next(it)
         lr_c, lr_l = lr, lr * (K - t) / K
         if t in rec:
@@ -169,6 +177,8 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
                 "distance_between_schedules": dist_cl,
             })
         bar.update(1)
+        if t < K:
+            ctx.state.save(lambda: {"t": t + 1, "constant": bc.state_dict(), "linear": bl.state_dict(), "rows": rows})
     bar.close()
     cols = AlignmentRecords.columns()
     last = rows[-1]

@@ -38,9 +38,13 @@ Outputs (:class:`AveragingResult`):
   ``train_acc``, ``val_loss``, ``val_acc``}, ``sidetrip``: {same keys}, ``l2_distance``,
   ``l2_average_from_start``, ``l2_sidetrip_from_start``, ``relative_l2``}, ...], ``skipped``: [k, ...]}},
   ``sidetrip_runs``, ``sidetrip_updates``.
+
+Resumable: the main branch, the averages (``KernelAveragedModel.state_dict``), the records, then the position
+among the equivalent side-trips and their results are saved in the resume state (``save_every_s``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -285,20 +289,21 @@ class _TrajectoryAverages:
 
     def __init__(self, model: nn.Module, specs: list[_AvgSpec]):
         self._geometric: dict[str, KernelAveragedModel] = {}
-        self._points: dict[int, KernelAveragedModel] = {}
-        for sp in specs:
+        self._points: dict[int, KernelAveragedModel] = {}  # index of the spec in ``specs`` -> its average
+        self._index = {id(sp): i for i, sp in enumerate(specs)}
+        for i, sp in enumerate(specs):
             if sp.kernel.tracking().kind == "geometric":
                 key = str(sp.kernel)
                 if key not in self._geometric:
                     self._geometric[key] = KernelAveragedModel(model, sp.kernel)
                 continue
-            self._points[id(sp)] = KernelAveragedModel(model, sp.kernel, at_step=sp.k)
-        self._pending = {id(sp): sp for sp in specs}
+            self._points[i] = KernelAveragedModel(model, sp.kernel, at_step=sp.k)
+        self._specs = specs
 
     def update(self, offset: int, model: nn.Module) -> None:
         """Feed ``theta_{S+offset}`` (the current parameters of ``model``), offset >= 1."""
-        for key, avg in self._points.items():
-            if self._pending[key].k >= offset:
+        for i, avg in self._points.items():
+            if self._specs[i].k >= offset:
                 avg.update_parameters(model)
         for avg in self._geometric.values():
             avg.update_parameters(model)
@@ -307,11 +312,26 @@ class _TrajectoryAverages:
         """The averaged model of ``sp`` (valid once offset ``sp.k`` was fed)."""
         if sp.kernel.tracking().kind == "geometric":
             return self._geometric[str(sp.kernel)].module
-        return self._points[id(sp)].module
+        return self._points[self._index[id(sp)]].module
 
     def release(self, sp: _AvgSpec) -> None:
         """Free the copy held for ``sp`` (geometric averages are shared and kept)."""
-        self._points.pop(id(sp), None)
+        self._points.pop(self._index[id(sp)], None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every average still held (``KernelAveragedModel.state_dict``), for the resume state."""
+        return {"geometric": {k: a.state_dict() for k, a in self._geometric.items()},
+                "points": {i: a.state_dict() for i, a in self._points.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, a in self._geometric.items():
+            a.load_state_dict(state["geometric"][k])
+        points = {int(i): v for i, v in state["points"].items()}
+        for i in list(self._points):
+            if i in points:
+                self._points[i].load_state_dict(points[i])
+            else:  # released before the state was saved
+                del self._points[i]
 
 
 def _plan(kernels: list[str], ks: list[int], lr: float) -> tuple[list[_AvgSpec], dict[str, list[int]]]:
@@ -354,13 +374,42 @@ def _compute(ctx: RunContext, S: int, opts: AveragingOptions) -> AveragingResult
     main = base.clone()
     averages = _TrajectoryAverages(main.model, specs)
     runs = _share_schedules(specs, opts.share_prefix)
-    bar = ctx.bar(K + sum(len(s) for s, _ in runs), f"averaging step {S}")
+    index = {id(sp): i for i, sp in enumerate(specs)}
+
+    # the resume state: phase 1 (the continued trajectory: main branch, averages, records; j = updates done)
+    # and phase 2 (the equivalent side-trips: results by spec index, position {run, i, branch})
+    traj_rows, trajectory, side, j0, side_pos = [], [], {}, 0, None
+    saved = ctx.state.load()
+    if saved is not None:
+        j0, traj_rows = int(saved["j"]), saved["traj_rows"]
+        trajectory = [TrajectoryPoint(**t) for t in saved["trajectory"]]
+        for i, (vec, met) in saved["averaged"].items():
+            specs[int(i)].vec, specs[int(i)].metrics = vec.to(v0.device), Metrics(**met)
+        if j0 < K:
+            main.load_state_dict(saved["main"])
+            averages.load_state_dict(saved["averages"])
+        else:
+            side = {int(i): {**r, "metrics": Metrics(**r["metrics"])} for i, r in saved["side"].items()}
+            side_pos = saved["side_pos"]
+
+    def state(j: int, pos: dict | None = None) -> dict:
+        st = {"j": j, "traj_rows": traj_rows, "trajectory": [dataclasses.asdict(t) for t in trajectory],
+              "averaged": {i: (sp.vec, dataclasses.asdict(sp.metrics)) for i, sp in enumerate(specs)
+                           if sp.metrics is not None}}
+        if j < K:
+            st.update(main=main.state_dict(), averages=averages.state_dict())
+        else:
+            st.update(side={i: {**r, "metrics": dataclasses.asdict(r["metrics"])} for i, r in side.items()},
+                      side_pos=pos)
+        return st
+
+    done = j0 + (sum(len(runs[r][0]) for r in range(side_pos["run"])) + side_pos["i"] if side_pos else 0)
+    bar = ctx.bar(K + sum(len(s) for s, _ in runs), f"averaging step {S}", initial=done)
 
     # the continued main trajectory and its averages
-    traj_rows, trajectory = [], []
-    for j, (x, y) in enumerate(ctx.batches(S, S + K)):
+    for j, (x, y) in enumerate(ctx.batches(S + j0, S + K), start=j0):
         loss = main.sgd_step(x, y, lr)
-        traj_rows.append([S + j, j, lr, loss])
+        traj_rows.append([S + j, j, lr, float(loss)])
         off = j + 1
         averages.update(off, main.model)
         if off in ks:
@@ -375,8 +424,9 @@ def _compute(ctx: RunContext, S: int, opts: AveragingOptions) -> AveragingResult
                 sp.metrics = ctx.evaluate(module, bn_batches, opts)
                 averages.release(sp)
         bar.update(1)
-    traj_rows = [[s, o, l_, float(v)] for s, o, l_, v in traj_rows]
-    side = _equivalent_sidetrips(ctx, S, base, runs, bn_batches, opts, v0, bar)
+        ctx.state.save(lambda: state(off, {"run": 0, "i": 0, "branch": None} if off == K else None))
+    _equivalent_sidetrips(ctx, S, base, runs, bn_batches, opts, v0, bar, index, side, side_pos,
+                          lambda pos: ctx.state.save(lambda: state(K, pos)))
     bar.close()
 
     # assemble
@@ -388,7 +438,7 @@ def _compute(ctx: RunContext, S: int, opts: AveragingOptions) -> AveragingResult
     for s in opts.kernels:
         res = []
         for sp in [p for p in specs if p.spec == s]:
-            sr = side[id(sp)]
+            sr = side[index[id(sp)]]
             a_from = dist(sp.vec, v0)
             res.append(KernelPoint(k=sp.k, kernel=repr(sp.kernel), average=sp.metrics, sidetrip=sr["metrics"],
                                    l2_distance=sr["vec_dist"], l2_average_from_start=a_from,
@@ -416,22 +466,32 @@ def _columns(rows: list[list], n: int) -> list[list]:
     return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(n)]
 
 
-def _equivalent_sidetrips(ctx: RunContext, S: int, base: Branch, runs, bn_batches, opts, v0, bar) -> dict[int, dict]:
-    """Run every equivalent schedule from ``base``; {id(spec): {vec_dist, from_start, metrics}}."""
-    out: dict[int, dict] = {}
-    for sched, members in runs:
+def _equivalent_sidetrips(ctx: RunContext, S: int, base: Branch, runs, bn_batches, opts, v0, bar, index: dict,
+                          out: dict, resume: dict | None, save) -> dict[int, dict]:
+    """Run every equivalent schedule from ``base``; fills ``out`` = {spec index: {vec_dist, from_start,
+    metrics}}. ``resume``: the position {run, i, branch state} to continue from (None: the start);
+    ``save(position)`` is called after every update (the resume state; it saves when due)."""
+    r0 = resume["run"] if resume is not None else 0
+    for r in range(r0, len(runs)):
+        sched, members = runs[r]
         br = base.clone()
+        i0 = 0
+        if resume is not None and r == r0 and resume.get("branch") is not None:
+            br.load_state_dict(resume["branch"])
+            i0 = int(resume["i"])
         by_k: dict[int, list[_AvgSpec]] = {}
         for sp in members:
             by_k.setdefault(sp.k, []).append(sp)
-        for i, (x, y) in enumerate(ctx.batches(S, S + len(sched))):
+        for i, (x, y) in enumerate(ctx.batches(S + i0, S + len(sched)), start=i0):
             br.sgd_step(x, y, float(sched[i]))
             if (i + 1) in by_k:
                 vec = br.flat()
                 met = ctx.evaluate(br.model, bn_batches, opts)
                 for sp in by_k[i + 1]:
-                    out[id(sp)] = {"vec_dist": dist(sp.vec, vec), "from_start": dist(vec, v0), "metrics": met}
+                    out[index[id(sp)]] = {"vec_dist": dist(sp.vec, vec), "from_start": dist(vec, v0), "metrics": met}
             bar.update(1)
+            last = i + 1 == len(sched)
+            save({"run": r + 1 if last else r, "i": 0 if last else i + 1, "branch": None if last else br.state_dict()})
     return out
 
 

@@ -14,6 +14,9 @@ Outputs (:class:`DivergenceResult`):
 * ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's own checkpoints),
   ``dist_to_B_end``, ``dist_to_A_end``.
 * ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step.
+
+Resumable: the three branches, the records and the snapshots so far are saved in the resume state
+(``save_every_s``).
 """
 from __future__ import annotations
 
@@ -168,9 +171,17 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     snaps: dict[int, torch.Tensor] = {}
     rows, loss_rows = [], []
     twop = copy.deepcopy(base.model)
-    bar = ctx.bar(K + 1, f"divergence step {S}")
-    itA, itB = ctx.batches(S, S + K), ctx.batches(S, S + K, order_b)
-    for t in range(K + 1):
+    t0 = 0
+    saved = ctx.state.load()  # resume: the three branches, the records and snapshots so far, the next t
+    if saved is not None:
+        A.load_state_dict(saved["A"])
+        Bb.load_state_dict(saved["B"])
+        H.load_state_dict(saved["H"])
+        rows, loss_rows, t0 = saved["rows"], saved["loss_rows"], int(saved["t"])
+        snaps = {int(k): v for k, v in saved["snaps"].items()}
+    bar = ctx.bar(K + 1, f"divergence step {S}", initial=t0)
+    itA, itB = ctx.batches(S + t0, S + K), ctx.batches(S + t0, S + K, order_b)
+    for t in range(t0, K + 1):
         if t in rec or t in snap_pts or t in eval_steps:
             va, vb, vh = A.flat(), Bb.flat(), H.flat()
             vt = (v0 + va) / 2
@@ -191,6 +202,9 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
             H.sgd_step(xa, ya, float(lrs[t]) / 2)
             Bb.sgd_step(xb, yb, float(lrs[t]))
         bar.update(1)
+        if t < K:
+            ctx.state.save(lambda: {"t": t + 1, "A": A.state_dict(), "B": Bb.state_dict(), "H": H.state_dict(),
+                                    "rows": rows, "loss_rows": loss_rows, "snaps": snaps})
     bar.close()
     a_end, b_end = A.flat().cpu(), Bb.flat().cpu()
     ep_rows = [[t, S + t, dist(v, b_end), dist(v, a_end)] for t, v in sorted(snaps.items())]
