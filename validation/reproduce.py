@@ -7,6 +7,8 @@ Layout of ``OUT``::
     OUT/<id>.png             figures
     OUT/run/                 the realnet trajectory trained for --quick/--full (unless --run is given)
     OUT/sidetrips/<name>/    realnet side-trip outputs
+    OUT/premises.json        the regime premises (a), (b) measured at the branch point (resume state)
+    OUT/timings.json         wall and process-CPU seconds per claim, training and side-trip (validation.timings)
     OUT/report.md, OUT/verdicts.json
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import timings
 from .report import environment, write_json_atomic, write_report
 from .synthetic import SYNTHETIC_CLAIMS, SyntheticConfig
 from .verdict import Verdict
@@ -34,7 +37,7 @@ def _real_claims():
 
 CLAIM_IDS = list(SYNTHETIC_CLAIMS) + [
     "fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
-    "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
+    "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit", "eq13-real-sqrt-lr",
 ]
 
 
@@ -74,6 +77,7 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
                   dataset=dataset, synthetic=asdict(syn_cfg), real=real_cfg.to_dict() if real_cfg else None)
     config["environment"] = environment()
     write_json_atomic(out / "config.json", config)
+    timings.reset()
 
     todo = []
     if synthetic:
@@ -98,7 +102,8 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a damaged part is simply redone
         try:
-            v = fn(cfg, out)
+            with timings.timed(f"claim:{cid}"):
+                v = fn(cfg, out)
         except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
             errors += 1
             v = Verdict(id=cid, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
@@ -109,5 +114,6 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
         verdicts.append(v)
     order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
     verdicts.sort(key=lambda v: order.get(v.id, len(order)))
+    timings.write(out)
     write_report(out, verdicts, config)
     return verdicts
