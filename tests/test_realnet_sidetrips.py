@@ -225,8 +225,8 @@ def test_divergence_lr_pairs(untouched, tmp_path):
     np.testing.assert_allclose(at_a_b.dist, s.distances.dist_A_B, rtol=1e-12)  # the pair at lr is (A, B)
     assert s.pairs_end == {str(f): float(pt.dist[(pt.factor == f) & (pt.t == 5)][0]) for f in (1.0, 0.5, 0.25)}
     assert np.all(pt.lr[pt.factor == 0.25] == pytest.approx(0.25 * s.lr))
-    fun = pt.dist_function[pt.t == 5]
-    assert np.all(np.isfinite(fun)) and np.all(fun > 0) and np.isnan(pt.dist_function[pt.t == 2]).all()
+    fun = pt.dist_function[pt.t == 5]  # function-space distance at t = 1, 2 (log-spaced) and K = 5 only
+    assert np.all(np.isfinite(fun)) and np.all(fun > 0) and np.isnan(pt.dist_function[pt.t == 3]).all()
     assert set(s.pair_train_loss_quarters) == {"1.0", "0.5", "0.25"} and s.timing["pairs_wall_s"] > 0
     back = type(s).load(out)
     np.testing.assert_array_equal(back.pair_distances.dist, pt.dist)
