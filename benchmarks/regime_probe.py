@@ -15,7 +15,8 @@ that prefix); ``probe --step S`` then branches from the prefix's 75% point if it
 --steps=2000 --lr=0.05``); ``--threads`` defaults to 1, ``--progress`` to false. ``train`` adds a
 checkpoint at 75% of the run (the branch point, the paper's 75k of 100k).
 
-What is measured (thresholds fixed in issue 11 before measuring; constants below):
+What is measured (thresholds fixed in issue 11 before measuring: the constants of :mod:`validation.premises`;
+the measurements (a), (b) and the summary of (c) are :mod:`realnet.regime`'s, shared with ``validation``):
 
 * (a) plateau: mean training loss of the fresh batches (``metrics.csv``: loss of the batch of update t at
   the parameters before it) over the last quarter of the run / over the quarter before; holds if within
@@ -57,19 +58,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quadsgd._files import provenance, read_csv  # noqa: E402
 from realnet.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from realnet.config import TrainConfig, build_options, resolve_config  # noqa: E402
 from realnet.data import BatchOrder, build_data  # noqa: E402
-from realnet.files import provenance, read_csv  # noqa: E402
-from realnet.trainer import (build_model, build_optimizer, deterministic_mode, evaluate, load_config,  # noqa: E402
-                             lr_at, restore_checkpoint, train, train_step)
-
-PLATEAU_TOL = 0.10  # (a) |last quarter / quarter before - 1|
-MEMORISED_MAX = 1.5  # (b) held-out / fresh training loss
-FIT_MIN = 0.5  # (c) fixed-batch loss at the end / at the start
-GRADNORM_FACTOR_MAX = 2.0  # (c) largest change of the fixed batch's gradient norm
-HELDOUT_SEED = 1_000_003  # the side-trips' held-out batches
-FIXED_SEED = 424_242  # the alignment side-trip's fixed batch
+from realnet.regime import fixed_batch_change, memorisation, training_plateau  # noqa: E402
+from realnet.sidetrips.alignment import FIXED_BATCH_SEED as FIXED_SEED  # noqa: E402  (the alignment's fixed batch)
+from realnet.trainer import (build_model, build_optimizer, deterministic_mode, load_config, lr_at,  # noqa: E402
+                             restore_checkpoint, train, train_step)
+from validation.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
 SAT_TOL = 0.10  # (e) saturated if last-quarter mean distance within 10% of the quarter before
 
 
@@ -79,13 +76,6 @@ SAT_TOL = 0.10  # (e) saturated if last-quarter mean distance within 10% of the 
 def _cfg(overrides: dict[str, str]) -> TrainConfig:
     over = {"threads": "1", "progress": "false", "device": "cpu", **overrides}
     return build_options(TrainConfig, overrides=over)
-
-
-def _quarters(v: np.ndarray) -> tuple[float, float, float]:
-    n = len(v)
-    prev, last = v[n // 2: 3 * n // 4], v[3 * n // 4:]
-    a, b = float(np.mean(prev)), float(np.mean(last))
-    return a, b, b / a
 
 
 def _flat(model) -> torch.Tensor:
@@ -186,13 +176,10 @@ def train_run(out: Path, overrides: dict[str, str]) -> dict:
 
 def plateau(run: Path, length: int | None = None) -> dict:
     """(a) on the first ``length`` steps of the run (a constant-lr run of that length is this prefix)."""
-    rows = read_csv(Path(run) / "metrics.csv")
-    if length is not None:
-        if length > len(rows):
-            raise ValueError(f"length must be <= the run's {len(rows)} logged steps; got {length}")
-        rows = rows[:length]
+    p = training_plateau(run, length)
+    rows = read_csv(Path(run) / "metrics.csv")[:p.steps]
     loss = np.array([float(r["train_loss"]) for r in rows])
-    prev, last, ratio = _quarters(loss)
+    prev, last, ratio = p.prev_quarter_loss, p.last_quarter_loss, p.ratio
     tt = np.array([float(r["time_s"]) for r in rows])
     evals = read_csv(Path(run) / "evals.csv")
     return {"steps": len(loss), "prev_quarter_loss": prev, "last_quarter_loss": last, "ratio": ratio,
@@ -221,7 +208,7 @@ def probe(run: Path, step: int | None = None, premise_steps: int = 150, eq13_ste
         B = cfg.batch_size
         out = {"run": str(run), "step": S, "lr": lr, "config": dataclasses.asdict(cfg), "load_avg_start": _load()}
         out["plateau"] = plateau(run)
-        out["memorisation"] = _memorisation(cfg, data, order, ckpt, S, B)
+        out["memorisation"] = _memorisation(run, S, threads)
         if premise_steps:
             t0 = time.perf_counter()
             out["premise"] = _premise(cfg, data, order, ckpt, S, B, lr, premise_steps, record_every)
@@ -234,22 +221,17 @@ def probe(run: Path, step: int | None = None, premise_steps: int = 150, eq13_ste
     return out
 
 
-def _memorisation(cfg, data, order, ckpt, S, B) -> dict:
-    br = _Branch(cfg, data, ckpt)
-    held = data.fixed_batches("heldout", 10, min(B, len(data.heldout)), HELDOUT_SEED, "cpu")
-    fresh = [data.batch_at(order, S + i, "cpu", augment=cfg.augment) for i in range(10)]
-    r = {}
-    for bn, tm in (("batch_bn", True), ("eval_bn", False)):
-        h = evaluate(br.model, held, train_mode_bn=tm)["loss"]
-        f = evaluate(br.model, fresh, train_mode_bn=tm)["loss"]
-        r[bn] = {"heldout_loss": h, "fresh_train_loss": f, "ratio": h / f}
-    clean_tr = evaluate(br.model, data.eval_batches("train", 2048, 256, "cpu"))
-    clean_va = evaluate(br.model, data.eval_batches("val", 2048, 256, "cpu"))
-    r["clean_train"] = clean_tr
-    r["clean_val"] = clean_va
-    r["ratio"] = r["batch_bn"]["ratio"]
-    r["holds"] = r["ratio"] < MEMORISED_MAX
-    r["heldout_augmented"] = bool(getattr(data, "augment_fixed", False))
+def _memorisation(run, S, threads) -> dict:
+    """(b) by :func:`realnet.regime.memorisation` (10 held-out vs 10 fresh batches), in the probe's JSON layout."""
+    m = memorisation(run, S, n_batches=10, clean_samples=2048, device="cpu", threads=threads, deterministic=True)
+    r = {"batch_bn": {"heldout_loss": m.heldout_loss, "fresh_train_loss": m.fresh_train_loss, "ratio": m.ratio},
+         "eval_bn": {"heldout_loss": m.heldout_loss_eval_bn, "fresh_train_loss": m.fresh_train_loss_eval_bn,
+                     "ratio": m.ratio_eval_bn},
+         "clean_train": {"loss": m.clean_train_loss, "acc": m.clean_train_acc},
+         "clean_val": {"loss": m.clean_val_loss, "acc": m.clean_val_acc}}
+    r["ratio"] = m.ratio
+    r["holds"] = m.ratio < MEMORISED_MAX
+    r["heldout_augmented"] = m.heldout_augmented
     return r
 
 
@@ -278,14 +260,13 @@ def _premise(cfg, data, order, ckpt, S, B, lr, K, every) -> dict:
                 trl.append(br.step(x, y, sched(t)))
         summ = {}
         for k, tr in track.items():
-            nr = np.array(tr["norm_ratio"])
-            summ[k] = {"loss_start": tr["loss"][0], "loss_end": tr["loss"][-1],
-                       "loss_end_over_start": tr["loss"][-1] / tr["loss"][0],
-                       "loss_min_over_start": min(tr["loss"]) / tr["loss"][0],
-                       "gradnorm_max_change": float(np.max(np.maximum(nr, 1 / nr))),
-                       "gradnorm_end_ratio": float(nr[-1]), "min_cos_start": float(min(tr["cos"])),
-                       "holds": bool(tr["loss"][-1] / tr["loss"][0] >= FIT_MIN
-                                     and np.max(np.maximum(nr, 1 / nr)) < GRADNORM_FACTOR_MAX),
+            c = fixed_batch_change(tr["loss"], tr["norm_ratio"])
+            summ[k] = {"loss_start": c.loss_start, "loss_end": c.loss_end,
+                       "loss_end_over_start": c.loss_end_over_start,
+                       "loss_min_over_start": c.loss_min_over_start,
+                       "gradnorm_max_change": c.gradnorm_max_change,
+                       "gradnorm_end_ratio": c.gradnorm_end_ratio, "min_cos_start": float(min(tr["cos"])),
+                       "holds": bool(c.loss_end_over_start >= FIT_MIN and c.gradnorm_max_change < GRADNORM_FACTOR_MAX),
                        "trace": tr}
         summ["train_loss_first_last_tenth"] = [float(np.mean(trl[:max(1, K // 10)])),
                                                float(np.mean(trl[-max(1, K // 10):]))]

@@ -8,7 +8,8 @@ Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips fro
 :mod:`realnet.trainer` and the :mod:`realnet.sidetrips` package (one module per side-trip; the registry
 :data:`realnet.sidetrips.SIDETRIPS`). Averaging in anyone's training loop: :class:`KernelAveragedModel` (any
 quadsgd kernel as an averaged model) and :class:`EquivalentScheduleLR` (its equivalent lr schedule), in
-:mod:`realnet.averaging`.
+:mod:`realnet.averaging`. The regime of a run at a checkpoint (plateau, memorisation, a fixed batch along a
+side-trip): :mod:`realnet.regime`.
 """
 from .averaging import EquivalentScheduleLR, KernelAveragedModel, equivalent_multipliers, unwrap_model
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint

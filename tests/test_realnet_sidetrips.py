@@ -191,6 +191,58 @@ def test_divergence(untouched, tmp_path):
     ends = _csv(out / "endpoint_distances.csv")
     assert float(ends[-1]["dist_to_A_end"]) == 0.0 and float(ends[0]["dist_to_A_end"]) > 0
     assert [int(r["step"]) for r in _csv(out / "checkpoint_distances.csv")] == [0, 100, 200]
+    # Lemma 2's fixed held-out batch along A, B, H (on by default): at t = 0 all three are theta_S, and its loss
+    # there is the loss of that batch evaluated independently (batch-statistics BN at the checkpoint)
+    fb = _csv(out / "divergence_fixed_batch.csv")
+    assert {r["model"] for r in fb} == {"A", "B", "H"} and _csv(out / "pair_distances.csv") == []
+    start = [r for r in fb if r["t"] == "0"]
+    assert len({r["loss"] for r in start}) == 1 and len({r["grad_norm"] for r in start}) == 1
+    from realnet.checkpoint import find_checkpoint
+    from realnet.trainer import build_model, evaluate, load_config, restore_checkpoint
+
+    cfg = load_config(untouched)
+    data = realnet.build_data(cfg)
+    model = build_model(cfg, data.num_classes)
+    restore_checkpoint(realnet.load_checkpoint(find_checkpoint(untouched, 100)), model, rng=False)
+    batch = data.fixed_batches("heldout", 1, cfg.batch_size, 424_242, "cpu")[0]
+    assert float(start[0]["loss"]) == pytest.approx(evaluate(model, [batch], train_mode_bn=True)["loss"], rel=1e-5)
+    assert s.fixed_batch["A"].loss_start == pytest.approx(float(start[0]["loss"]))
+    assert s.fixed_batch["H"].gradnorm_max_change >= 1.0 and s.pairs_end == {}
+
+
+def test_divergence_lr_pairs(untouched, tmp_path):
+    """eq. 13's pairs: (A, B) at lr, (H, H') at lr/2, (Q, Q') at lr/4. After one update the members differ only
+    by lr * f * (g_main - g_other) (same start, same momentum buffer), so the distances are exactly f-scaled."""
+    out = tmp_path / "dv-pairs"
+    s = realnet.divergence(untouched, 100, out, steps=5, record_every=1, eval_steps=[0], bn_batches=2,
+                           train_eval_samples=64, val_samples=64, pair_factors=[0.5, 0.25], function_points=3,
+                           function_samples=64, fixed_batch_every=0, **QUICK)
+    pt = s.pair_distances
+    assert s.pair_factors == [1.0, 0.5, 0.25] and len(s.fixed_batch_track) == 0 and s.fixed_batch == {}
+    one = {float(f): float(d) for f, d, t in zip(pt.factor, pt.dist, pt.t) if t == 1}
+    assert one[0.5] == pytest.approx(0.5 * one[1.0], rel=1e-4) and one[0.25] == pytest.approx(0.25 * one[1.0], rel=1e-4)
+    at_a_b = pt.select(pt.factor == 1.0)
+    np.testing.assert_allclose(at_a_b.dist, s.distances.dist_A_B, rtol=1e-12)  # the pair at lr is (A, B)
+    assert s.pairs_end == {str(f): float(pt.dist[(pt.factor == f) & (pt.t == 5)][0]) for f in (1.0, 0.5, 0.25)}
+    assert np.all(pt.lr[pt.factor == 0.25] == pytest.approx(0.25 * s.lr))
+    fun = pt.dist_function[pt.t == 5]  # function-space distance at t = 1, 2 (log-spaced) and K = 5 only
+    assert np.all(np.isfinite(fun)) and np.all(fun > 0) and np.isnan(pt.dist_function[pt.t == 3]).all()
+    assert set(s.pair_train_loss_quarters) == {"1.0", "0.5", "0.25"} and s.timing["pairs_wall_s"] > 0
+    back = type(s).load(out)
+    np.testing.assert_array_equal(back.pair_distances.dist, pt.dist)
+    assert back.summary == s.summary
+    # a result saved before the pairs and the fixed batch existed still loads (their defaults: empty)
+    (out / "pair_distances.csv").unlink()
+    (out / "divergence_fixed_batch.csv").unlink()
+    summ = json.loads((out / "summary.json").read_text())
+    for k in ("fixed_batch_seed", "fixed_batch_size", "fixed_batch", "pair_factors", "pairs_end",
+              "pair_train_loss_quarters", "timing"):
+        del summ[k]
+    (out / "summary.json").write_text(json.dumps(summ))
+    old = type(s).load(out)
+    assert len(old.pair_distances) == 0 and old.pairs_end == {} and old.final == s.final
+    with pytest.raises(ConfigError, match="pair_factors must be numbers in"):
+        realnet.divergence(untouched, 100, tmp_path / "bad", steps=2, pair_factors=[1.0], **QUICK)
 
 
 def test_sidetrip_errors(trained_run, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from validation import Verdict, decide
@@ -105,39 +106,177 @@ def test_cli_synthetic_subset(tmp_path, capsys):
     assert not math.isnan(data[0]["value"])
 
 
+def test_premises_rules_and_round_trip():
+    """Each premise is met exactly on its side of the issue's thresholds, survives the verdict's JSON, and a
+    failing premise is reported "not met" without changing the verdict's own rule."""
+    from realnet.regime import FixedBatchChange, Memorisation, Plateau
+    from validation import premises as pm
+    from validation.report import premise_note
+
+    assert (pm.PLATEAU_TOL, pm.MEMORISED_MAX, pm.FIT_MIN, pm.GRADNORM_FACTOR_MAX) == (0.10, 1.5, 0.5, 2.0)
+    flat = pm.plateau_premise(Plateau(steps=2400, prev_quarter_loss=1.0, last_quarter_loss=0.945, ratio=0.945), 1800)
+    falling = pm.plateau_premise(Plateau(steps=2400, prev_quarter_loss=1.0, last_quarter_loss=0.85, ratio=0.85))
+    assert flat.met and not falling.met and flat.conditions[0].value == pytest.approx(0.055)
+
+    def mem(ratio):
+        return Memorisation(step=1800, n_batches=10, batch_size=32, heldout_loss=ratio, fresh_train_loss=1.0,
+                            ratio=ratio, heldout_loss_eval_bn=1.0, fresh_train_loss_eval_bn=1.0, ratio_eval_bn=1.0,
+                            heldout_augmented=True)
+
+    assert pm.memorisation_premise(mem(1.49)).met and not pm.memorisation_premise(mem(1.5)).met
+
+    def change(end, gn):
+        return FixedBatchChange(loss_start=1.0, loss_end=end, loss_end_over_start=end, loss_min_over_start=end,
+                                gradnorm_max_change=gn, gradnorm_end_ratio=1.0, n_points=10)
+
+    ok = pm.lemma2_premise("lemma2-fig7", "fig7-gradient-alignment", {"constant lr": change(0.9, 1.5),
+                                                                      "linear decay": change(0.5, 1.9)}, "b")
+    fit = pm.lemma2_premise("lemma2-fig7", "fig7-gradient-alignment", {"constant lr": change(0.9, 1.5),
+                                                                       "linear decay": change(0.49, 1.2)}, "b")
+    spiky = pm.lemma2_premise("lemma2-fig6", "fig6-two-point-half-lr", {"A (lr)": change(0.9, 2.0)}, "b")
+    assert ok.met and not fit.met and not spiky.met
+    assert "linear decay" in fit.conditions[0].description and fit.conditions[0].value == 0.49
+    v = Verdict(id="fig7-gradient-alignment", claim="c", statistic="s", value=0.2, comparison=">", threshold=0.0)
+    pm.attach(v, [flat, fit])
+    back = Verdict.from_dict(json.loads(json.dumps(v.to_dict())))
+    assert back.passed and v.passed  # judged by its own rule whatever the premises say
+    assert back.details["premises_met"] is False and pm.not_met(back) == ["lemma2-fig7"]
+    assert [p.to_dict() for p in pm.of_verdict(back)] == [flat.to_dict(), fit.to_dict()]
+    assert premise_note(back) == " (premise not met: lemma2-fig7)" and premise_note(Verdict(
+        id="x", claim="c", statistic="s", value=0.0, comparison="<", threshold=1.0)) == ""
+
+
+TINY_REAL = dict(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32, sweep_batch_sizes=[16, 32],
+                 sweep_num_lrs=13, fixed_batch_alphas=3, averaging_steps=4, alignment_steps=4, divergence_steps=6,
+                 divergence_record_every=2, eq13_function_samples=32, eq13_function_points=3, premise_batches=3,
+                 bn_batches=2, alignment_batch_pairs=3, eval_samples=64, threads=1, device="cpu", linear_fit_k=2,
+                 linear_fit_sample_batches=2, linear_fit_lags=2, linear_fit_kernels=["ema:0.5", "twopoint:2", "swa:2"],
+                 linear_fit_blocks=5, linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
+REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
+            "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
+            "eq13-real-sqrt-lr"]
+
+
+def _judged(v):
+    """What a re-run must reproduce: the verdict's numbers and premises (not its timings)."""
+    return dict(value=v["value"], passed=v["passed"], checks=v["checks"], premises=v["details"].get("premises"),
+                uncertainty=v["uncertainty"])
+
+
 @pytest.mark.slow
-def test_reproduce_real_claims_tiny_end_to_end(tmp_path):
+def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     # every real-network claim runs end to end on a tiny trajectory (sizes far too small for the
-    # verdicts to mean anything: this checks the plumbing, the files and the report)
+    # verdicts to mean anything: this checks the plumbing, the premises, the files and the report)
+    import csv
+
     from validation.realclaims import RealConfig
 
-    rc = RealConfig(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32, sweep_batch_sizes=[16, 32],
-                    fixed_batch_alphas=3, averaging_steps=4, alignment_steps=4, divergence_steps=6,
-                    eval_samples=64, threads=1, device="cpu", linear_fit_k=2, linear_fit_sample_batches=2,
-                    linear_fit_lags=2, linear_fit_kernels=["ema:0.5", "twopoint:2", "swa:2"], linear_fit_blocks=5,
-                    linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
+    rc = RealConfig(**TINY_REAL)
     out = tmp_path / "out"
     verdicts = reproduce(out, synthetic=False, progress=False, real_config=rc)
-    assert [v.id for v in verdicts] == ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule",
-                                        "fig6-two-point-half-lr", "fig7-gradient-alignment",
-                                        "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit"]
+    assert [v.id for v in verdicts] == REAL_IDS
     for v in verdicts:
         assert v.error is None, (v.id, v.error)
         assert v.source == "realnet" and (out / v.figure).stat().st_size > 10_000
         assert not math.isnan(v.value)
     data = json.loads((out / "verdicts.json").read_text())
     assert all(REQUIRED <= set(d) for d in data)
-    lfv = data[-1]
+    lfv = data[-2]
     assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
     assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
     assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
                                                                                          "variance_off"}
     assert (out / "sidetrips" / "linear-fit" / "directions.csv").exists()
     assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep" / "summary.json").exists()
-    # --run DIR validates an existing run without training (and never writes into it)
+    run_cfg = json.loads((out / "run" / "config.json").read_text())
+    assert (run_cfg["augment_strength"], run_cfg["weight_decay"], run_cfg["lr_schedule"]) == (1.5, 1e-3, "constant")
+    assert {18, 22} <= {int(p.stem.split("_")[1]) for p in (out / "run" / "checkpoints").iterdir()}  # S, S2
+
+    # premises: (a) and (b) on every claim, (c) on fig6 and fig7, with the numbers recomputed independently
+    by_id = {d["id"]: d for d in data}
+    for d in data:
+        ids = [p["id"] for p in d["details"]["premises"]]
+        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"]}
+        assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
+        assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
+    with open(out / "run" / "metrics.csv", newline="") as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+    plateau = by_id["fig2-single-step"]["details"]["premises"][0]
+    assert plateau["conditions"][0]["value"] == pytest.approx(abs(np.mean(losses[18:]) / np.mean(losses[12:18]) - 1))
+    assert plateau["conditions"][0]["threshold"] == 0.1 and plateau["details"]["branch_step"] == 18
+    mem = by_id["fig2-single-step"]["details"]["premises"][1]
+    assert mem["details"]["step"] == 18 and mem["details"]["n_batches"] == 3
+    with open(out / "sidetrips" / "alignment" / "alignment.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fits = [float(rows[-1][f"fixed_loss_{k}"]) / float(rows[0][f"fixed_loss_{k}"]) for k in ("constant", "linear")]
+    gns = [max(max(float(r[f"norm_ratio_{k}"]), 1 / float(r[f"norm_ratio_{k}"])) for r in rows)
+           for k in ("constant", "linear")]
+    l7 = by_id["fig7-gradient-alignment"]["details"]["premises"][2]["conditions"]
+    assert l7[0]["value"] == pytest.approx(min(fits)) and l7[1]["value"] == pytest.approx(max(gns))
+    assert (l7[0]["comparison"], l7[0]["threshold"], l7[1]["comparison"], l7[1]["threshold"]) == (">=", 0.5, "<", 2.0)
+    l6 = by_id["fig6-two-point-half-lr"]["details"]["premises"][2]
+    assert set(l6["details"]["sidetrips"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
+
+    # the new verdict: Lemma 1's slope from the pairs at lr, lr/2, lr/4 (recomputed from pair_distances.csv)
+    e13 = by_id["eq13-real-sqrt-lr"]
+    with open(out / "sidetrips" / "divergence" / "pair_distances.csv", newline="") as fh:
+        end = {float(r["factor"]): (float(r["lr"]), float(r["dist"])) for r in csv.DictReader(fh) if r["t"] == "6"}
+    assert sorted(end) == [0.25, 0.5, 1.0]
+    x, y = np.log([end[f][0] for f in (1.0, 0.5, 0.25)]), np.log([end[f][1] for f in (1.0, 0.5, 0.25)])
+    slope = np.polyfit(x, y, 1)[0]
+    resid = y - np.polyval(np.polyfit(x, y, 1), x)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 1) * math.sqrt(resid @ resid / 1 / ((x - x.mean()) @ (x - x.mean())))
+    assert e13["details"]["slope"] == pytest.approx(slope) and e13["uncertainty"] == pytest.approx(half, rel=1e-6)
+    assert e13["value"] == pytest.approx(abs(slope - 0.5) + half) and e13["threshold"] == 0.15
+    assert e13["details"]["lrs"] == pytest.approx([0.05, 0.025, 0.0125]) and e13["details"]["slope_at_t"]
+    assert len(e13["details"]["function_distance_end"]) == 3
+
+    # the report states the regime before any verdict; timings of every part
+    report = (out / "report.md").read_text()
+    assert report.index("## Regime at the branch point") < report.index("| id | statistic |")
+    assert "(a) plateau" in report and "(c) Lemma 2's premise for fig7-gradient-alignment" in report
+    t = json.loads((out / "timings.json").read_text())["parts"]
+    for part in ["training", "regime", "sidetrip:lr-sweep", "sidetrip:divergence", "sidetrip:divergence:pairs",
+                 "sidetrip:linear-fit", "claim:eq13-real-sqrt-lr"]:
+        assert t[part]["wall_s"] > 0 and t[part]["cpu_s"] > 0, part
+
+    # resume after a kill during the divergence side-trip: its claims and directory are gone, the rest is kept
+    for cid in ("fig6-two-point-half-lr", "fig8-distance-saturates", "eq13-real-sqrt-lr"):
+        (out / "parts" / f"{cid}.json").unlink()
+    (out / "sidetrips" / "divergence" / "summary.json").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    again = reproduce(out, synthetic=False, progress=False, real_config=rc)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir() if p.name in kept} == kept
+    assert [_judged(v.to_dict()) for v in again] == [_judged(d) for d in data]
+    t2 = json.loads((out / "timings.json").read_text())["parts"]
+    assert t2["sidetrip:lr-sweep"] == t["sidetrip:lr-sweep"] and "sidetrip:divergence" in t2  # kept / redone
+
+    # --run DIR validates an existing run without training (and never writes into it); a premise built to
+    # fail (a memorised stream: held-out loss 3x the fresh batches' loss) is reported "not met", and the claim
+    # is still judged by its own rule
+    import realnet.regime
+
+    real_measure = realnet.regime.memorisation
+
+    def memorised(*a, **k):
+        import dataclasses
+
+        m = real_measure(*a, **k)
+        return dataclasses.replace(m, heldout_loss=3 * m.fresh_train_loss, ratio=3.0)
+
+    monkeypatch.setattr(realnet.regime, "memorisation", memorised)
     before = sorted(p.name for p in (out / "run").rglob("*"))
     out2 = tmp_path / "out2"
     rc2 = RealConfig(**{**rc.to_dict(), "run": str(out / "run")})
     v2 = reproduce(out2, synthetic=False, progress=False, real_config=rc2, only=["fig2-single-step"])
     assert v2[0].error is None and not (out2 / "run").exists()
     assert sorted(p.name for p in (out / "run").rglob("*")) == before
+    assert v2[0].value == pytest.approx(by_id["fig2-single-step"]["value"])  # same claim, same number
+    d2 = json.loads((out2 / "verdicts.json").read_text())[0]
+    assert d2["details"]["premises_met"] is False
+    assert [p["met"] for p in d2["details"]["premises"]] == [plateau["met"], False]
+    assert d2["details"]["premises"][1]["conditions"][0]["value"] == 3.0
+    rep2 = (out2 / "report.md").read_text()
+    assert "(premise not met: not-memorised)" in rep2 and "**not met**" in rep2

@@ -1,9 +1,13 @@
 """Claims of the paper checked on a real network (realnet runs and side-trips).
 
-``--quick`` trains a ResNet-20 trajectory on the embedded digits data (about two minutes on 2 CPU
-cores) and runs the side-trips from a checkpoint at two thirds of it; ``--run DIR`` validates an
-existing realnet run (e.g. a GPU ImageNet run) instead, branching from its checkpoint nearest to 75%
-of its length (the paper's step 75k of 100k). Side-trip outputs are kept in ``OUT/sidetrips/`` and
+``--quick`` trains a ResNet-20 trajectory on the embedded digits data with per-sample augmentation (2,400
+constant-lr steps, about two minutes on one CPU core) and runs the side-trips from its checkpoint at 75 % of
+the run (step 1,800: the paper's 75k of 100k), where the trajectory is on a plateau and the augmented stream is
+not memorised (measured: ``benchmarks/results/2026-12-01-regime-measurements.md``); ``--run DIR`` validates an
+existing realnet run (e.g. a GPU ImageNet run) instead, branching from its checkpoint nearest to 75 % of its
+length. Every verdict carries the regime premises measured at the branch point (:mod:`validation.premises`:
+plateau, not memorised, and Lemma 2's premise for fig. 6 and 7); a claim whose premise fails is still judged.
+Side-trip outputs are kept in ``OUT/sidetrips/`` and
 reused on a re-run (resume): a finished side-trip whose options are unchanged is read back with
 ``Result.load(dir)`` (the side-trip registry :data:`realnet.sidetrips.SIDETRIPS` says which result class;
 an interrupted one resumes from its saved state; :func:`progress_bars` shows one bar per side-trip),
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -21,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import OutputError, atomic_write_text
+from quadsgd._files import OutputError, atomic_write_text, read_json, write_json
 
-from . import linearfit, plots
+from . import eq13real, linearfit, plots, premises, timings
 from .verdict import Verdict
 
 __all__ = ["RealConfig", "REAL_CLAIMS"]
@@ -44,31 +49,47 @@ FIG13_LOGDROP_GAP_MIN = math.log(2.0)  # log-drop(train batch) - log-drop(held-o
 
 @dataclass
 class RealConfig:
-    """Sizes of the real-network checks and the trajectory trained when no ``--run`` is given."""
+    """Sizes of the real-network checks and the trajectory trained when no ``--run`` is given.
+
+    The quick defaults are phase 1's measured recommendation (issue 11; the regime measurements in
+    ``benchmarks/results/2026-12-01-regime-measurements.md``): on plain digits the 1,197 training images are
+    memorised within ~10 epochs and no premise holds; with per-sample augmentation (strength 1.5), a constant lr
+    0.2 and weight decay 1e-3 the fresh-batch loss is quasi-stationary from ~2,000 steps on (last quarter /
+    quarter before 0.945 at 2,400 steps), held-out / fresh loss is 1.09 at step 1,800, and a fixed batch is not
+    fit along 150-300-step side-trips (loss end/start >= 0.59, gradient norm within x1.76).
+    """
 
     run: str | None = None  # existing run directory (skips training)
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "resnet20"
     width: int = 16  # resnet20 base width
-    # The digits training split (1197 examples) is memorised within ~10 epochs at lr 0.1; past that the
-    # per-example gradients vanish and single steps change nothing (measured: a best step cut the
-    # training-batch loss only from 5.3e-5 to 4.3e-5 at step 1000 of 1500). The paper's regime is a
-    # trajectory that has not fit its training set (ImageNet at 75k steps: loss ~1.8), so --quick
-    # branches early: step 100 of 150 (~2.7 epochs), where training and held-out losses still move.
-    steps: int = 150  # main trajectory length (trained runs)
+    steps: int = 2400  # main trajectory length (trained runs)
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.2  # constant lr of the main trajectory
+    weight_decay: float = 1e-3  # coupled L2 weight decay (shortens the weight norm's relaxation to ~250 steps)
+    augment_strength: float = 1.5  # digits: realnet.data.DigitsAugment strength (0 = plain digits; others: 0)
     seed: int = 0
-    branch_fraction: float = 2 / 3  # side-trips start at this fraction of the run (paper: 0.75)
+    branch_fraction: float = 0.75  # side-trips start at this fraction of the run (paper: 75k of 100k)
     second_offset_fraction: float = 0.15  # fixed-batch's second checkpoint, later by this fraction
+    premise_batches: int = 10  # (b): held-out and fresh training batches at the branch point
     sweep_batch_size: int = 128  # lr-sweep batch (paper: 512 on ImageNet)
     sweep_batch_sizes: list = field(default_factory=lambda: [16, 64, 256])  # Fig. 13
+    sweep_num_lrs: int = 49  # step sizes of each lr-sweep's log grid (1e-4 .. 100)
+    sweep_heldout_batches: int = 10  # held-out batches of each lr-sweep (paper: >= 10)
     fixed_batch_alphas: int = 11  # interpolation points of fixed-batch (Fig. 3)
+    fixed_batch_gd_steps: int = 9  # GD steps on the fixed batch from each checkpoint (paper: 9)
+    fixed_batch_heldout_batches: int = 10
     averaging_steps: int = 100  # K of the averaging side-trip
     averaging_kernels: list = field(default_factory=lambda: ["swa", "ema:0.02", "twopoint"])
-    alignment_steps: int = 100
-    divergence_steps: int = 150
+    bn_batches: int = 10  # update_bn batches before each eval-mode evaluation (averaging, divergence)
+    alignment_steps: int = 150  # Fig. 7 side-trips (Lemma 2's premise measured at 150 and 300)
+    alignment_batch_pairs: int = 10  # different training batches of the reference cosines (+1)
+    divergence_steps: int = 300  # Fig. 6 / 8 and the eq. 13 pairs (the lr/2 loss re-equilibrates in ~300)
+    divergence_record_every: int = 10  # distances and Lemma 2's fixed batch recorded every N steps
+    eq13_factors: list = field(default_factory=lambda: [0.5, 0.25])  # eq. 13 pairs at lr * f besides lr itself
+    eq13_function_points: int = 6  # steps with the pairs' function-space distance (log-spaced, plus the end)
+    eq13_function_samples: int = 256
     # linear-model-fit (realnet.sidetrips.linear_fit): top-k Hessian directions on a fixed sample, curvature and
     # noise on fresh batches, a constant-lr continuation of linear_fit_steps updates (>= the length rule's minimum
     # for lags / kernels / blocks: 2,065 for these; 0 = exactly that minimum)
@@ -86,14 +107,17 @@ class RealConfig:
 
     @classmethod
     def for_mode(cls, mode, run=None, data_dir=None, dataset=None):
-        base = cls() if mode == "quick" else cls(averaging_steps=500, alignment_steps=500, divergence_steps=500,
+        """``quick``: the defaults. ``full``: the same trajectory (its premises are the measured ones) with longer
+        side-trips and larger evaluations. ``dataset`` other than digits (with ``--data-dir``): ResNet-34, batch
+        128, lr 0.1, weight decay 1e-4, 20,000 steps, no digits augmentation (the loader's crop + flip)."""
+        base = cls() if mode == "quick" else cls(averaging_steps=500, alignment_steps=300, divergence_steps=600,
                                                  eval_samples=10000, fixed_batch_alphas=21, linear_fit_k=16,
                                                  linear_fit_sample_batches=16,
                                                  linear_fit_kernels=["ema:0.02", "twopoint:100", "swa:100"],
                                                  linear_fit_noise_batches=400, linear_fit_curvature_batches=64)
         if dataset and dataset != "digits":
             base = cls(**{**asdict(base), "dataset": dataset, "model": "resnet34", "batch_size": 128,
-                          "steps": 20000, "lr": 0.1, "threads": 0,
+                          "steps": 20000, "lr": 0.1, "weight_decay": 1e-4, "augment_strength": 0.0, "threads": 0,
                           "sweep_batch_size": 512, "sweep_batch_sizes": [128, 512, 2048]})
         base.run = str(run) if run else None
         base.data_dir = str(data_dir) if data_dir else None
@@ -148,10 +172,13 @@ class _Context:
         S, S2 = self._planned_steps(c.steps)
         run = self.out / "run"
         tc = TrainConfig(dataset=c.dataset, data_dir=c.data_dir, model=c.model, width=c.width, steps=c.steps,
-                         batch_size=c.batch_size, lr=c.lr, seed=c.seed, checkpoint_every=max(1, c.steps // 6),
+                         batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
+                         augment_strength=c.augment_strength, seed=c.seed, checkpoint_every=max(1, c.steps // 6),
                          checkpoint_steps=sorted({S, S2}), eval_every=max(1, c.steps // 10), threads=c.threads,
                          device=c.device, eval_samples=c.eval_samples, progress=_PROGRESS.get())
-        train(tc, run)  # resumes if the run exists with the same config
+        done = (run / "summary.json").is_file()
+        with timings.timed("training", resumed=done):
+            train(tc, run)  # resumes if the run exists with the same config
         return run
 
     def _planned_steps(self, n):
@@ -187,19 +214,60 @@ class _Context:
         summary = d / "summary.json"
         marker = d / "validation_options.json"
         if summary.exists() and marker.exists() and marker.read_text() == ident:
-            return trip.result.load(d)
-        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=_PROGRESS.get())
-        try:  # an unfinished side-trip of the same options resumes
-            result = trip.function(self.run_dir, step, d, **common, **overrides)
-        except OutputError as e:
-            if e.reason not in ("identity", "foreign"):
-                raise
-            import shutil
+            try:
+                return trip.result.load(d)
+            except (ValueError, OSError, KeyError, TypeError):
+                import shutil
 
-            shutil.rmtree(d)  # this report's own side-trip of other options: redo it from scratch
-            result = trip.function(self.run_dir, step, d, **common, **overrides)
+                shutil.rmtree(d)  # unreadable: redo from scratch
+        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=_PROGRESS.get())
+        with timings.timed(f"sidetrip:{key}"):
+            try:  # an unfinished side-trip of the same options resumes
+                result = trip.function(self.run_dir, step, d, **common, **overrides)
+            except OutputError as e:
+                if e.reason not in ("identity", "foreign"):
+                    raise
+                import shutil
+
+                shutil.rmtree(d)  # this report's own side-trip of other options: redo it from scratch
+                result = trip.function(self.run_dir, step, d, **common, **overrides)
+        own = getattr(result, "timing", None)  # parts a side-trip times itself: {"<part>_wall_s", "<part>_cpu_s"}
+        if isinstance(own, dict):
+            for name in [k[:-len("_wall_s")] for k in own if k.endswith("_wall_s")]:
+                timings.record(f"sidetrip:{key}:{name}", own[f"{name}_wall_s"], own.get(f"{name}_cpu_s", math.nan))
         atomic_write_text(marker, ident)
         return result
+
+    def regime(self) -> list:
+        """Premises (a) plateau and (b) not memorised at the branch point (:mod:`validation.premises`), measured
+        once and kept in ``OUT/premises.json`` (reused on a re-run while the run and the step are unchanged)."""
+        from realnet.regime import Memorisation, Plateau, memorisation, training_plateau
+
+        S, _ = self.steps
+        ident = dict(run=str(self.run_dir.resolve()), step=S, batches=self.cfg.premise_batches)
+        path = self.out / "premises.json"
+        saved = None
+        if path.is_file():
+            try:
+                saved = read_json(path)
+            except (OSError, ValueError):
+                saved = None
+        if saved and saved.get("identity") == ident:
+            plat = Plateau(**saved["plateau"]) if saved.get("plateau") else None
+            mem = Memorisation(**saved["memorisation"])
+        else:
+            with timings.timed("regime"):
+                try:
+                    plat = training_plateau(self.run_dir)
+                except (OSError, ValueError, KeyError):  # no usable metrics.csv (e.g. a copied run without it)
+                    plat = None
+                mem = memorisation(self.run_dir, S, n_batches=self.cfg.premise_batches,
+                                   clean_samples=self.cfg.eval_samples,
+                                   device=self.cfg.device, threads=self.cfg.threads)
+            write_json(path, dict(identity=ident, plateau=asdict(plat) if plat else None, memorisation=mem.to_dict()))
+        if plat is None:
+            plat = Plateau(steps=0, prev_quarter_loss=math.nan, last_quarter_loss=math.nan, ratio=math.nan)
+        return [premises.plateau_premise(plat, S), premises.memorisation_premise(mem)]
 
 
 _CTX: dict = {}
@@ -230,7 +298,8 @@ def _r2_poly(x, y, deg=4) -> float:
 def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
-    s = ctx.sidetrip("lr-sweep", "lr-sweep", batch_size=cfg.sweep_batch_size, heldout_batches=10)
+    s = ctx.sidetrip("lr-sweep", "lr-sweep", batch_size=cfg.sweep_batch_size, heldout_batches=cfg.sweep_heldout_batches,
+                     num_lrs=cfg.sweep_num_lrs)
     lr, tr, ho = s.curve.lr, s.curve.train_loss, s.curve.heldout_mean
     # relative to where each curve starts, so a generalization gap at the branch point (train batch
     # already below the held-out ones) does not count as the single-step effect
@@ -246,7 +315,7 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
         claim="After its best single step the training batch's loss is far below the loss the held-out "
               "batches reach after their best step; both curves are smooth, low-degree-polynomial-like (Fig. 2)",
         statistic="(training-batch loss after its best step / before it) divided by (mean held-out loss after "
-                  f"its best step / before it) (10 held-out batches, step {S})",
+                  f"its best step / before it) ({cfg.sweep_heldout_batches} held-out batches, step {S})",
         value=ratio, comparison="<", threshold=FIG2_RATIO_MAX, figure=fig,
         details=dict(step=S, **{k: getattr(s, k) for k in ("train_start_loss", "train_min_loss", "best_lr_train",
                                                             "heldout_start_loss", "heldout_min_loss",
@@ -261,7 +330,8 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
 def claim_fig3(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
-    s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=9, batch_size=cfg.sweep_batch_size,
+    s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=cfg.fixed_batch_gd_steps,
+                     heldout_batches=cfg.fixed_batch_heldout_batches, batch_size=cfg.sweep_batch_size,
                      num_alphas=cfg.fixed_batch_alphas)
     scale_tr = max(s.train_loss_first[0], s.train_loss_second[0])
     scale_ho = max(s.heldout_loss_first[0], s.heldout_loss_second[0])
@@ -289,7 +359,7 @@ def claim_fig5(cfg: RealConfig, out: Path) -> Verdict:
     K = cfg.averaging_steps
     report = sorted({k for k in (1, 10, 100, 1000) if k < K} | {K})
     s = ctx.sidetrip("averaging", "averaging", steps=K, report_steps=report, kernels=list(cfg.averaging_kernels),
-                     train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples)
+                     train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples, bn_batches=cfg.bn_batches)
     gaps, gaps_train, per_kernel = {}, {}, {}
     for spec, kres in s.kernels.items():
         results = sorted(kres.results, key=lambda r: r.k)
@@ -320,9 +390,13 @@ def claim_fig5(cfg: RealConfig, out: Path) -> Verdict:
 
 
 def _divergence(ctx, cfg):
+    """The divergence side-trip shared by fig. 6, fig. 8 and eq. 13 (A, B, H, the lr pairs, the fixed batch)."""
     return ctx.sidetrip("divergence", "divergence", steps=cfg.divergence_steps,
                         eval_steps=sorted({0, cfg.divergence_steps // 10, cfg.divergence_steps}),
-                        train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples)
+                        train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples,
+                        record_every=cfg.divergence_record_every, fixed_batch_every=cfg.divergence_record_every,
+                        bn_batches=cfg.bn_batches, pair_factors=[float(f) for f in cfg.eq13_factors],
+                        function_points=cfg.eq13_function_points, function_samples=cfg.eq13_function_samples)
 
 
 def claim_fig6(cfg: RealConfig, out: Path) -> Verdict:
@@ -346,13 +420,16 @@ def claim_fig6(cfg: RealConfig, out: Path) -> Verdict:
         details=dict(step=S, val_loss_twopoint=val["twopoint"], val_loss_half=val["H"], val_loss_A=val["A"],
                      summary_ratio=s.twopoint_to_half_vs_A_B))
     v.check("loss_gap", gap, "<", FIG6_LOSS_GAP_MAX, "|val loss(two-point at lr) - val loss(lr/2)| / val loss(lr/2)")
-    return v
+    return premises.attach(v, [premises.lemma2_premise(
+        "lemma2-fig6", v.id, premises.divergence_changes(s),
+        f"a fixed held-out batch of {s.fixed_batch_size} (seed {s.fixed_batch_seed}) along the {s.steps}-step "
+        f"side-trips A, B, H")])
 
 
 def claim_fig7(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
-    s = ctx.sidetrip("alignment", "alignment", steps=cfg.alignment_steps)
+    s = ctx.sidetrip("alignment", "alignment", steps=cfg.alignment_steps, batch_pairs=cfg.alignment_batch_pairs)
     rec = s.records
     cos_c = rec.cos_start_constant
     db = s.different_batches
@@ -372,7 +449,10 @@ def claim_fig7(cfg: RealConfig, out: Path) -> Verdict:
                      final_cos_fixed_linear=float(rec.cos_start_linear[-1]),
                      final_norm_ratio_constant=float(rec.norm_ratio_constant[-1]),
                      different_batches=asdict(db)))
-    return v
+    return premises.attach(v, [premises.lemma2_premise(
+        "lemma2-fig7", v.id, premises.alignment_changes(s),
+        f"the alignment side-trip's fixed {s.fixed_batch}-split batch of {s.batch_size} along its {s.steps}-step "
+        f"side-trips")])
 
 
 def claim_fig8(cfg: RealConfig, out: Path) -> Verdict:
@@ -409,7 +489,8 @@ def claim_fig13(cfg: RealConfig, out: Path) -> Verdict:
     S, _ = ctx.steps
     rows = []
     for b in cfg.sweep_batch_sizes:
-        s = ctx.sidetrip("lr-sweep", f"lr-sweep-b{b}", batch_size=b, heldout_batches=10)
+        s = ctx.sidetrip("lr-sweep", f"lr-sweep-b{b}", batch_size=b, heldout_batches=cfg.sweep_heldout_batches,
+                         num_lrs=cfg.sweep_num_lrs)
         drop_tr = math.log(s.train_start_loss / s.train_min_loss)
         drop_ho = math.log(s.heldout_start_loss / s.heldout_min_loss)
         rows.append(dict(batch_size=b, train_drop=drop_tr, heldout_drop=drop_ho, gap=drop_tr - drop_ho))
@@ -429,7 +510,22 @@ def claim_fig13(cfg: RealConfig, out: Path) -> Verdict:
     return v
 
 
-REAL_CLAIMS = {
+def _with_regime(fn):
+    """The claim ``fn`` with the regime premises (a), (b) at the branch point put before its own premises."""
+    @functools.wraps(fn)
+    def claim(cfg: RealConfig, out: Path) -> Verdict:
+        v = fn(cfg, out)
+        try:
+            regime = _ctx(cfg, out).regime()
+        except Exception as exc:  # noqa: BLE001 - the claim stays judged; the premise reads "not met" with the error
+            regime = [premises.unmeasured("regime", "(a), (b) regime at the branch point could not be measured",
+                                          f"{type(exc).__name__}: {exc}")]
+        return premises.attach(v, regime + premises.of_verdict(v))
+
+    return claim
+
+
+REAL_CLAIMS = {cid: _with_regime(fn) for cid, fn in {
     "fig2-single-step": claim_fig2,
     "fig3-same-basin": claim_fig3,
     "fig5-averaging-equals-schedule": claim_fig5,
@@ -438,4 +534,5 @@ REAL_CLAIMS = {
     "fig8-distance-saturates": claim_fig8,
     "fig13-batch-size": claim_fig13,
     "linear-model-fit": linearfit.claim_linear_fit,
-}
+    "eq13-real-sqrt-lr": eq13real.claim_eq13_real,
+}.items()}

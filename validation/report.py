@@ -1,6 +1,8 @@
-"""The report: ``report.md`` (a table of verdicts, linked figures, config and versions) and
-``verdicts.json`` (a list of verdict objects). Files are written atomically (:mod:`quadsgd._files`: temporary
-file in the same directory, fsync, ``os.replace``; mode 0644 under the usual umask)."""
+"""The report: ``report.md`` (the regime premises measured at the branch point, a table of verdicts, linked
+figures, config and versions) and ``verdicts.json`` (a list of verdict objects; a real-network verdict's
+``details["premises"]`` holds its premises, :mod:`validation.premises`). Files are written atomically
+(:mod:`quadsgd._files`: temporary file in the same directory, fsync, ``os.replace``; mode 0644 under the usual
+umask)."""
 from __future__ import annotations
 
 import json
@@ -48,6 +50,71 @@ def _git_text(env: dict) -> str:
     return f"{git} (uncommitted changes)" if env.get("git_dirty") else str(git)
 
 
+def premise_note(v: Verdict) -> str:
+    """``" (premise not met: plateau, ...)"`` next to a verdict whose premises do not all hold, else ``""``."""
+    from .premises import not_met
+
+    missing = not_met(v)
+    return f" (premise not met: {', '.join(missing)})" if missing else ""
+
+
+def premise_lines(v: Verdict) -> list[str]:
+    """Markdown bullet lines of a verdict's premises (for its detail section)."""
+    from .premises import of_verdict
+
+    lines = []
+    for p in of_verdict(v):
+        conds = "; ".join(f"{c.description} = {_fmt(c.value)} (rule {c.comparison} {_fmt(c.threshold)})"
+                          for c in p.conditions)
+        lines.append(f"- premise `{p.id}` {p.title}: {conds}: {'met' if p.met else '**not met**'}")
+    return lines + [""] if lines else []
+
+
+def regime_section(verdicts: list[Verdict]) -> list[str]:
+    """Markdown lines: every premise carried by the verdicts (value, rule, met / not met), before any verdict."""
+    from .premises import ALL_REAL, of_verdict
+
+    seen: dict[str, tuple] = {}
+    for v in verdicts:
+        for p in of_verdict(v):
+            seen.setdefault(p.id, (p, []))[1].append(v.id)
+    if not seen:
+        return []
+    step = next((p.details.get("branch_step") for p, _ in seen.values() if p.id == "plateau"), None)
+    lines = ["## Regime at the branch point", "",
+             f"The real-network claims test the paper only where the trajectory is in the paper's regime. Measured "
+             f"at the branch point{f' (step {step})' if step is not None else ''} with rules fixed in code before "
+             f"measuring (`validation/premises.py`); a claim whose premise is not met is still judged below, and "
+             f"its verdict is marked *premise not met*.", "",
+             "| premise | applies to | measured | rule | status |", "|---|---|---|---|---|"]
+    for p, claims in seen.values():
+        applies = p.applies_to
+        if p.applies_to == ALL_REAL and len(claims) > 1:
+            applies = f"{ALL_REAL} ({len(claims)})"
+        for i, c in enumerate(p.conditions):
+            desc = c.description.replace("|", "\\|")
+            title = p.title if i == 0 else ""
+            status = ("met" if p.met else "**not met**") if i == len(p.conditions) - 1 else ""
+            lines.append(f"| {title} | {applies if i == 0 else ''} | {desc} = {_fmt(c.value)} | "
+                         f"{c.comparison} {_fmt(c.threshold)} ({'holds' if c.met else 'fails'}) | {status} |")
+    lines.append("")
+    plat = seen.get("plateau")
+    if plat:
+        d = plat[0].details
+        lines += [f"Plateau: mean fresh-batch training loss {_fmt(d.get('prev_quarter_loss'))} -> "
+                  f"{_fmt(d.get('last_quarter_loss'))} (ratio {_fmt(d.get('ratio'))}) over the last two quarters of "
+                  f"{d.get('steps')} updates.", ""]
+    mem = seen.get("not-memorised")
+    if mem:
+        d = mem[0].details
+        lines += [f"Memorisation at step {d.get('step')}: held-out {_fmt(d.get('heldout_loss'))} vs fresh training "
+                  f"{_fmt(d.get('fresh_train_loss'))} (eval-mode BN: {_fmt(d.get('heldout_loss_eval_bn'))} vs "
+                  f"{_fmt(d.get('fresh_train_loss_eval_bn'))}); clean training subset loss "
+                  f"{_fmt(d.get('clean_train_loss'))}, validation loss {_fmt(d.get('clean_val_loss'))} (accuracy "
+                  f"{_fmt(d.get('clean_val_acc'))}).", ""]
+    return lines
+
+
 def _rule_text(c: dict) -> str:
     return f"{_fmt(c['value'])}, rule {c['comparison']} {_fmt(c['threshold'])}"
 
@@ -84,6 +151,7 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         f"{n_pass} of {len(verdicts)} claims verified. Mode: `{config.get('mode')}`. "
         f"Git: `{_git_text(config.get('environment', {}))}`.",
         "",
+        *regime_section(verdicts),
         "Each row: the claim's id, the statistic that tests it, the measured value (with its standard "
         "error or CI half-width where one applies), the pass rule (fixed in code before the "
         "measurement) and the verdict. A claim passes only if its statistic and all its sub-checks pass; "
@@ -99,14 +167,14 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         stat = v.statistic.replace("|", "\\|")
         verdict = verdict_text(v).replace("|", "\\|")
         lines.append(f"| `{v.id}` | {stat} | {_fmt(v.value)}{unc} | {v.comparison} {_fmt(v.threshold)} | "
-                     f"{verdict} | {fig} |")
+                     f"{verdict}{premise_note(v)} | {fig} |")
     if kept:
         lines += ["", f"Verdicts taken over from an earlier run into this directory (not re-evaluated by the "
                       f"last command): {', '.join(f'`{i}`' for i in kept)}."]
     lines += ["", "## Claims in detail", ""]
     for v in verdicts:
         verdict = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
-        lines += [f"### `{v.id}` - {verdict}", "", f"*Claim:* {v.claim}", "",
+        lines += [f"### `{v.id}` - {verdict}{premise_note(v)}", "", f"*Claim:* {v.claim}", "",
                   f"*Statistic:* {v.statistic} = **{_fmt(v.value)}**"
                   + ("" if math.isnan(v.uncertainty) else f" (+- {_fmt(v.uncertainty)})")
                   + f"; passes if {v.comparison} {_fmt(v.threshold)}.", ""]
@@ -118,6 +186,7 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
                          f"(rule {c['comparison']} {_fmt(c['threshold'])}): {mark}")
         if v.checks:
             lines.append("")
+        lines += premise_lines(v)
         scalars = {k: x for k, x in v.details.items() if isinstance(x, (int, float, str)) and not isinstance(x, bool)}
         if scalars:
             lines += ["Numbers: " + "; ".join(f"{k} = {_fmt(x)}" for k, x in scalars.items()), ""]

@@ -7,6 +7,8 @@ Layout of ``OUT``::
     OUT/<id>.png             figures
     OUT/run/                 the realnet trajectory trained for --quick/--full (unless --run is given)
     OUT/sidetrips/<name>/    realnet side-trip outputs
+    OUT/premises.json        the regime premises (a), (b) measured at the branch point (resume state)
+    OUT/timings.json         wall and process-CPU seconds per claim, training and side-trip (validation.timings)
     OUT/report.md, OUT/verdicts.json
     OUT/.sgd-trajectories.json, OUT/.lock   ownership marker (kind "report") and lock
 
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from quadsgd._files import claim_output, read_json
 
+from . import timings
 from .report import environment, write_json_atomic, write_report
 from .synthetic import SYNTHETIC_CLAIMS, SyntheticConfig
 from .verdict import Verdict
@@ -45,7 +48,7 @@ def _real_claims():
 
 CLAIM_IDS = list(SYNTHETIC_CLAIMS) + [
     "fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
-    "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
+    "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit", "eq13-real-sqrt-lr",
 ]
 
 
@@ -150,6 +153,7 @@ def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, 
         config["real"] = old_config["real"]  # the real claims of an earlier run stay in the report
     config["environment"] = environment()
     write_json_atomic(out / "config.json", config)
+    timings.reset()
 
     todo = []
     if synthetic:
@@ -175,7 +179,8 @@ def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, 
                 except (json.JSONDecodeError, KeyError, TypeError):
                     pass  # a damaged part is simply redone
             try:
-                v = fn(cfg, out)
+                with timings.timed(f"claim:{cid}"):
+                    v = fn(cfg, out)
             except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
                 errors += 1
                 v = Verdict(id=cid, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
@@ -191,6 +196,7 @@ def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, 
     mine = {v.id for v in verdicts}
     kept = [v for v in previous if v.id not in mine]
     report = sorted(verdicts + kept, key=lambda v: order.get(v.id, len(order)))
+    timings.write(out)
     write_report(out, report, config, kept=[v.id for v in kept])
     return verdicts
 

@@ -60,7 +60,8 @@ The side-trips (outputs in each module's docstring)
 * ``fixed-batch`` (Fig. 3): :mod:`realnet.sidetrips.fixed_batch` -- GD on one batch from two checkpoints.
 * ``averaging`` (Fig. 1, 5, 10, 14): :mod:`realnet.sidetrips.averaging` -- averages vs equivalent schedules.
 * ``alignment`` (Fig. 7): :mod:`realnet.sidetrips.alignment` -- a fixed batch's gradient along side-trips.
-* ``divergence`` (Fig. 6, 8): :mod:`realnet.sidetrips.divergence` -- other batch order, lr/2, end points.
+* ``divergence`` (Fig. 6, 8, eq. 13): :mod:`realnet.sidetrips.divergence` -- other batch order, lr/2, end points;
+  a fixed held-out batch along them (Lemma 2's premise); pairs of batch orders at lr * f (eq. 13).
 * ``linear-fit`` (App. A.1): :mod:`realnet.sidetrips.linear_fit` -- the linear model fitted at S (Hessian, noise)
   against a constant-lr continuation (function ``fit_linear_model``: ``linear_fit`` is the module).
 """
@@ -80,8 +81,8 @@ from ._runner import BN_SEED, HELDOUT_SEED, Branch, RunContext, SideTrip, SideTr
 from .alignment import AlignmentOptions, AlignmentRecords, AlignmentResult, DifferentBatches, alignment
 from .averaging import (AveragingOptions, AveragingResult, AveragingTable, KernelPoint, KernelResults, KernelSpec,
                         ScheduleTable, TrajectoryLosses, TrajectoryPoint, averaging, kernel_at, parse_kernel)
-from .divergence import (CheckpointDistances, DivergenceDistances, DivergenceEvaluations, DivergenceOptions,
-                         DivergenceResult, EndpointDistances, divergence)
+from .divergence import (CheckpointDistances, DivergenceDistances, DivergenceEvaluations, DivergenceFixedBatch,
+                         DivergenceOptions, DivergenceResult, EndpointDistances, PairDistances, divergence)
 from .fixed_batch import FixedBatchEndpoints, FixedBatchInterpolation, FixedBatchOptions, FixedBatchResult, fixed_batch
 from .linear_fit import LinearFitOptions, LinearFitResult, fit_linear_model
 from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResult, lr_sweep
@@ -96,7 +97,7 @@ __all__ = [
     "FixedBatchInterpolation", "FixedBatchEndpoints", "AveragingResult", "AveragingTable", "TrajectoryLosses",
     "ScheduleTable", "TrajectoryPoint", "KernelPoint", "KernelResults", "AlignmentResult", "AlignmentRecords",
     "DifferentBatches", "DivergenceResult", "DivergenceDistances", "DivergenceEvaluations", "EndpointDistances",
-    "CheckpointDistances",
+    "CheckpointDistances", "DivergenceFixedBatch", "PairDistances",
     "LinearFitOptions", "LinearFitResult", "fit_linear_model",
 ]
 

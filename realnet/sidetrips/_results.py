@@ -10,7 +10,9 @@ A side-trip's result is a dataclass (a :class:`SideTripResult` subclass) whose f
 ``result.save(dir)`` writes ``config.json``, ``run_info.json`` (when the result carries them), every CSV and
 ``summary.json`` (last: its presence marks a finished side-trip); ``Result.load(dir)`` reads them back.
 CSV numbers round-trip exactly (shortest ``repr``; ``nan``/``inf`` kept); in ``summary.json`` non-finite
-numbers are ``null`` and load as NaN (or None for fields typed ``float | None``).
+numbers are ``null`` and load as NaN (or None for fields typed ``float | None``). A field with a default that
+a saved result lacks (added to the result class later) loads as its default, a missing table with a default
+as that default (e.g. empty), so results saved by earlier versions stay readable.
 
 ``result["key"]`` / ``result.summary`` give the summary as the dict the side-trip functions returned before
 they returned typed results (nested dataclasses as dicts), so ``summary["train_min_loss"]`` keeps working.
@@ -215,13 +217,19 @@ class SideTripResult:
         hints = typing.get_type_hints(cls)
         kw: dict[str, Any] = {}
         for f in fields(cls):
+            optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             if f.name in cls.TABLES:
-                kw[f.name] = hints[f.name].read(d / cls.TABLES[f.name])
+                q = d / cls.TABLES[f.name]
+                if not q.is_file() and optional:
+                    continue  # a table added after this result was saved: its default (empty)
+                kw[f.name] = hints[f.name].read(q)
             elif f.name in ("config", "run_info"):
                 q = d / f"{f.name}.json"
                 kw[f.name] = read_json(q) if q.is_file() else None
             else:
                 if f.name not in summary:
+                    if optional:
+                        continue  # a field added after this result was saved: its default
                     raise ValueError(f"{str(p)!r} has no key {f.name!r}")
                 kw[f.name] = from_json(hints[f.name], summary[f.name])
         return cls(**kw)

@@ -13,29 +13,52 @@ Outputs (:class:`DivergenceResult`):
   ``dist_to_A_end`` for snapshots of A (the trajectory's points vs an independently trained end point, Fig. 8).
 * ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's own checkpoints),
   ``dist_to_B_end``, ``dist_to_A_end``.
-* ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step.
+* ``divergence_fixed_batch.csv`` (:class:`DivergenceFixedBatch`, when ``fixed_batch_every`` > 0): ``t``, ``model``
+  (A | B | H), ``loss``, ``grad_norm`` of one fixed held-out batch (seed ``fixed_batch_seed``, batch-statistics
+  BN, running statistics untouched) along the three side-trips: Lemma 2's premise (the batch is not fit, its
+  gradient norm changes little); ``summary.json`` ``fixed_batch`` holds its
+  :class:`realnet.regime.FixedBatchChange` per model.
+* ``pair_distances.csv`` (:class:`PairDistances`, when ``pair_factors`` is not empty): pairs of side-trips with
+  the main and the other batch order at ``lr * f`` (Lemma 1 / eq. 13: their distance against lr) for ``f`` = 1
+  (A, B) and every ``f`` in ``pair_factors`` (``f = 0.5`` reuses H as the main-order member; other factors run
+  two more side-trips, ``H'`` = other order at lr/2 is the only extra one for 0.5): ``t``, ``factor``, ``lr``,
+  ``dist`` (weights), ``dist_function`` (rms over ``function_samples`` held-out examples of the L2 difference of
+  the two members' log-probabilities, batch-statistics BN; computed at ``function_points`` log-spaced steps and
+  K, NaN elsewhere). ``summary.json``: ``pairs_end`` (end distance per factor), ``pair_train_loss_quarters``
+  (mean training-batch loss of the two members per quarter of the side-trip: has the loss re-equilibrated?).
+* ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step;
+  ``timing`` (wall and process-CPU seconds spent on the extra pairs and on the fixed-batch records).
 
-Resumable: the three branches, the records and the snapshots so far are saved in the resume state
-(``save_every_s``).
+Resumable: the branches (A, B, H and the extra pairs' members), the records and the snapshots so far are saved
+in the resume state (``save_every_s``).
 """
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from ..checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
 from ..config import ConfigError, check_choice, check_int
 from ..data import BatchOrder
+from ..regime import FixedBatchChange, fixed_batch_change
 from ..trainer import lr_at
+from ._losses import batch_grad, functional_model, grad_vector
 from ._results import Metrics, SideTripResult, Table, column
 from ._runner import RunContext, SideTrip, SideTripOptions, dist, record_points, run_sidetrip, set_flat_params
 
 __all__ = ["DivergenceOptions", "DivergenceResult", "DivergenceDistances", "DivergenceEvaluations",
-           "EndpointDistances", "CheckpointDistances", "divergence", "SIDETRIP"]
+           "EndpointDistances", "CheckpointDistances", "DivergenceFixedBatch", "PairDistances", "divergence",
+           "SIDETRIP", "FIXED_BATCH_SEED", "FUNCTION_SEED"]
+
+FIXED_BATCH_SEED = 424_242  # the fixed held-out batch of Lemma 2's premise (the alignment side-trip's fixed-batch seed)
+FUNCTION_SEED = 777  # held-out examples of the pairs' function-space distance
 
 
 @dataclass
@@ -52,9 +75,24 @@ class DivergenceOptions(SideTripOptions):
     bn_batch_size: int = 0
     train_eval_samples: int = 2048
     val_samples: int = 10000
+    fixed_batch_every: int = 10  # record the fixed held-out batch along A, B, H every N steps (+ log-spaced; 0 = off)
+    fixed_batch_seed: int = FIXED_BATCH_SEED  # seed of that batch (from the held-out split)
+    fixed_batch_size: int = 0  # its size (0 = the run's batch size, capped by the held-out split)
+    pair_factors: list[float] = field(default_factory=list)  # lr factors of extra batch-order pairs (e.g. [0.5, 0.25])
+    function_points: int = 6  # log-spaced steps (plus K) with the pairs' function-space distance
+    function_samples: int = 256  # held-out examples of the function-space distance
 
     def validate(self, step: int) -> None:
         check_int("steps", self.steps, 1)
+        check_int("fixed_batch_every", self.fixed_batch_every, 0)
+        check_int("fixed_batch_size", self.fixed_batch_size, 0)
+        check_int("function_points", self.function_points, 1)
+        check_int("function_samples", self.function_samples, 1)
+        for f in self.pair_factors:
+            if not (isinstance(f, (int, float)) and 0 < f < 1):
+                raise ConfigError(f"pair_factors must be numbers in (0, 1) (f = 1 is the pair A, B); got {f!r}")
+        if len(set(self.pair_factors)) != len(self.pair_factors):
+            raise ConfigError(f"pair_factors must be distinct; got {self.pair_factors}")
         check_int("record_every", self.record_every, 1)
         check_int("snapshots", self.snapshots, 2)
         check_int("max_checkpoints", self.max_checkpoints, 0)
@@ -114,6 +152,31 @@ class CheckpointDistances(Table):
     dist_to_A_end: np.ndarray = column("float", "||theta_step - theta^A_K||")
 
 
+@dataclass(frozen=True, eq=False)
+class DivergenceFixedBatch(Table):
+    """``divergence_fixed_batch.csv``: a fixed held-out batch along A, B and H (Lemma 2's premise)."""
+
+    t: np.ndarray = column("int", "updates since S")
+    model: np.ndarray = column("str", "A | B | H")
+    loss: np.ndarray = column("float", "the fixed batch's loss (batch-statistics BN)")
+    grad_norm: np.ndarray = column("float", "the norm of its loss gradient")
+
+
+@dataclass(frozen=True, eq=False)
+class PairDistances(Table):
+    """``pair_distances.csv``: distance between the two members (main / other batch order) of each lr pair."""
+
+    t: np.ndarray = column("int", "updates since S")
+    factor: np.ndarray = column("float", "lr factor f of the pair (lr * f)")
+    lr: np.ndarray = column("float", "the pair's constant lr")
+    dist: np.ndarray = column("float", "||theta^main_t - theta^other_t|| (weights)")
+    dist_function: np.ndarray = column("float", "rms L2 difference of log-probabilities (NaN if not computed)")
+
+
+def _empty(table):
+    return lambda: table(*([[]] * len(table.columns())))
+
+
 @dataclass(eq=False)
 class DivergenceResult(SideTripResult):
     """Result of :func:`divergence`; ``final`` holds the last record's distances, ``losses`` the
@@ -122,7 +185,9 @@ class DivergenceResult(SideTripResult):
     NAME: ClassVar[str] = "divergence"
     TABLES: ClassVar[dict[str, str]] = {"distances": "divergence.csv", "evaluations": "divergence_losses.csv",
                                         "endpoint_distances": "endpoint_distances.csv",
-                                        "checkpoint_distances": "checkpoint_distances.csv"}
+                                        "checkpoint_distances": "checkpoint_distances.csv",
+                                        "fixed_batch_track": "divergence_fixed_batch.csv",
+                                        "pair_distances": "pair_distances.csv"}
 
     steps: int
     schedule: str
@@ -137,6 +202,16 @@ class DivergenceResult(SideTripResult):
     evaluations: DivergenceEvaluations
     endpoint_distances: EndpointDistances
     checkpoint_distances: CheckpointDistances
+    # Lemma 2's premise and the lr pairs (absent from results saved before they existed: loaded as empty)
+    fixed_batch_seed: int = FIXED_BATCH_SEED
+    fixed_batch_size: int = 0
+    fixed_batch: dict[str, FixedBatchChange] = field(default_factory=dict)
+    pair_factors: list[float] = field(default_factory=list)
+    pairs_end: dict[str, float] = field(default_factory=dict)
+    pair_train_loss_quarters: dict[str, list[float]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    fixed_batch_track: DivergenceFixedBatch = field(default_factory=_empty(DivergenceFixedBatch))
+    pair_distances: PairDistances = field(default_factory=_empty(PairDistances))
 
     @staticmethod
     def headline_of(summary):
@@ -148,9 +223,24 @@ def divergence(run_dir, step: int, out_dir, options: DivergenceOptions | None = 
     return run_sidetrip(SIDETRIP, run_dir, step, out_dir, options, overrides)
 
 
+class _Clock:
+    """Wall and process-CPU seconds accumulated over ``with clock:`` blocks."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+
 def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResult:
     K = int(opts.steps)
     cfg = ctx.cfg
+    rt = ctx.rt
     if opts.schedule == "constant":
         lr = ctx.lr(S, opts.lr)
         lrs = np.full(K, lr)
@@ -171,14 +261,62 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     snaps: dict[int, torch.Tensor] = {}
     rows, loss_rows = [], []
     twop = copy.deepcopy(base.model)
+
+    # Lemma 2's premise: one fixed held-out batch along A, B, H
+    fb_clock, pair_clock = _Clock(), _Clock()
+    fb_rec: set[int] = set(record_points(K, opts.fixed_batch_every)) if opts.fixed_batch_every else set()
+    fb_size = min(opts.fixed_batch_size or cfg.batch_size, len(ctx.data.heldout))
+    fb_rows: list[list] = []
+    if fb_rec:
+        fixed = ctx.data.fixed_batches("heldout", 1, fb_size, opts.fixed_batch_seed, rt.device)[0]
+        fmodel, _ = functional_model(base.model, "batch")
+
+    # lr pairs (eq. 13): (main order, other order) at lr * f; f = 1 is (A, B), f = 0.5 reuses H as the main member
+    pairs: dict[float, tuple] = {}
+    if opts.pair_factors:
+        pairs[1.0] = (A, Bb)
+        for f in sorted(opts.pair_factors, reverse=True):
+            pairs[float(f)] = (H if f == 0.5 else base.clone(), base.clone())
+        probe_x = ctx.data.fixed_batches("heldout", 1, min(opts.function_samples, len(ctx.data.heldout)),
+                                         FUNCTION_SEED, rt.device)[0][0]
+        pmodel, _ = functional_model(base.model, "batch")
+        fn_pts = set(int(v) for v in np.unique(np.round(np.geomspace(1, max(K, 1), opts.function_points)))) | {K}
+    else:
+        fn_pts = set()
+    pair_rec = rec | fn_pts
+    pair_rows: list[list] = []
+    pair_losses: dict[float, list] = {f: [] for f in pairs}
+
+    @torch.no_grad()
+    def logp(model):
+        with rt.autocast():
+            out = functional_call(pmodel, dict(model.named_parameters()), (rt.prep(probe_x),))
+        return F.log_softmax(out.double(), 1)
+
+    extra = {f: (m1, m2) for f, (m1, m2) in pairs.items() if f != 1.0}  # members other than A, B, H
+
+    def state():
+        return {"t": t + 1, "A": A.state_dict(), "B": Bb.state_dict(), "H": H.state_dict(),
+                "pairs": {str(f): [m.state_dict() if m is not H else None for m in ms] for f, ms in extra.items()},
+                "rows": rows, "loss_rows": loss_rows, "snaps": snaps, "fb_rows": fb_rows, "pair_rows": pair_rows,
+                "pair_losses": {str(f): v for f, v in pair_losses.items()},
+                "clocks": [fb_clock.wall, fb_clock.cpu, pair_clock.wall, pair_clock.cpu]}
+
     t0 = 0
-    saved = ctx.state.load()  # resume: the three branches, the records and snapshots so far, the next t
+    saved = ctx.state.load()  # resume: the branches, the records and snapshots so far, the next t
     if saved is not None:
         A.load_state_dict(saved["A"])
         Bb.load_state_dict(saved["B"])
         H.load_state_dict(saved["H"])
+        for f, ms in extra.items():
+            for m, sd in zip(ms, saved["pairs"][str(f)]):
+                if sd is not None:
+                    m.load_state_dict(sd)
         rows, loss_rows, t0 = saved["rows"], saved["loss_rows"], int(saved["t"])
         snaps = {int(k): v for k, v in saved["snaps"].items()}
+        fb_rows, pair_rows = saved["fb_rows"], saved["pair_rows"]
+        pair_losses = {float(f): v for f, v in saved["pair_losses"].items()}
+        fb_clock.wall, fb_clock.cpu, pair_clock.wall, pair_clock.cpu = saved["clocks"]
     bar = ctx.bar(K + 1, f"divergence step {S}", initial=t0)
     itA, itB = ctx.batches(S + t0, S + K), ctx.batches(S + t0, S + K, order_b)
     for t in range(t0, K + 1):
@@ -195,16 +333,38 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
                 for name, model in (("A", A.model), ("B", Bb.model), ("H", H.model), ("twopoint", twop)):
                     m = ctx.evaluate(model, bn_batches, opts)
                     loss_rows.append([t, name, m.train_loss, m.train_acc, m.val_loss, m.val_acc])
+        if t in fb_rec:
+            with fb_clock:
+                for name, br in (("A", A), ("B", Bb), ("H", H)):
+                    loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt)
+                    fb_rows.append([t, name, float(loss), float(grad_vector(g).double().norm())])
+        if pairs and t in pair_rec:
+            with pair_clock:
+                for f, (m1, m2) in pairs.items():
+                    if t == 0:
+                        dfun = 0.0  # both members are theta_S
+                    elif t in fn_pts:
+                        dfun = float((logp(m1.model) - logp(m2.model)).pow(2).sum(1).mean().sqrt())
+                    else:
+                        dfun = None
+                    pair_rows.append([t, f, float(lrs[min(t, K - 1)]) * f, dist(m1.flat(), m2.flat()), dfun])
         if t < K:
             xa, ya = next(itA)
             xb, yb = next(itB)
-            A.sgd_step(xa, ya, float(lrs[t]))
-            H.sgd_step(xa, ya, float(lrs[t]) / 2)
-            Bb.sgd_step(xb, yb, float(lrs[t]))
+            la = A.sgd_step(xa, ya, float(lrs[t]))
+            lh = H.sgd_step(xa, ya, float(lrs[t]) / 2)
+            lb = Bb.sgd_step(xb, yb, float(lrs[t]))
+            if pairs:
+                with pair_clock:
+                    for f, (m1, m2) in pairs.items():
+                        if f == 1.0:
+                            pair_losses[f].append((la + lb) / 2)
+                            continue
+                        l1 = lh if m1 is H else m1.sgd_step(xa, ya, float(lrs[t]) * f)
+                        pair_losses[f].append((l1 + m2.sgd_step(xb, yb, float(lrs[t]) * f)) / 2)
         bar.update(1)
         if t < K:
-            ctx.state.save(lambda: {"t": t + 1, "A": A.state_dict(), "B": Bb.state_dict(), "H": H.state_dict(),
-                                    "rows": rows, "loss_rows": loss_rows, "snaps": snaps})
+            ctx.state.save(state)
     bar.close()
     a_end, b_end = A.flat().cpu(), Bb.flat().cpu()
     ep_rows = [[t, S + t, dist(v, b_end), dist(v, a_end)] for t, v in sorted(snaps.items())]
@@ -223,13 +383,34 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     last = {c: getattr(distances, c)[-1].item() for c in distances.columns()[3:]}
     at = eval_steps[-1]
     final_losses = {r[1]: Metrics(*r[2:]) for r in loss_rows if r[0] == at}
+    track = DivergenceFixedBatch(*(zip(*fb_rows) if fb_rows else [[]] * 4))
+    fixed_summary = {}
+    for name in ("A", "B", "H") if fb_rows else ():
+        sel = track.model == name
+        fixed_summary[name] = fixed_batch_change(track.loss[sel], track.grad_norm[sel])
+    pair_table = PairDistances(*(zip(*pair_rows) if pair_rows else [[]] * 5))
+    pairs_end = {str(f): float(pair_table.dist[(pair_table.factor == f) & (pair_table.t == K)][0]) for f in pairs}
+    quarters = {str(f): [float(torch.stack(c).mean()) for c in _quarters(v)] for f, v in pair_losses.items() if v}
     return DivergenceResult(
         run=str(ctx.run_dir), step=S, steps=K, schedule=opts.schedule, lr=lr, other_seed=other, final=last,
         twopoint_to_half_vs_A_B=last["dist_twopoint_H"] / last["dist_A_B"] if last["dist_A_B"] > 0 else None,
         losses_at=at, losses=final_losses,
         endpoint_distance_first_last=[ep_rows[0][2], ep_rows[-1][2]] if ep_rows else None,
         distances=distances, evaluations=evaluations, endpoint_distances=EndpointDistances(*zip(*ep_rows)),
-        checkpoint_distances=CheckpointDistances(*(zip(*ck_rows) if ck_rows else [[]] * 3)))
+        checkpoint_distances=CheckpointDistances(*(zip(*ck_rows) if ck_rows else [[]] * 3)),
+        fixed_batch_seed=int(opts.fixed_batch_seed), fixed_batch_size=int(fb_size) if fb_rows else 0,
+        fixed_batch=fixed_summary, pair_factors=sorted(pairs, reverse=True), pairs_end=pairs_end,
+        pair_train_loss_quarters=quarters,
+        timing={"pairs_wall_s": pair_clock.wall, "pairs_cpu_s": pair_clock.cpu,
+                "fixed_batch_wall_s": fb_clock.wall, "fixed_batch_cpu_s": fb_clock.cpu},
+        fixed_batch_track=track, pair_distances=pair_table)
+
+
+def _quarters(values: list) -> list[list]:
+    """``values`` split into 4 consecutive, nearly equal parts (fewer when there are fewer than 4 values)."""
+    n = len(values)
+    edges = [round(i * n / 4) for i in range(5)]
+    return [values[a:b] for a, b in zip(edges, edges[1:]) if b > a]
 
 
 SIDETRIP = SideTrip(name="divergence", options=DivergenceOptions, compute=_compute, result=DivergenceResult,

@@ -1,0 +1,165 @@
+r"""The regime of a trajectory at a checkpoint, measured (issue 11): is it on a plateau, is its training
+stream memorised, is a fixed batch fit along a side-trip. Numbers only; the rules that decide whether a
+claim's premise holds are in :mod:`validation.premises`.
+
+* :func:`training_plateau` / :func:`quarter_means` -- mean fresh-batch training loss (``metrics.csv``: the loss
+  of the batch of update t at the parameters before it) over the last quarter of the run and over the
+  quarter before, and their ratio :class:`Plateau`. A constant-lr run of length N is exactly the first N
+  steps of a longer one, so ``length`` evaluates a prefix.
+* :func:`memorisation` -- at checkpoint S: mean loss of ``n_batches`` fixed held-out batches (seed
+  :data:`realnet.sidetrips.HELDOUT_SEED`, the side-trips' held-out batches, augmented like the stream when the
+  data set augments fixed batches) over the mean loss of the ``n_batches`` fresh training batches of updates
+  S .. S + n_batches - 1, both with batch-statistics BatchNorm (as in training, running statistics untouched)
+  at the checkpoint's parameters: :class:`Memorisation` (eval-mode BN numbers and clean train/validation
+  losses beside it).
+* :func:`fixed_batch_change` -- a fixed batch's loss and gradient norm along a side-trip summarised as
+  Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
+  :math:`\max_t \max(r_t, 1/r_t)`, :math:`r_t = \|g_t\| / \|g_0\|` (:class:`FixedBatchChange`).
+
+``benchmarks/regime_probe.py`` (the phase-1 measurements) and ``validation`` (the premises shown with every
+verdict) both call these functions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quadsgd._files import read_csv
+
+__all__ = ["Plateau", "quarter_means", "training_plateau", "Memorisation", "memorisation", "FixedBatchChange",
+           "fixed_batch_change"]
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Mean fresh-batch training loss over the quarter [N/2, 3N/4) (``prev_quarter_loss``) and [3N/4, N)
+    (``last_quarter_loss``) of the first ``steps`` = N updates; ``ratio`` = last / previous."""
+
+    steps: int
+    prev_quarter_loss: float
+    last_quarter_loss: float
+    ratio: float
+
+
+def quarter_means(losses) -> Plateau:
+    """:class:`Plateau` of a per-update loss series (1-D, length N >= 4)."""
+    v = np.asarray(losses, dtype=np.float64).ravel()
+    n = v.size
+    if n < 4:
+        raise ValueError(f"losses must hold at least 4 updates (one per quarter); got {n}")
+    prev, last = float(np.mean(v[n // 2: 3 * n // 4])), float(np.mean(v[3 * n // 4:]))
+    return Plateau(steps=int(n), prev_quarter_loss=prev, last_quarter_loss=last,
+                   ratio=last / prev if prev > 0 else math.nan)
+
+
+def training_plateau(run_dir, length: int | None = None) -> Plateau:
+    """:func:`quarter_means` of the run's ``metrics.csv`` ``train_loss`` (its first ``length`` rows if given)."""
+    rows = read_csv(Path(run_dir) / "metrics.csv")
+    if length is not None:
+        if not 4 <= length <= len(rows):
+            raise ValueError(f"length must be in [4, {len(rows)}] (the run's logged updates); got {length}")
+        rows = rows[:length]
+    return quarter_means([float(r["train_loss"]) for r in rows])
+
+
+@dataclass(frozen=True)
+class Memorisation:
+    """Held-out vs fresh training-batch loss at checkpoint ``step`` (see the module docstring).
+
+    ratio = heldout_loss / fresh_train_loss (batch-statistics BN); ``*_eval_bn``: the same with eval-mode BN
+    (the checkpoint's running statistics). clean_*: unaugmented training subset / validation split in eval
+    mode (NaN when not measured).
+    """
+
+    step: int
+    n_batches: int
+    batch_size: int
+    heldout_loss: float
+    fresh_train_loss: float
+    ratio: float
+    heldout_loss_eval_bn: float
+    fresh_train_loss_eval_bn: float
+    ratio_eval_bn: float
+    heldout_augmented: bool
+    clean_train_loss: float = math.nan
+    clean_train_acc: float = math.nan
+    clean_val_loss: float = math.nan
+    clean_val_acc: float = math.nan
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, clean_samples: int = 0,
+                 device: str = "cpu", threads: int = 0, deterministic: bool | None = None) -> Memorisation:
+    """Measure :class:`Memorisation` at checkpoint ``step`` of ``run_dir`` (nothing is written).
+
+    n_batches: held-out and fresh batches (10 each). batch_size: 0 = the run's (held-out batches capped at the
+    held-out split's size). clean_samples: examples of the clean training / validation evaluation (0 = skip).
+    """
+    from .sidetrips._runner import RunContext, SideTripOptions  # the side-trips import this module
+    from .trainer import deterministic_mode, evaluate
+
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be an integer >= 1; got {n_batches}")
+    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
+    with deterministic_mode(False, threads):
+        ctx = RunContext(run_dir, opts)
+        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
+        with deterministic_mode(det):
+            br = ctx.branch(int(step))
+            B = int(batch_size) or ctx.cfg.batch_size
+            held = ctx.heldout(n_batches, min(B, len(ctx.data.heldout)))
+            fresh = [ctx.batch_at(int(step) + i, B) for i in range(n_batches)]
+            out = {}
+            for key, tm in (("", True), ("_eval_bn", False)):
+                h = evaluate(br.model, held, ctx.rt, train_mode_bn=tm)["loss"]
+                f = evaluate(br.model, fresh, ctx.rt, train_mode_bn=tm)["loss"]
+                out.update({f"heldout_loss{key}": h, f"fresh_train_loss{key}": f,
+                            f"ratio{key}": h / f if f > 0 else math.nan})
+            if clean_samples:
+                bs = opts.eval_batch_size
+                tr = evaluate(br.model, ctx.data.eval_batches("train", clean_samples, bs, ctx.rt.device), ctx.rt)
+                va = evaluate(br.model, ctx.data.eval_batches("val", clean_samples, bs, ctx.rt.device), ctx.rt)
+                out.update(clean_train_loss=tr["loss"], clean_train_acc=tr["acc"], clean_val_loss=va["loss"],
+                           clean_val_acc=va["acc"])
+    return Memorisation(step=int(step), n_batches=int(n_batches), batch_size=B,
+                        heldout_augmented=bool(ctx.data.augment_fixed), **out)
+
+
+@dataclass(frozen=True)
+class FixedBatchChange:
+    """A fixed batch along one side-trip: loss at the start / end, the smallest loss reached, and its gradient
+    norm's largest change ``max_t max(r_t, 1/r_t)`` and end ratio ``r_K`` (``r_t = |g_t| / |g_0|``) over
+    ``n_points`` recorded steps."""
+
+    loss_start: float
+    loss_end: float
+    loss_end_over_start: float
+    loss_min_over_start: float
+    gradnorm_max_change: float
+    gradnorm_end_ratio: float
+    n_points: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fixed_batch_change(loss, grad_norm) -> FixedBatchChange:
+    """:class:`FixedBatchChange` from a fixed batch's loss and gradient norm (absolute, or already divided by
+    the first) at recorded steps ``t_0 = 0 < t_1 < ... < t_n = K`` (1-D arrays of equal length >= 2)."""
+    loss = np.asarray(loss, dtype=np.float64).ravel()
+    gn = np.asarray(grad_norm, dtype=np.float64).ravel()
+    if loss.size < 2 or loss.size != gn.size:
+        raise ValueError(f"loss and grad_norm must be 1-D of equal length >= 2; got {loss.size} and {gn.size}")
+    r = gn / gn[0]
+    with np.errstate(divide="ignore"):
+        change = float(np.max(np.maximum(r, 1.0 / r)))
+    return FixedBatchChange(loss_start=float(loss[0]), loss_end=float(loss[-1]),
+                            loss_end_over_start=float(loss[-1] / loss[0]),
+                            loss_min_over_start=float(loss.min() / loss[0]), gradnorm_max_change=change,
+                            gradnorm_end_ratio=float(r[-1]), n_points=int(loss.size))
