@@ -573,7 +573,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="kernel"):
         KernelAveragedModel(model, 3)
     with pytest.raises(ValueError, match="kernel"):
-        KernelAveragedModel(model, "triangle:4")
+        KernelAveragedModel(model, "no_such_kernel:4")  # test modules register kernels of their own (Triangle)
     with pytest.raises(ValueError, match="model has no parameters"):
         KernelAveragedModel(nn.ReLU(), "ema:0.1")
     with pytest.raises(ValueError, match="model must be"):
