@@ -71,7 +71,7 @@ __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_output", "write_json", "read_json", "write_csv", "read_csv",
     "jsonable", "package_versions", "git_info", "environment", "provenance", "remove_stale_temps", "TEMP_SUFFIX",
     "MARKER", "LOCK_NAME", "KINDS", "OutputError", "DirectoryLock", "OutputClaim", "claim_output", "output_kind",
-    "check_output_path", "identity_diff", "describe_diff", "held_output",
+    "check_output_path", "identity_diff", "describe_diff", "held_output", "delegate_env", "DELEGATE_ENV",
 ]
 
 TEMP_SUFFIX = ".tmp"
@@ -330,6 +330,37 @@ def _lock_holder(lock_path: Path) -> tuple[str | None, str | None, str | None]:
         return None, None, None
     parts += [None] * (3 - len(parts))
     return parts[0], parts[1], parts[2]
+
+
+DELEGATE_ENV = "SGD_TRAJECTORIES_DELEGATED_OUTPUT"
+
+
+def delegate_env(path) -> dict[str, str]:
+    """Environment entries for worker processes that write output directories inside ``path``, an output
+    directory this process holds (e.g. a report's side-trips computed by workers): such a nested claim is
+    allowed in the worker while this process still holds ``path``'s lock (its pid is in the lock file)."""
+    rp = Path(path).resolve()
+    if rp not in _HELD:
+        raise ValueError(f"delegate_env: {str(rp)!r} is not an output directory this process holds")
+    return {DELEGATE_ENV: json.dumps([str(rp), os.getpid()])}
+
+
+def _delegated(a: Path) -> bool:
+    """Whether ``a`` is the directory a live parent process holds and delegated to this worker."""
+    raw = os.environ.get(DELEGATE_ENV)
+    if not raw:
+        return False
+    try:
+        path, pid = json.loads(raw)
+    except (ValueError, TypeError):
+        return False
+    if Path(path) != a or _lock_holder(a / LOCK_NAME)[0] != str(pid):
+        return False
+    try:
+        _probe_lock(a, "", "")
+    except OutputError:
+        return True  # locked, and the lock file names the delegating process as its holder
+    return False  # nobody holds the lock any more: the delegation is void
 
 
 def _busy_error(root: Path, what: str, label: str) -> OutputError:
@@ -687,8 +718,8 @@ def claim_output(path, kind: str, identity: Any = None, *, label: str = "--out",
     else:
         fresh, adopt = True, False
     for a in rp.parents:
-        if a in _HELD:
-            break  # inside an output directory this process writes (e.g. OUT/run of a report)
+        if a in _HELD or _delegated(a):
+            break  # inside an output directory this process (or its parent, for it) writes: OUT/run of a report
         k = output_kind(a)
         if k is not None:
             raise OutputError(f"{label} {_q(p)} lies inside {_kind_word(k)} directory {_q(a)}; choose a directory "

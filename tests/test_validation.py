@@ -280,3 +280,60 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert d2["details"]["premises"][1]["conditions"][0]["value"] == 3.0
     rep2 = (out2 / "report.md").read_text()
     assert "(premise not met: not-memorised)" in rep2 and "**not met**" in rep2
+
+
+@pytest.mark.slow
+def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
+    """The side-trips computed at once by two worker processes (validation.realclaims.prefetch) are the side-trips
+    computed one after the other in this process, byte for byte, and the verdicts are the same."""
+    from validation import timings
+    from validation.realclaims import RealConfig
+
+    rc = RealConfig(**TINY_REAL)
+    two = reproduce(tmp_path / "w2", synthetic=False, progress=False, real_config=rc, workers=2)
+    one = reproduce(tmp_path / "w1", synthetic=False, progress=False, real_config=rc, workers=1)
+    assert [_judged(v.to_dict()) for v in two] == [_judged(v.to_dict()) for v in one]
+    parts = timings.read(tmp_path / "w2")
+    by = {k: rec.get("worker") for k, rec in parts.items() if k.count(":") == 1 and k.startswith("sidetrip:")}
+    assert len(by) == 9 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
+    assert all(rec.get("worker") is None for k, rec in timings.read(tmp_path / "w1").items())
+
+    def tables(d):
+        return {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "sidetrips").rglob("*.csv"))}
+
+    assert tables(tmp_path / "w2") == tables(tmp_path / "w1") and len(tables(tmp_path / "w1")) > 10
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        reproduce(tmp_path / "w0", synthetic=False, progress=False, real_config=rc, workers=0)
+    assert not (tmp_path / "w0").exists()
+
+
+def test_delegated_output_allows_nested_claims_in_a_worker(tmp_path):
+    """A worker may claim OUT/sidetrips/x inside the report OUT that its parent holds (delegate_env); without
+    the delegation, or once the delegated pid no longer holds OUT, the same claim is refused as nested."""
+    import os
+    import subprocess
+    import sys
+
+    from quadsgd._files import DELEGATE_ENV, claim_output, delegate_env
+
+    code = ("import sys; from quadsgd._files import claim_output, OutputError\n"
+            "try:\n    c = claim_output(sys.argv[1], 'sidetrip', {'a': 1})\n"
+            "except OutputError as e:\n    print(e.reason); sys.exit(3)\nprint('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != DELEGATE_ENV}
+
+    def worker(path, extra=None):
+        return subprocess.run([sys.executable, "-c", code, str(path)], env={**env, **(extra or {})},
+                              capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "out"
+    with claim_output(out, "report", {"mode": "test"}):
+        delegated = delegate_env(out)
+        r = worker(out / "sidetrips" / "a")
+        assert r.returncode == 3 and r.stdout.strip() == "nested"
+        r = worker(out / "sidetrips" / "b", delegated)
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+        assert (out / "sidetrips" / "b" / ".sgd-trajectories.json").is_file()
+    with pytest.raises(ValueError, match="not an output directory this process holds"):
+        delegate_env(out)
+    r = worker(out / "sidetrips" / "c", delegated)  # the parent let go of OUT: the delegation is void
+    assert r.returncode == 3 and r.stdout.strip() == "nested"

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     r.add_argument("--real-only", action="store_true", help="skip the synthetic claims")
     r.add_argument("--force", action="store_true", help="redo finished claims")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="side-trips computed at once in worker processes (default: up to 2 on CPU, 1 on GPU; the "
+                        "verdicts do not depend on it)")
     args = ap.parse_args(argv)
     if args.data_dir and not args.dataset:
         ap.error("--data-dir needs --dataset NAME")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
         verdicts = reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
                              data_dir=args.data_dir, dataset=args.dataset, only=args.only,
                              synthetic=not args.real_only, real=not args.synthetic_only,
-                             progress=not args.no_progress, force=args.force)
+                             progress=not args.no_progress, force=args.force, workers=args.workers)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +81,17 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -234,6 +234,17 @@ def breaks_text(result, info: dict, threshold: float) -> str:
 
 
 # ======================================================================================= the claim
+def linear_fit_request(cfg, ctx) -> tuple[str, str, dict]:
+    """The linear-fit side-trip the verdict reads: ``(name, key, options)`` for ``ctx.sidetrip``."""
+    from realnet.trainer import load_config
+
+    sample = cfg.linear_fit_sample_batches * load_config(ctx.run_dir).batch_size
+    return "linear-fit", "linear-fit", dict(
+        k=cfg.linear_fit_k, sample_size=sample, steps=cfg.linear_fit_steps, lags=cfg.linear_fit_lags,
+        kernels=list(cfg.linear_fit_kernels), noise_batches=cfg.linear_fit_noise_batches,
+        curvature_batches=cfg.linear_fit_curvature_batches, n_blocks=cfg.linear_fit_blocks)
+
+
 def claim_linear_fit(cfg, out: Path) -> Verdict:
     """The ``linear-model-fit`` verdict on the validation run (``cfg``: :class:`validation.realclaims.RealConfig`)."""
     from realnet.linear_fit import FIT_THRESHOLD
@@ -242,13 +253,7 @@ def claim_linear_fit(cfg, out: Path) -> Verdict:
 
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
-    from realnet.trainer import load_config
-
-    sample = cfg.linear_fit_sample_batches * load_config(ctx.run_dir).batch_size
-    s = ctx.sidetrip("linear-fit", "linear-fit", k=cfg.linear_fit_k, sample_size=sample,
-                     steps=cfg.linear_fit_steps, lags=cfg.linear_fit_lags, kernels=list(cfg.linear_fit_kernels),
-                     noise_batches=cfg.linear_fit_noise_batches, curvature_batches=cfg.linear_fit_curvature_batches,
-                     n_blocks=cfg.linear_fit_blocks)
+    s = ctx.sidetrip(*linear_fit_request(cfg, ctx))
     st, vs = s.statistic, s.variance_statistic
     fig = "linear-model-fit.png"
     plots.save(lambda axes: draw_linear_fit(axes, s, FIT_THRESHOLD), out / fig, ncols=4, figsize=(5.2, 4.4),

@@ -21,12 +21,13 @@ import contextvars
 import functools
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import OutputError, atomic_write_text, read_json, write_json
+from quadsgd._files import OutputError, atomic_write_text, delegate_env, held_output, read_json, write_json
 
 from . import eq13real, linearfit, plots, premises, timings
 from .verdict import Verdict
@@ -201,19 +202,18 @@ class _Context:
         S2 = later[0] if later else [s for s in ck if s < S][-1]
         return S, S2
 
-    def sidetrip(self, name: str, key: str, **overrides):
-        """Run (or reuse) side-trip ``name`` into OUT/sidetrips/<key>; returns its typed result."""
+    def sidetrip(self, name: str, key: str, options: dict | None = None, **overrides):
+        """Run (or reuse) side-trip ``name`` into OUT/sidetrips/<key> with ``options`` (and ``overrides``);
+        returns its typed result."""
         from realnet.sidetrips import SIDETRIPS
 
         trip = SIDETRIPS[name]
-        S, _ = self.steps
-        step = overrides.pop("step", S)
-        # the side-trip's options are part of its identity: changed sizes give a new directory
-        ident = json.dumps(dict(run=str(self.run_dir.resolve()), step=step, **overrides), sort_keys=True)
+        overrides = {**(options or {}), **overrides}
+        step, ident = self._identity(overrides)
+        overrides.pop("step", None)
         d = self.out / "sidetrips" / key
-        summary = d / "summary.json"
         marker = d / "validation_options.json"
-        if summary.exists() and marker.exists() and marker.read_text() == ident:
+        if self.finished(key, overrides | {"step": step}):
             try:
                 return trip.result.load(d)
             except (ValueError, OSError, KeyError, TypeError):
@@ -237,6 +237,19 @@ class _Context:
                 timings.record(f"sidetrip:{key}:{name}", own[f"{name}_wall_s"], own.get(f"{name}_cpu_s", math.nan))
         atomic_write_text(marker, ident)
         return result
+
+    def _identity(self, options: dict) -> tuple[int, str]:
+        """(step, identity): the side-trip's options are part of its identity (changed sizes: redone)."""
+        options = dict(options)
+        step = options.pop("step", self.steps[0])
+        return step, json.dumps(dict(run=str(self.run_dir.resolve()), step=step, **options), sort_keys=True)
+
+    def finished(self, key: str, options: dict) -> bool:
+        """Whether OUT/sidetrips/<key> holds a finished side-trip of these options (reused, not recomputed)."""
+        d = self.out / "sidetrips" / key
+        marker = d / "validation_options.json"
+        return ((d / "summary.json").exists() and marker.exists()
+                and marker.read_text() == self._identity(options)[1])
 
     def regime(self) -> list:
         """Premises (a) plateau and (b) not memorised at the branch point (:mod:`validation.premises`), measured
@@ -281,6 +294,127 @@ def _ctx(cfg, out) -> _Context:
     return _CTX[k]
 
 
+# ======================================================================================= prefetch
+def default_workers(cfg: RealConfig) -> int:
+    """Side-trips computed at once by :func:`prefetch`: one per CPU core up to 2 on CPU (each side-trip runs torch
+    on ``cfg.threads`` threads; two of the quick job's side-trips on 2 cores take ~0.55x the time of one after the
+    other), 1 on a GPU (the side-trips share one device)."""
+    import torch
+
+    if str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+        return 1
+    per = max(1, int(cfg.threads) or 1)
+    return max(1, min(2, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      // per))
+
+
+def prefetch(cfg: RealConfig, out, claim_ids, workers: int | None = None, progress: bool = False) -> dict[str, str]:
+    """Compute the side-trips that the claims ``claim_ids`` read, ``workers`` at once in worker processes.
+
+    The realnet run is trained (or found) first, here; then every side-trip of the claims that is not already
+    finished in ``OUT/sidetrips`` runs in a pool of ``workers`` processes (:func:`default_workers` if None), the
+    longest first. Results are the same as computed one after the other (each side-trip is a pure function of
+    the run, its step and its options; the claims read them back). Nothing is done with fewer than two pending
+    side-trips or one worker: the claims compute them themselves, with their progress bars. A side-trip that
+    fails here is left to its claim, which reports the error in its verdict. Returns ``{key: error}`` of the
+    side-trips that failed. Workers exit with this process (even on SIGKILL); Ctrl-C stops them.
+    """
+    import selectors
+    import subprocess
+    import sys
+
+    from tqdm.auto import tqdm
+
+    ctx = _ctx(cfg, out)
+    ctx.run_dir  # noqa: B018 - train (or check) the run here, before any worker reads it
+    pending: dict[str, tuple] = {}
+    for cid in claim_ids:
+        for name, key, opts in sidetrip_requests(cfg, ctx, cid):
+            if key not in pending and not ctx.finished(key, opts):
+                pending[key] = (name, key, opts)
+    workers = default_workers(cfg) if workers is None else int(workers)
+    if workers < 2 or len(pending) < 2:
+        return {}
+    queue = sorted(pending, key=lambda k: -_COST_HINT_S.get(k, math.inf))  # longest first (unknown: first)
+    n = min(workers, len(pending))
+    root = str(Path(__file__).resolve().parents[1])  # the workers import this very checkout of the packages
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(cfg.threads) or 1)),
+           "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    if held_output(ctx.out) is not None:  # OUT is this report's: its side-trips may be written by the workers
+        env.update(delegate_env(ctx.out))
+    procs = [subprocess.Popen([sys.executable, "-m", "validation._prefetch_worker", str(os.getpid())],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+             for _ in range(n)]
+    sel = selectors.DefaultSelector()
+    failed: dict[str, str] = {}
+    bar = tqdm(total=len(queue), desc=f"side-trips ({n} processes)", unit="trip", disable=not progress)
+
+    def send(p):
+        key = queue.pop(0)
+        msg = dict(cfg=asdict(cfg), out=str(ctx.out), run=str(ctx.run_dir), request=list(pending[key]))
+        p.stdin.write(json.dumps(msg) + "\n")
+        p.stdin.flush()
+
+    try:
+        busy = 0
+        for p in procs:
+            sel.register(p.stdout, selectors.EVENT_READ, p)
+            send(p)
+            busy += 1
+        while busy:
+            for sk, _ in sel.select():
+                p = sk.data
+                line = p.stdout.readline()
+                if not line:  # the worker died (its side-trip is left to the claim)
+                    sel.unregister(p.stdout)
+                    busy -= 1
+                    failed[f"worker {p.pid}"] = f"exited with {p.wait()}"
+                    continue
+                reply = json.loads(line)
+                if "error" in reply:
+                    failed[reply["key"]] = reply["error"]
+                for name, rec in reply.get("timings", {}).items():
+                    timings.record(name, **rec)
+                bar.set_postfix_str(reply["key"])
+                bar.update(1)
+                if queue:
+                    send(p)
+                else:
+                    sel.unregister(p.stdout)
+                    p.stdin.close()
+                    busy -= 1
+    finally:
+        bar.close()
+        for p in procs:
+            if p.poll() is None and not p.stdin.closed:
+                p.terminate()  # interrupted: stop the running side-trips (they resume on the next run)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            for f in (p.stdin, p.stdout):
+                if f is not None and not f.closed:
+                    f.close()
+    return failed
+
+
+# wall seconds of the quick job's side-trips on a 2-core CPU (2026-12-02, one after the other): only the order in
+# which prefetch submits them depends on these (longest first keeps both workers busy until the end)
+_COST_HINT_S = {"linear-fit": 150, "lr-sweep-b256": 144, "divergence": 95, "fixed-batch": 92, "lr-sweep": 61,
+                "averaging": 31, "alignment": 20, "lr-sweep-b64": 19, "lr-sweep-b16": 5}
+
+
+def _prefetch_one(cfg: dict, out: str, run_dir: str, request: tuple) -> dict[str, dict]:
+    """Worker: one side-trip into OUT/sidetrips/<key> (no progress bar); returns its timing records."""
+    timings.reset()
+    ctx = _Context(RealConfig(**cfg), Path(out))
+    ctx._run = Path(run_dir)
+    name, key, opts = request
+    ctx.sidetrip(name, key, opts)
+    return {k: {kk: vv for kk, vv in v.items() if kk != "time"} | {"worker": os.getpid()}
+            for k, v in timings.records().items()}
+
+
 def _r2_poly(x, y, deg=4) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -294,12 +428,62 @@ def _r2_poly(x, y, deg=4) -> float:
     return float(1.0 - np.sum(res ** 2) / ss) if ss > 0 else float("nan")
 
 
+# ======================================================================================= side-trips
+# The side-trips the claims read, as requests (name, key = directory under OUT/sidetrips, options): the claims
+# and the prefetch (:func:`prefetch`) build them with the same functions, so both name the same side-trip.
+def _lr_sweep(cfg, b, key=None):
+    return "lr-sweep", key or f"lr-sweep-b{b}", dict(batch_size=b, heldout_batches=cfg.sweep_heldout_batches,
+                                                     num_lrs=cfg.sweep_num_lrs)
+
+
+def _fixed_batch(cfg, ctx):
+    return "fixed-batch", "fixed-batch", dict(step2=ctx.steps[1], gd_steps=cfg.fixed_batch_gd_steps,
+                                              heldout_batches=cfg.fixed_batch_heldout_batches,
+                                              batch_size=cfg.sweep_batch_size, num_alphas=cfg.fixed_batch_alphas)
+
+
+def _averaging(cfg):
+    K = cfg.averaging_steps
+    report = sorted({k for k in (1, 10, 100, 1000) if k < K} | {K})
+    return "averaging", "averaging", dict(steps=K, report_steps=report, kernels=list(cfg.averaging_kernels),
+                                          train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples,
+                                          bn_batches=cfg.bn_batches)
+
+
+def _divergence_request(cfg):
+    return "divergence", "divergence", dict(
+        steps=cfg.divergence_steps, eval_steps=sorted({0, cfg.divergence_steps // 10, cfg.divergence_steps}),
+        train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples, record_every=cfg.divergence_record_every,
+        fixed_batch_every=cfg.divergence_record_every, bn_batches=cfg.bn_batches,
+        pair_factors=[float(f) for f in cfg.eq13_factors], function_points=cfg.eq13_function_points,
+        function_samples=cfg.eq13_function_samples)
+
+
+def _alignment(cfg):
+    return "alignment", "alignment", dict(steps=cfg.alignment_steps, batch_pairs=cfg.alignment_batch_pairs)
+
+
+def sidetrip_requests(cfg: RealConfig, ctx: "_Context", claim_id: str) -> list[tuple[str, str, dict]]:
+    """The side-trips claim ``claim_id`` reads: ``[(name, key, options), ...]`` (``ctx.sidetrip(*request)``)."""
+    make = {
+        "fig2-single-step": lambda: [_lr_sweep(cfg, cfg.sweep_batch_size, "lr-sweep")],
+        "fig3-same-basin": lambda: [_fixed_batch(cfg, ctx)],
+        "fig5-averaging-equals-schedule": lambda: [_averaging(cfg)],
+        "fig6-two-point-half-lr": lambda: [_divergence_request(cfg)],
+        "fig7-gradient-alignment": lambda: [_alignment(cfg)],
+        "fig8-distance-saturates": lambda: [_divergence_request(cfg)],
+        "fig13-batch-size": lambda: [_lr_sweep(cfg, b) for b in cfg.sweep_batch_sizes],
+        "linear-model-fit": lambda: [linearfit.linear_fit_request(cfg, ctx)],
+        "eq13-real-sqrt-lr": lambda: [_divergence_request(cfg)],
+    }
+    return make[claim_id]() if claim_id in make else []
+
+
 # ======================================================================================= claims
 def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
-    s = ctx.sidetrip("lr-sweep", "lr-sweep", batch_size=cfg.sweep_batch_size, heldout_batches=cfg.sweep_heldout_batches,
-                     num_lrs=cfg.sweep_num_lrs)
+    s = ctx.sidetrip(*_lr_sweep(cfg, cfg.sweep_batch_size, "lr-sweep"))
     lr, tr, ho = s.curve.lr, s.curve.train_loss, s.curve.heldout_mean
     # relative to where each curve starts, so a generalization gap at the branch point (train batch
     # already below the held-out ones) does not count as the single-step effect
@@ -330,9 +514,7 @@ def claim_fig2(cfg: RealConfig, out: Path) -> Verdict:
 def claim_fig3(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, S2 = ctx.steps
-    s = ctx.sidetrip("fixed-batch", "fixed-batch", step2=S2, gd_steps=cfg.fixed_batch_gd_steps,
-                     heldout_batches=cfg.fixed_batch_heldout_batches, batch_size=cfg.sweep_batch_size,
-                     num_alphas=cfg.fixed_batch_alphas)
+    s = ctx.sidetrip(*_fixed_batch(cfg, ctx))
     scale_tr = max(s.train_loss_first[0], s.train_loss_second[0])
     scale_ho = max(s.heldout_loss_first[0], s.heldout_loss_second[0])
     tb = max(0.0, max(float(b) for b in s.train_barrier)) / scale_tr
@@ -357,9 +539,7 @@ def claim_fig5(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
     K = cfg.averaging_steps
-    report = sorted({k for k in (1, 10, 100, 1000) if k < K} | {K})
-    s = ctx.sidetrip("averaging", "averaging", steps=K, report_steps=report, kernels=list(cfg.averaging_kernels),
-                     train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples, bn_batches=cfg.bn_batches)
+    s = ctx.sidetrip(*_averaging(cfg))
     gaps, gaps_train, per_kernel = {}, {}, {}
     for spec, kres in s.kernels.items():
         results = sorted(kres.results, key=lambda r: r.k)
@@ -391,12 +571,7 @@ def claim_fig5(cfg: RealConfig, out: Path) -> Verdict:
 
 def _divergence(ctx, cfg):
     """The divergence side-trip shared by fig. 6, fig. 8 and eq. 13 (A, B, H, the lr pairs, the fixed batch)."""
-    return ctx.sidetrip("divergence", "divergence", steps=cfg.divergence_steps,
-                        eval_steps=sorted({0, cfg.divergence_steps // 10, cfg.divergence_steps}),
-                        train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples,
-                        record_every=cfg.divergence_record_every, fixed_batch_every=cfg.divergence_record_every,
-                        bn_batches=cfg.bn_batches, pair_factors=[float(f) for f in cfg.eq13_factors],
-                        function_points=cfg.eq13_function_points, function_samples=cfg.eq13_function_samples)
+    return ctx.sidetrip(*_divergence_request(cfg))
 
 
 def claim_fig6(cfg: RealConfig, out: Path) -> Verdict:
@@ -429,7 +604,7 @@ def claim_fig6(cfg: RealConfig, out: Path) -> Verdict:
 def claim_fig7(cfg: RealConfig, out: Path) -> Verdict:
     ctx = _ctx(cfg, out)
     S, _ = ctx.steps
-    s = ctx.sidetrip("alignment", "alignment", steps=cfg.alignment_steps, batch_pairs=cfg.alignment_batch_pairs)
+    s = ctx.sidetrip(*_alignment(cfg))
     rec = s.records
     cos_c = rec.cos_start_constant
     db = s.different_batches
@@ -489,8 +664,7 @@ def claim_fig13(cfg: RealConfig, out: Path) -> Verdict:
     S, _ = ctx.steps
     rows = []
     for b in cfg.sweep_batch_sizes:
-        s = ctx.sidetrip("lr-sweep", f"lr-sweep-b{b}", batch_size=b, heldout_batches=cfg.sweep_heldout_batches,
-                         num_lrs=cfg.sweep_num_lrs)
+        s = ctx.sidetrip(*_lr_sweep(cfg, b))
         drop_tr = math.log(s.train_start_loss / s.train_min_loss)
         drop_ho = math.log(s.heldout_start_loss / s.heldout_min_loss)
         rows.append(dict(batch_size=b, train_drop=drop_tr, heldout_drop=drop_ho, gap=drop_tr - drop_ho))

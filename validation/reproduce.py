@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -111,7 +112,7 @@ def _previous(out: Path):
 
 def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, only=None,
               synthetic: bool = True, real: bool = True, progress: bool = True, force: bool = False,
-              synthetic_config=None, real_config=None):
+              synthetic_config=None, real_config=None, workers: int | None = None):
     """Verify the paper's claims and write the report into ``out``; returns the list of verdicts.
 
     mode: "quick" (embedded digits data set, 2-core CPU, about 10 minutes) or "full".
@@ -120,7 +121,9 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     only: optional list of claim ids. synthetic / real: select the claim families.
     A claim whose part file exists with the same configuration fingerprint is not redone
     (``force=True`` redoes everything). ``synthetic_config`` / ``real_config`` override the sizes
-    of ``mode`` (e.g. tiny sizes for tests).
+    of ``mode`` (e.g. tiny sizes for tests). ``workers``: side-trips computed at once in worker processes
+    (:func:`validation.realclaims.prefetch`; None: up to 2 on a CPU with 2 cores, 1 on a GPU; 1: in this process,
+    one after the other). The verdicts do not depend on it.
     """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
@@ -128,6 +131,8 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
         unknown = sorted(set(only) - set(CLAIM_IDS))
         if unknown:
             raise ValueError(f"unknown claim id(s) {unknown}; known: {CLAIM_IDS}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 (or None: automatic), got {workers!r}")
     run = run if run is not None else (real_config.run if real_config is not None else None)
     check_real_arguments(out, run=run, data_dir=data_dir, dataset=dataset)
     syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
@@ -140,11 +145,29 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     with claim_output(out, "report", _identity(mode, run, data_dir, dataset), holder="validation reproduce",
                       legacy_identity=_legacy_identity) as claim:
         return _reproduce(Path(out), claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force,
-                          syn_cfg, real_cfg)
+                          syn_cfg, real_cfg, workers)
+
+
+def _saved_verdict(out: Path, cid: str, fp: str, force: bool):
+    """The verdict of claim ``cid`` saved in ``OUT/parts`` with fingerprint ``fp`` (None: redo it)."""
+    part = out / "parts" / f"{cid}.json"
+    if force or not part.exists():
+        return None
+    try:
+        saved = json.loads(part.read_text())
+        if saved.get("fingerprint") == fp and (out / (saved["verdict"].get("figure") or "")).exists():
+            return Verdict.from_dict(saved["verdict"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        pass  # a damaged part is simply redone
+    return None
+
+
+def _claim_fingerprint(cid, cfg) -> str:
+    return _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
 
 
 def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force, syn_cfg,
-               real_cfg):
+               real_cfg, workers=None):
     previous, old_config = _previous(out) if claim.resumed else ([], {})
     (out / "parts").mkdir(exist_ok=True)
     config = dict(mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
@@ -166,18 +189,27 @@ def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, 
     verdicts, errors = [], 0
     bar = tqdm(todo, desc="claims", unit="claim", disable=not progress)
     with _sidetrip_progress(progress and real):
+        real_todo = [cid for cid, fn, cfg in todo if cfg is real_cfg and _saved_verdict(
+            out, cid, _claim_fingerprint(cid, cfg), force) is None]
+        if real_todo:
+            from .realclaims import prefetch
+
+            try:  # the side-trips of the claims to compute, several at once; the claims read them back
+                with timings.timed("prefetch"):
+                    failed = prefetch(real_cfg, out, real_todo, workers=workers, progress=progress)
+                for key, err in failed.items():
+                    print(f"warning: side-trip {key} failed in a worker process ({err}); its claim computes it",
+                          file=sys.stderr)
+            except Exception:  # noqa: BLE001 - each claim meets the same error and reports it in its verdict
+                pass
         for cid, fn, cfg in bar:
             bar.set_postfix_str(cid)
-            fp = _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
+            fp = _claim_fingerprint(cid, cfg)
             part = out / "parts" / f"{cid}.json"
-            if part.exists() and not force:
-                try:
-                    saved = json.loads(part.read_text())
-                    if saved.get("fingerprint") == fp and (out / (saved["verdict"].get("figure") or "")).exists():
-                        verdicts.append(Verdict.from_dict(saved["verdict"]))
-                        continue
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    pass  # a damaged part is simply redone
+            saved = _saved_verdict(out, cid, fp, force)
+            if saved is not None:
+                verdicts.append(saved)
+                continue
             try:
                 with timings.timed(f"claim:{cid}"):
                     v = fn(cfg, out)

@@ -57,6 +57,8 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from .._workers import exit_with_parent as _exit_with_parent
+from .._workers import mp_context as _mp_context
 from .._files import atomic_write_bytes, jsonable, provenance, write_json
 from .designs import cell, expand_grid, point_id, point_label, point_seed, varying_keys
 from .store import Store, deps, write_table
@@ -105,56 +107,6 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
     _set_threads(threads)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Make this worker exit when the process ``parent`` dies, even by SIGKILL (no orphaned workers).
-
-    Two mechanisms: Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills the worker when its own
-    parent -- the pool's forkserver, which itself exits when the main process does -- dies), and a daemon
-    thread that waits on a pidfd of ``parent`` (``os.pidfd_open``; elsewhere it polls ``os.kill(parent, 0)``
-    and the parent pid twice a second) and ends the worker with ``os._exit``.
-    """
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        except Exception:  # noqa: BLE001 - best effort; the thread below still watches
-            pass
-    start_ppid = os.getppid()
-
-    def gone() -> bool:
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # exists but not ours (EPERM): alive
-            pass
-        return os.getppid() != start_ppid  # the forkserver (our parent) died: reparented
-
-    def watch() -> None:
-        fd = None
-        try:
-            fd = os.pidfd_open(parent)
-        except (AttributeError, OSError):
-            fd = None
-        if fd is not None:
-            import select
-
-            select.select([fd], [], [])  # readable once the process has exited
-            os._exit(1)
-        while not gone():
-            time.sleep(0.5)
-        os._exit(1)
-
-    if gone():
-        os._exit(1)
-    threading.Thread(target=watch, name="quadsgd-parent-watch", daemon=True).start()
-
-
 def _set_threads(threads) -> None:
     """Numba threads of the calling thread (thread-local). Numba's parallel code called from a worker
     thread of Dask or a thread pool with several threads can be >10x slower (GNU OpenMP layer)."""
@@ -166,13 +118,6 @@ def _set_threads(threads) -> None:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     except Exception:  # noqa: BLE001 - numba missing or refusing: keep its default
         pass
-
-
-def _mp_context():
-    import multiprocessing as mp
-
-    # forkserver: workers start from a clean process (fork after Numba / Dask threads is unsafe); spawn elsewhere
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
 def _is_dask_client(obj) -> bool:
