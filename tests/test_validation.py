@@ -295,7 +295,7 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
     assert [_judged(v.to_dict()) for v in two] == [_judged(v.to_dict()) for v in one]
     parts = timings.read(tmp_path / "w2")
     by = {k: rec.get("worker") for k, rec in parts.items() if k.count(":") == 1 and k.startswith("sidetrip:")}
-    assert len(by) == 9 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
+    assert len(by) == 8 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
     assert all(rec.get("worker") is None for k, rec in timings.read(tmp_path / "w1").items())
 
     def tables(d):
