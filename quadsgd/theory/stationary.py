@@ -102,8 +102,8 @@ def _pair_moments(lam_i, lam_j, lr: float, beta: float):
     # edge, formed once), and 1 - beta^2 as (1 - beta)(1 + beta) (its rounding would be amplified by
     # 1/(1 - beta^2) as beta -> 1). The slow half keeps the form above (cancellation-free there).
     c = 1.0 + beta
-    fast = np.real(ei + ejc) > 2.0 * c
-    if np.any(fast):
+    # O(d) pre-check on the modes (ei, ejc broadcast to the pairs): no pair is past the edge -> no (d, d) mask
+    if np.max(np.real(ei)) + np.max(np.real(ejc)) > 2.0 * c and np.any(fast := np.real(ei + ejc) > 2.0 * c):
         di, djc = 2.0 * c - ei, 2.0 * c - ejc
         b2f = (1.0 - beta) * c
         denf = (1.0 - beta) ** 2 * (c * (di + djc) - di * djc) + beta * (ei - ejc) ** 2
