@@ -337,3 +337,95 @@ def test_delegated_output_allows_nested_claims_in_a_worker(tmp_path):
         delegate_env(out)
     r = worker(out / "sidetrips" / "c", delegated)  # the parent let go of OUT: the delegation is void
     assert r.returncode == 3 and r.stdout.strip() == "nested"
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
+    """Ctrl-C (SIGINT to the job only) stops the prefetch's workers; SIGKILL of the job ends them within seconds
+    too, in the middle of a long side-trip (they watch their parent: the end of their request pipe alone would
+    only be seen after the side-trip). After the kill the report's directory is usable again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    code = (f"import sys; sys.path.insert(0, {str(repo / 'tests')!r})\n"
+            "from test_validation import TINY_REAL\nfrom validation.realclaims import RealConfig\n"
+            "from validation.reproduce import reproduce\n"
+            "cfg = RealConfig(**{**TINY_REAL, 'linear_fit_steps': 100000})\n"  # minutes: killed in the middle
+            f"reproduce({str(out)!r}, synthetic=False, progress=False, real_config=cfg, workers=2)\n")
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    # no pipes: the workers inherit the job's stdio, and reading a pipe would wait for them too
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        workers = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = [p for p in _children(proc.pid) if "_prefetch_worker" in _cmdline(p)]
+            if len(workers) == 2:
+                break
+            time.sleep(0.05)
+        assert len(workers) == 2, "the job never started its two workers"
+        while time.monotonic() < deadline and not (out / "sidetrips" / "linear-fit" / "config.json").exists():
+            time.sleep(0.05)  # the long side-trip has begun in a worker
+        assert (out / "sidetrips" / "linear-fit").is_dir()
+        time.sleep(0.5)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in workers), f"workers left running after {sig}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in _children(proc.pid) if proc.poll() is None else []:
+            os.kill(p, signal.SIGKILL)
+    assert proc.returncode != 0
+    if sig == "SIGKILL":  # the dead job's lock is free again: the same report goes on
+        from validation.realclaims import RealConfig
+
+        cfg = RealConfig(**{**TINY_REAL, "linear_fit_steps": 100000})
+        v = reproduce(out, synthetic=False, progress=False, real_config=cfg, workers=2, only=["fig3-same-basin"])
+        assert [x.id for x in v] == ["fig3-same-basin"] and v[0].error is None
