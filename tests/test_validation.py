@@ -286,6 +286,8 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
 def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
     """The side-trips computed at once by two worker processes (validation.realclaims.prefetch) are the side-trips
     computed one after the other in this process, byte for byte, and the verdicts are the same."""
+    import os
+
     from validation import timings
     from validation.realclaims import RealConfig
 
@@ -302,6 +304,12 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
         return {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "sidetrips").rglob("*.csv"))}
 
     assert tables(tmp_path / "w2") == tables(tmp_path / "w1") and len(tables(tmp_path / "w1")) > 10
+    from validation.realclaims import default_workers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_workers(rc) == max(1, min(2, cores))  # one torch thread per side-trip
+    assert default_workers(RealConfig(**{**TINY_REAL, "threads": 0})) == 1  # torch on every core already
+    assert default_workers(RealConfig(**{**TINY_REAL, "device": "cuda"})) == 1  # one device, shared
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         reproduce(tmp_path / "w0", synthetic=False, progress=False, real_config=rc, workers=0)
     assert not (tmp_path / "w0").exists()
