@@ -149,12 +149,7 @@ def plot_loss_curves(ax, table, *, series=("lr",), select=None, theory="expected
                 kinds.add("dotted: stationary loss")
     if not kinds:
         raise ValueError(f"plot_loss_curves: no rows of quantity {theory!r} or {simulation!r} to draw")
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("step t")
-    ax.set_ylabel(r"loss $\frac{1}{2}\,\hat u^\top \Omega\, \hat u$")
+    _axes(ax, logx, logy, "step t", r"loss $\frac{1}{2}\,\hat u^\top \Omega\, \hat u$")
     ax.grid(True, which="major", alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -198,12 +193,8 @@ def plot_loss_per_kappa(ax, table, *, select=None, quantity="expected_loss_per_k
             st = df[(df["quantity"] == stationary) & (df["kappa"] == kap) & (df["kernel"] == ker)]
             if len(st):
                 ax.axhline(float(st["value"].iloc[0]), color=colors[i % len(colors)], ls=":", lw=0.8)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("step t")
-    ax.set_ylabel(r"loss contribution $\sum_{i:\,\Omega_{ii}=\kappa} \frac{1}{2}\kappa\,\hat u_i^2$")
+    _axes(ax, logx, logy, "step t",
+          r"loss contribution $\sum_{i:\,\Omega_{ii}=\kappa} \frac{1}{2}\kappa\,\hat u_i^2$")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc=legend)
     if title:
@@ -252,12 +243,7 @@ def plot_line(ax, table, *, x, quantity, hue=(), select=None, reference=None, no
             r = r.sort_values(x)
             if len(r):
                 ax.plot(r[x], yv(r), "--", color=c, lw=1.2, label=f"{lab}: {reference_label or reference}")
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(f"{x} ({_SYMBOL[x]})" if x in _SYMBOL else x)
-    ax.set_ylabel(ylabel or (f"{quantity} / {normalize}" if normalize else quantity))
+    _axes(ax, logx, logy, _label(x), ylabel or (f"{quantity} / {normalize}" if normalize else quantity))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc=legend)
     if title:
@@ -285,12 +271,7 @@ def plot_heatmap(ax, table, *, x, y, quantity, select=None, logx=False, logy=Fal
     mesh = ax.pcolormesh(_edges(xs, logx), _edges(ys, logy), np.ma.masked_invalid(z), norm=norm,
                          cmap="viridis", shading="flat")
     ax.figure.colorbar(mesh, ax=ax, label=zlabel or quantity)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(f"{x} ({_SYMBOL[x]})" if x in _SYMBOL else x)
-    ax.set_ylabel(f"{y} ({_SYMBOL[y]})" if y in _SYMBOL else y)
+    _axes(ax, logx, logy, _label(x), _label(y))
     if title:
         ax.set_title(title, fontsize=9)
 
@@ -341,3 +322,18 @@ def draw_figures(table, figures, out_dir) -> list[Path]:
             fig.savefig(tmp, dpi=f.get("dpi", 150), format=path.suffix.lstrip(".").lower())
         paths.append(path)
     return paths
+
+
+def _axes(ax, logx: bool, logy: bool, xlabel: str, ylabel: str) -> None:
+    """Log scales where asked, and the axis labels (every figure of this module)."""
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def _label(name: str) -> str:
+    """An axis label: the parameter's name with its symbol where it has one."""
+    return f"{name} ({_SYMBOL[name]})" if name in _SYMBOL else name
