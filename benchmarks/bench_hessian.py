@@ -74,7 +74,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from quadsgd._files import package_versions, write_json  # noqa: E402
+from sgdtraj.provenance import package_versions# noqa: E402
+from sgdtraj.files import write_json# noqa: E402
 from realnet.hessian import FlatModel, SampleLoss, lanczos  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
 
@@ -159,7 +160,7 @@ def bench_sidetrip(run: Path, step: int, threads: int, device: str, steps: int =
         t = time.perf_counter()
         r = fit_linear_model(run, step, Path(tmp) / "lf", threads=threads, device=device, progress=False, **opts)
         wall = time.perf_counter() - t
-    return {"options": opts, "wall_s": wall, "sidetrip_wall_s": r.wall_s, "timing": asdict(r.timing),
+    return {"options": opts, "wall_s": wall, "sidetrip_wall_s": r.wall_s, "timing": r.timing,
             "lanczos": asdict(r.lanczos), "steps": r.steps, "parameters": r.parameters,
             "statistic": r.statistic.value, "variance_statistic": r.variance_statistic.value}
 
@@ -258,12 +259,12 @@ def main(argv=None):
             if a.part == "sidetrip":
                 res["sidetrip"] = r = bench_sidetrip(run, 100, a.threads, a.device, a.lf_steps,
                                                      a.lf_k)
-                tm = r["timing"]
+                tm = {k: v["wall_s"] for k, v in r["timing"].items()}
                 print(f"linear-fit side-trip (k={r['options']['k']}, N={r['steps']}): {r['wall_s']:.1f}s total; "
-                      f"Lanczos {tm['lanczos_s']:.1f}s ({r['lanczos']['matvecs']} HVPs, "
-                      f"{tm['lanczos_s_per_iteration']:.2f}s/iteration), curvature {tm['curvature_s']:.1f}s, "
-                      f"noise {tm['noise_s']:.1f}s, continuation {tm['continuation_s']:.1f}s "
-                      f"({tm['continuation_s_per_1000_steps']:.1f}s per 1000 steps)", flush=True)
+                      f"Lanczos {tm['lanczos']:.1f}s ({r['lanczos']['matvecs']} HVPs, "
+                      f"{tm['lanczos'] / max(r['lanczos']['matvecs'], 1):.2f}s/iteration), curvature "
+                      f"{tm['curvature']:.1f}s, noise {tm['noise']:.1f}s, continuation {tm['continuation']:.1f}s "
+                      f"({1000 * tm['continuation'] / max(r['steps'], 1):.1f}s per 1000 steps)", flush=True)
             if a.part in ("lanczos", "all"):
                 res["lanczos"] = bench_lanczos(model, data, a.sample, a.device)
                 r = res["lanczos"]

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import quadsgd as qs
-from quadsgd.simulate import _rng as nb
+from quadsgd.simulation import _rng as nb
 
 
 def _time(fn):

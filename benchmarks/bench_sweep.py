@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 
-from quadsgd.sweep import _init_worker, _mp_context, load_spec, sweep
+from quadsgd.sweeps import load_spec, sweep
+from quadsgd.sweeps.engine import init_worker
+from sgdtraj.workers import mp_context
 
 
 def theory_spec(quick):
@@ -118,7 +120,7 @@ def main(argv=None):
     for name, spec_dict in (("theory", theory_spec(args.quick)), ("simulation", sim_spec(args.quick))):
         spec = load_spec(spec_dict)
         print(f"\n[{name}] {len(spec.points)} points")
-        pools = {n: cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker, initargs=(1,))
+        pools = {n: cf.ProcessPoolExecutor(n, mp_context=mp_context(), initializer=init_worker, initargs=(1,))
                  for n in (1, 2)}
         try:
             res, cores, tables = measure(spec, {"serial": "serial", **pools}, args.repeat)

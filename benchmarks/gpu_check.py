@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available here; use --device cpu --tiny for the smoke mode", file=sys.stderr)
         return {"error": "cuda unavailable"}
-    from quadsgd._files import git_info, package_versions
+    from sgdtraj.provenance import git_info, package_versions
     git, dirty = git_info(REPO)
     res: dict = {"date": dt.date.today().isoformat(), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "device": str(device), "tiny": a.tiny, "versions": package_versions(), "git": git,
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"gpu_check_{res['date']}{'_tiny' if a.tiny else ''}.json"
-    from quadsgd._files import write_json
+    from sgdtraj.files import write_json
     write_json(path, res)
     print(f"wrote {path} ({res['wall_s']:.0f} s)")
     return res

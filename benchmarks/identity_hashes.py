@@ -1,6 +1,6 @@
 """Fingerprints of results that a refactor must leave bit-identical.
 
-    python benchmarks/identity_hashes.py [--part simulate|train|verdicts|all] [--verdicts OUT/verdicts.json]
+    python benchmarks/identity_hashes.py [--part simulate|train|averaging|verdicts|all] [--verdicts OUT/verdicts.json]
 
 * ``simulate``: SHA-256 of every array of ``qs.simulate`` results (loss, loss_std, final, chain_loss,
   states) for diagonal / small dense / BLAS dense / non-normal models, SGD and momentum, every kernel
@@ -8,6 +8,9 @@
   also ``qs.expected_loss`` curves and ``qs.stationary_covariance`` matrices.
 * ``train``: a 40-step ``realnet train`` run on digits (CPU, one thread): ``metrics.csv`` without its
   timing column, ``evals.csv`` and the final checkpoint's model and optimizer tensors.
+* ``averaging``: every tensor of ``KernelAveragedModel``'s state (module, rings, running sums) after 12 updates of
+  a small conv net with BatchNorm, for every kernel type, with ``at_step`` and without, buffers averaged or
+  copied, float32 and float64; and ``EquivalentScheduleLR``'s learning rates.
 * ``verdicts``: the ``value`` and every sub-check value of each verdict in a ``verdicts.json``.
 
 Prints one JSON object; compare two runs with ``diff``. Before/after a change, run it on both trees.
@@ -127,6 +130,48 @@ def train_hashes() -> dict:
                 "train/checkpoint": ck[-1].name}
 
 
+def averaging_hashes() -> dict:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from realnet.averaging import EquivalentScheduleLR, KernelAveragedModel
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    kernels = ["last", "ema:0.1", "twopoint:3", "npoint:3:2", "swa:4", "kernel:0.5,0.2,0.3"]
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        for use_buffers in (False, True):
+            for at_step in (12, None):
+                for spec in kernels:
+                    torch.manual_seed(1)
+                    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                        nn.Linear(4 * 4 * 4, 3)).to(dtype)
+                    avg = KernelAveragedModel(net, spec, at_step=at_step, use_buffers=use_buffers)
+                    g = torch.Generator().manual_seed(2)
+                    for _ in range(12):
+                        with torch.no_grad():
+                            for p in net.parameters():
+                                p.add_(torch.randn(p.shape, generator=g, dtype=dtype))
+                            net(torch.randn(5, 2, 6, 6, generator=g, dtype=dtype))  # BN running statistics move
+                        avg.update_parameters(net)
+                    sd = avg.state_dict()
+                    key = f"avg/{spec}/{str(dtype)[6:]}/buffers={use_buffers}/at={at_step}"
+                    out[key] = _h(*[sd[k].detach().numpy() for k in sorted(sd) if isinstance(sd[k], torch.Tensor)])
+    for spec in kernels:
+        net = nn.Linear(2, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        sched = EquivalentScheduleLR(opt, spec, at_step=12)
+        lrs = []
+        for _ in range(12):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        out[f"schedule/{spec}"] = _h(np.array(lrs))
+    return out
+
+
 def verdict_values(path) -> dict:
     vs = json.loads(Path(path).read_text())
     vs = vs["verdicts"] if isinstance(vs, dict) and "verdicts" in vs else vs
@@ -140,7 +185,7 @@ def verdict_values(path) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", default="all", choices=("simulate", "train", "verdicts", "all", "_simulate_here"))
+    ap.add_argument("--part", default="all", choices=("simulate", "train", "averaging", "verdicts", "all", "_simulate_here"))
     ap.add_argument("--verdicts", help="a verdicts.json (for --part verdicts/all)")
     a = ap.parse_args(argv)
     if a.part == "_simulate_here":
@@ -159,6 +204,8 @@ def main(argv=None):
         res["simulate/threads_1_vs_2_differ"] = diff
     if a.part in ("train", "all"):
         res.update(train_hashes())
+    if a.part in ("averaging", "all"):
+        res.update(averaging_hashes())
     if a.part in ("verdicts", "all") and a.verdicts:
         res.update(verdict_values(a.verdicts))
     print(json.dumps(res, indent=1, sort_keys=True))

@@ -15,7 +15,7 @@ that prefix); ``probe --step S`` then branches from the prefix's 75% point if it
 --steps=2000 --lr=0.05``); ``--threads`` defaults to 1, ``--progress`` to false. ``train`` adds a
 checkpoint at 75% of the run (the branch point, the paper's 75k of 100k).
 
-What is measured (thresholds fixed in issue 11 before measuring: the constants of :mod:`validation.premises`;
+What is measured (thresholds fixed before measuring: the constants of :mod:`validation.premises`;
 the measurements (a), (b) and the summary of (c) are :mod:`realnet.regime`'s, shared with ``validation``):
 
 * (a) plateau: mean training loss of the fresh batches (``metrics.csv``: loss of the batch of update t at
@@ -58,7 +58,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quadsgd._files import provenance, read_csv  # noqa: E402
+from sgdtraj.provenance import provenance# noqa: E402
+from sgdtraj.files import read_csv# noqa: E402
 from realnet.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from realnet.config import TrainConfig, build_options, resolve_config  # noqa: E402
 from realnet.data import BatchOrder, build_data  # noqa: E402

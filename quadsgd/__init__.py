@@ -1,8 +1,8 @@
 """quadsgd: exact theory and fast simulation of averaged SGD in the linear model (Sandler et al.)."""
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint, parse_kernel
 from .model import LinearModel, stability_bound
-from .simulate import SimulationResult, simulate
-from .sweep import SpecError, SweepError, expand_grid, load_spec, random_design, run_spec, sweep
+from .simulation import SimulationResult, simulate
+from .sweeps import SpecError, SweepError, expand_grid, load_spec, random_design, run_spec, sweep
 from .theory import (
     AccuracyWarning,
     effective_lr,

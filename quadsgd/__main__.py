@@ -13,12 +13,13 @@ same command to resume).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+
+from sgdtraj.commands import EXIT_FAILED, EXIT_USAGE, run_command
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import load_spec, run_spec
+    from .sweeps import load_spec, run_spec
 
     spec = load_spec(args.spec)
     df = run_spec(spec, args.out, scheduler=args.scheduler, workers=args.workers,
@@ -66,43 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    from .sweep import SpecError, SweepError
+    from .sweeps import SpecError, SweepError
 
-    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
-    try:
-        return int(args.func(args) or 0)
-    except (SpecError, ValueError) as e:  # invalid input: the message names the key and the point
-        print(f"python -m quadsgd {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except SweepError as e:
-        print(f"python -m quadsgd {args.command}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a file could not be read or written (disk full, permissions changed meanwhile)
-        print(f"python -m quadsgd {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"python -m quadsgd {args.command}: interrupted; finished points are saved, "
-              f"re-run the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    # invalid input (the message names the key and the point) -> 2; a failed point, or a file that could not be
+    # read or written -> 1
+    return run_command(lambda: args.func(args), prefix=f"python -m quadsgd {args.command}: error: ",
+                       errors=[((SpecError, ValueError), EXIT_USAGE), ((SweepError, OSError), EXIT_FAILED)],
+                       interrupted=f"python -m quadsgd {args.command}: interrupted; finished points are saved, "
+                                   f"re-run the same command to resume")
 
 
 if __name__ == "__main__":

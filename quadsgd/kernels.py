@@ -27,7 +27,7 @@ Huge kernels: SWA, TwoPoint and NPoint answer everything the library asks (``sup
 ``psi``, ``paper_factor``, ``tracking``) in closed form, so a support of 1e12 steps costs O(1) memory;
 the dense arrays ``weights()``, ``point_weights`` and ``autocorrelation()`` are O(support) by nature
 and are refused with a ValueError naming the size parameter when they would exceed
-:data:`quadsgd._checks.MAX_ARRAY_BYTES` (instead of a MemoryError). Size parameters are <= 2**62.
+:data:`sgdtraj.arguments.MAX_ARRAY_BYTES` (instead of a MemoryError). Size parameters are <= 2**62.
 
 Fast stability edge: on real scalar transitions that carry :math:`1 + M` (``Transition.I_plus_M``, from
 the eigen-root path of the stationary theory), SWA, NPoint, TwoPoint and EMA evaluate :math:`\Psi` near
@@ -41,7 +41,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_int, check_real, check_size
+from sgdtraj.arguments import check_array, check_int, check_real, check_size
 from ._linalg import Ops, Transition, triangular_geometric
 
 __all__ = ["AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "Tracking", "parse_kernel",

@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 import scipy.linalg as sla
 
-from ._checks import check_array, check_real
+from sgdtraj.arguments import check_array, check_real
 from ._heavy_ball import stable_lr_bound
 
 __all__ = ["LinearModel", "stability_bound"]

@@ -1,8 +1,8 @@
 """realnet: ResNet trajectories, checkpoints and the paper's side-trip experiments (Sandler et al.).
 
 Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips from a checkpoint:
-:func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging`, :func:`alignment`, :func:`divergence`,
-:func:`fit_linear_model` (side-trip ``linear-fit``; :mod:`realnet.linear_fit` holds its pure functions)
+:func:`lr_sweep`, :func:`fixed_batch`, :func:`averaging_sidetrip`, :func:`alignment`, :func:`divergence`,
+:func:`fit_linear_model` (side-trip ``linear-fit``; :mod:`quadsgd.fitting` holds its pure functions)
 (CLI ``python -m realnet sidetrip NAME``), each returning a typed result (``result.save(dir)`` /
 ``Result.load(dir)``; ``result["key"]`` reads its summary). Output files and columns are documented in
 :mod:`realnet.trainer` and the :mod:`realnet.sidetrips` package (one module per side-trip; the registry
@@ -11,14 +11,18 @@ quadsgd kernel as an averaged model) and :class:`EquivalentScheduleLR` (its equi
 :mod:`realnet.averaging`. The regime of a run at a checkpoint (plateau, memorisation, a fixed batch along a
 side-trip): :mod:`realnet.regime`.
 """
+from . import averaging
 from .averaging import EquivalentScheduleLR, KernelAveragedModel, equivalent_multipliers, unwrap_model
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, resolve_config
 from .data import BatchOrder, DataBundle, build_data
 from .models import ResNet20, count_parameters, create_model
 from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LinearFitOptions,
-                        LrSweepOptions, alignment, averaging, divergence, fit_linear_model, fixed_batch, kernel_at,
-                        lr_sweep, parse_kernel)
+                        LrSweepOptions, averaging_sidetrip, fit_linear_model, kernel_at, parse_kernel)
+from .sidetrips.alignment import alignment
+from .sidetrips.divergence import divergence
+from .sidetrips.fixed_batch import fixed_batch
+from .sidetrips.lr_sweep import lr_sweep
 from .trainer import DivergenceError, evaluate, load_config, lr_at, train, train_step
 
 __all__ = [
@@ -30,11 +34,11 @@ __all__ = [
     # checkpoints
     "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError",
     # side-trips
-    "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence", "fit_linear_model",
+    "lr_sweep", "fixed_batch", "averaging_sidetrip", "alignment", "divergence", "fit_linear_model",
     "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions", "DivergenceOptions",
     "LinearFitOptions",
     "parse_kernel", "kernel_at",
-    # averaging in your own loop
-    "KernelAveragedModel", "EquivalentScheduleLR", "equivalent_multipliers", "unwrap_model",
+    # averaging in your own loop (the module realnet.averaging and its classes)
+    "averaging", "KernelAveragedModel", "EquivalentScheduleLR", "equivalent_multipliers", "unwrap_model",
 ]
 __version__ = "0.1.0"

@@ -67,7 +67,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from quadsgd._checks import check_bool, check_int
+from sgdtraj.arguments import check_bool, check_int
 from quadsgd.kernels import AveragingKernel, parse_kernel
 
 __all__ = ["KernelAveragedModel", "EquivalentScheduleLR", "unwrap_model", "equivalent_multipliers"]
@@ -208,6 +208,232 @@ def _divisors(weights: np.ndarray) -> np.ndarray:
 
 
 # =============================================================================================
+# Trackers: how each kind of kernel tracking keeps the average (chosen once from kernel.tracking())
+# =============================================================================================
+class _GroupStore:
+    """The averaged tensors grouped by dtype, and the ring / running-sum buffers of sliding windows.
+
+    Buffers are registered on ``host`` (``avg_ring_{g}``: (ring_length, N) rows of flat iterates;
+    ``avg_sum_{g}``: (N,) float64 running sum) so they are part of its ``state_dict``.
+    """
+
+    def __init__(self, host: nn.Module, avg: list[torch.Tensor], ring_length: int, needs_sum: bool):
+        self.host = host
+        self.ring_length = int(ring_length)
+        self.needs_sum = bool(needs_sum)
+        self.views: dict = {}  # (group, row) -> (ring data_ptr, views of the row shaped like the tensors)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(avg):
+            by_dtype.setdefault(t.dtype, []).append(i)
+        self.groups: list[tuple[list[int], list, list[int]]] = []  # (tensor indices, shapes, numels)
+        nbytes = 0
+        for dt, idx in by_dtype.items():
+            devs = {avg[i].device for i in idx}
+            if len(devs) > 1 and self.ring_length:
+                raise ValueError(f"model: sliding windows need the {dt} tensors on one device, "
+                                 f"found {sorted(map(str, devs))}")
+            numels = [avg[i].numel() for i in idx]
+            N = int(sum(numels))
+            self.groups.append((idx, [avg[i].shape for i in idx], numels))
+            nbytes += self.ring_length * N * avg[idx[0]].element_size()
+            if self.needs_sum:
+                nbytes += N * torch.empty((), dtype=_acc_dtype(dt)).element_size()
+        self.extra_bytes = int(nbytes)
+
+    def check_memory(self, kernel, copies: int, memory_limit) -> None:
+        if self.ring_length and memory_limit is not None and self.extra_bytes > memory_limit:
+            raise ValueError(
+                f"kernel {kernel} with at_step=None keeps a sliding window of {copies} copies of the model "
+                f"({self.extra_bytes / 2 ** 20:.1f} MiB) > memory_limit={memory_limit:.4g} bytes: pass at_step=T (no "
+                "extra memory), a shorter kernel, or a larger memory_limit")
+
+    def allocate(self, avg: list[torch.Tensor]) -> None:
+        """Register the ring (every slot padded with theta_s) and the running sum."""
+        for g, (idx, _shapes, numels) in enumerate(self.groups):
+            t0 = avg[idx[0]]
+            N = int(sum(numels))
+            if self.ring_length:
+                self.host.register_buffer(f"avg_ring_{g}", torch.empty((self.ring_length, N), dtype=t0.dtype,
+                                                                       device=t0.device))
+            if self.needs_sum:
+                self.host.register_buffer(f"avg_sum_{g}", torch.zeros(N, dtype=_acc_dtype(t0.dtype),
+                                                                      device=t0.device))
+        if self.ring_length:
+            with torch.no_grad():
+                for g, (idx, _s, _n) in enumerate(self.groups):
+                    cur = [avg[i] for i in idx]
+                    for row in range(self.ring_length):
+                        torch._foreach_copy_(self.row_views(g, row), cur)
+                    if self.needs_sum:
+                        self.recompute_sum(g)
+
+    def ring(self, g: int) -> torch.Tensor:
+        return getattr(self.host, f"avg_ring_{g}")
+
+    def sum(self, g: int) -> torch.Tensor:
+        return getattr(self.host, f"avg_sum_{g}")
+
+    def row_views(self, g: int, row: int | None, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Views of ring row ``row`` (or of the flat tensor ``flat``) of group g, shaped like its tensors."""
+        idx, shapes, numels = self.groups[g]
+        if flat is None:
+            ring = self.ring(g)
+            hit = self.views.get((g, row))
+            if hit is not None and hit[0] == ring.data_ptr():
+                return hit[1]
+            flat = ring[row]
+        views = [v.view(sh) for v, sh in zip(flat.split(numels), shapes)]
+        if row is not None:
+            if len(self.views) > 4 * len(self.groups) * max(self.ring_length, 1):
+                self.views.clear()
+            self.views[(g, row)] = (self.ring(g).data_ptr(), views)
+        return views
+
+    def recompute_sum(self, g: int) -> None:
+        _sum_rows_(self.sum(g), self.ring(g))
+
+
+class _Tracker:
+    """One way of keeping an average; ``update`` takes the i-th iterate (1-based call index)."""
+
+    name = "tracker"
+    ring_length = 0  # ring rows (parameter-sized copies) the tracker needs
+    needs_sum = False  # a float64 running sum beside the ring
+    n_points = 0  # points of a running mean at fixed calls (the resume state's next_point ranges over them)
+
+    def __init__(self):
+        self.next_point = 0  # the next of those points
+
+    @property
+    def copies(self) -> int:
+        """Parameter-sized copies held besides the averaged module."""
+        return self.ring_length + int(self.needs_sum)
+
+    def update(self, store: _GroupStore, avg: list, src: list, i: int) -> None:
+        raise NotImplementedError
+
+
+class _Copy(_Tracker):
+    """``last``: a copy of the iterate at call ``at`` (every call when ``at`` is None)."""
+
+    name = "last"
+
+    def __init__(self, at: int | None):
+        super().__init__()
+        self.at = at
+
+    def update(self, store, avg, src, i):
+        if self.at is None or i == self.at:
+            torch._foreach_copy_(avg, src)
+
+
+class _Ema(_Tracker):
+    """``geometric``: :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call."""
+
+    name = "ema"
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = float(decay)
+
+    def update(self, store, avg, src, i):
+        torch._foreach_lerp_(avg, src, self.decay)
+
+
+class _PointsAt(_Tracker):
+    """``points`` with ``at_step``: the running weighted mean of the n points, built in the module itself at
+    the calls ``calls`` (chronological) with divisors ``divisors``; no extra memory."""
+
+    name = "points"
+
+    def __init__(self, calls: np.ndarray, divisors: np.ndarray):
+        super().__init__()
+        self.calls, self.divisors = calls, divisors
+        self.n_points = int(calls.size)
+        if self.n_points and calls[0] == 0:  # the model at construction is the first point
+            self.next_point = 1
+
+    def update(self, store, avg, src, i):
+        j = self.next_point
+        if j < self.n_points and self.calls[j] == i:
+            _mean_step(avg, src, float(self.divisors[j]))
+            self.next_point = j + 1
+
+
+class _Window(_Tracker):
+    """A uniform stride-1 window of W iterates, ``at_step=None``: a ring of W iterates and a float64 running
+    sum (add the newest, subtract the stored oldest; recomputed from the ring every W calls)."""
+
+    name = "window"
+    needs_sum = True
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.ring_length = int(width)
+
+    def update(self, store, avg, src, i):
+        W = self.ring_length
+        row = i % W
+        for g, (idx, _s, _n) in enumerate(store.groups):
+            ring, S = store.ring(g), store.sum(g)
+            cur = [src[j] for j in idx]
+            if row == 0:
+                torch._foreach_copy_(store.row_views(g, row), cur)
+                store.recompute_sum(g)
+            else:
+                _acc_(S, ring[row], -1.0)
+                torch._foreach_copy_(store.row_views(g, row), cur)
+                _acc_(S, ring[row], 1.0)
+            _mean_into_([avg[j] for j in idx], store.row_views(g, None, S), W)
+
+
+class _Ring(_Tracker):
+    """``points``, ``at_step=None``: a ring of the last (n-1)s iterates and a fresh weighted mean of the n
+    points (lags ``lags``, chronological, divisors ``divisors``) every call."""
+
+    name = "ring"
+
+    def __init__(self, lags: np.ndarray, divisors: np.ndarray, length: int):
+        super().__init__()
+        self.lags, self.divisors = lags, divisors
+        self.ring_length = int(length)
+
+    def update(self, store, avg, src, i):
+        R = self.ring_length
+        for g, (idx, _s, _n) in enumerate(store.groups):
+            dst = [avg[j] for j in idx]
+            cur = [src[j] for j in idx]
+            for lag, d in zip(self.lags.tolist(), self.divisors.tolist()):
+                _mean_step(dst, cur if lag == 0 else store.row_views(g, (i - lag) % R), d, in_place=True)
+            torch._foreach_copy_(store.row_views(g, i % R), cur)
+
+
+def _make_tracker(kernel: AveragingKernel, at_step: int | None, start_step: int) -> _Tracker:
+    """The tracker for ``kernel.tracking()`` (its kind and fields; never the kernel's class)."""
+    tr = kernel.tracking()
+    kind = tr.kind
+    if kind == "geometric" and float(tr.decay) == 1.0:
+        kind = "last"
+    if kind == "last":
+        return _Copy(None if at_step is None else at_step - start_step)
+    if kind == "geometric":
+        return _Ema(float(tr.decay))
+    if kind == "points":
+        s, n = int(tr.stride), int(tr.n)
+        w = tr.weight_array()
+        lags = np.arange(n, dtype=np.int64) * s
+        nz = np.flatnonzero(w)[::-1]  # chronological: the largest lag first
+        div = _divisors(w[nz])
+        if at_step is not None:
+            return _PointsAt((at_step - start_step) - lags[nz], div)
+        if tr.uniform_window:
+            return _Window(int(tr.uniform_window))
+        return _Ring(lags[nz], div, int(lags[-1]))
+    raise ValueError(f"kernel {kernel!r} has tracking kind {tr.kind!r}, which KernelAveragedModel cannot keep "
+                     "online (known: 'last', 'geometric', 'points')")
+
+
+# =============================================================================================
 # KernelAveragedModel
 # =============================================================================================
 class KernelAveragedModel(nn.Module):
@@ -281,91 +507,10 @@ class KernelAveragedModel(nn.Module):
         else:
             self._avg_buffer_idx, self._copy_buffer_idx = [], list(range(len(bufs)))
         self._calls = 0
-        self._next_point = 0
-        self._views: dict = {}
-        self._plan(k.tracking(), memory_limit)
-
-    # ------------------------------------------------------------------ plan
-    def _plan(self, tr, memory_limit) -> None:
-        """Choose the update rule from the kernel's tracking and allocate the state it needs."""
-        k, T = self.kernel, self.at_step
-        self._decay = 0.0
-        # points, chronological: call index (at_step) or lag (ring), and running-mean divisor
-        self._pt_at = np.zeros(0, dtype=np.int64)
-        self._pt_div = np.zeros(0, dtype=np.float64)
-        self._ring_len = 0
-        self._copies = 0
-        kind = tr.kind
-        if kind == "geometric" and float(tr.decay) == 1.0:
-            kind = "last"
-        if kind == "last":
-            self._mode = "last"
-        elif kind == "geometric":
-            self._mode = "ema"
-            self._decay = float(tr.decay)
-        elif kind == "points":
-            s, n = int(tr.stride), int(tr.n)
-            w = tr.weight_array()
-            lags = np.arange(n, dtype=np.int64) * s
-            nz = np.flatnonzero(w)[::-1]  # chronological: the largest lag first
-            div = _divisors(w[nz])
-            if T is not None:
-                self._mode = "points"
-                self._pt_at, self._pt_div = (T - self.start_step) - lags[nz], div
-                if self._pt_at[0] == 0:  # the model at construction is the first point
-                    self._next_point = 1
-            elif tr.uniform_window:
-                self._mode = "window"
-                self._ring_len = int(tr.uniform_window)
-                self._copies = self._ring_len + 1
-            else:
-                self._mode = "ring"
-                self._ring_len = int(lags[-1])
-                self._copies = self._ring_len
-                self._pt_at, self._pt_div = lags[nz], div
-        else:
-            raise ValueError(f"kernel {k!r} has tracking kind {tr.kind!r}, which KernelAveragedModel cannot keep "
-                             "online (known: 'last', 'geometric', 'points')")
-        avg = self._avg_tensors()
-        groups: dict[torch.dtype, list[int]] = {}
-        for i, t in enumerate(avg):
-            groups.setdefault(t.dtype, []).append(i)
-        self._groups = []
-        nbytes = 0
-        for dt, idx in groups.items():
-            devs = {avg[i].device for i in idx}
-            if len(devs) > 1 and self._ring_len:
-                raise ValueError(f"model: sliding windows need the {dt} tensors on one device, "
-                                 f"found {sorted(map(str, devs))}")
-            shapes = [avg[i].shape for i in idx]
-            numels = [avg[i].numel() for i in idx]
-            N = int(sum(numels))
-            self._groups.append((idx, shapes, numels))
-            nbytes += self._ring_len * N * avg[idx[0]].element_size()
-            if self._mode == "window":
-                nbytes += N * torch.empty((), dtype=_acc_dtype(dt)).element_size()
-        self._extra_bytes = int(nbytes)
-        if self._ring_len and memory_limit is not None and nbytes > memory_limit:
-            raise ValueError(
-                f"kernel {k} with at_step=None keeps a sliding window of {self._copies} copies of the model "
-                f"({nbytes / 2 ** 20:.1f} MiB) > memory_limit={memory_limit:.4g} bytes: pass at_step=T (no extra "
-                "memory), a shorter kernel, or a larger memory_limit")
-        for g, (idx, _shapes, numels) in enumerate(self._groups):
-            t0 = avg[idx[0]]
-            N = int(sum(numels))
-            if self._ring_len:
-                ring = torch.empty((self._ring_len, N), dtype=t0.dtype, device=t0.device)
-                self.register_buffer(f"avg_ring_{g}", ring)
-            if self._mode == "window":
-                self.register_buffer(f"avg_sum_{g}", torch.zeros(N, dtype=_acc_dtype(t0.dtype), device=t0.device))
-        if self._ring_len:
-            with torch.no_grad():
-                for g, (idx, _s, _n) in enumerate(self._groups):
-                    cur = [avg[i] for i in idx]
-                    for row in range(self._ring_len):  # padding: every slot holds theta_s
-                        torch._foreach_copy_(self._row_views(g, row), cur)
-                    if self._mode == "window":
-                        self._recompute_sum(g)
+        self._tracker = _make_tracker(k, self.at_step, self.start_step)
+        self._store = _GroupStore(self, self._avg_tensors(), self._tracker.ring_length, self._tracker.needs_sum)
+        self._store.check_memory(k, self._tracker.copies, memory_limit)
+        self._store.allocate(self._avg_tensors())
 
     # ------------------------------------------------------------------ tensors
     def _avg_tensors(self) -> list[torch.Tensor]:
@@ -393,26 +538,6 @@ class KernelAveragedModel(nn.Module):
         src_copy = [s if s.device == a.device else s.to(a.device) for s, a in zip(src_copy, copied)]
         return src, src_copy
 
-    def _row_views(self, g: int, row: int | None, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Views of ring row ``row`` (or of the flat tensor ``flat``) of group g, shaped like its tensors."""
-        idx, shapes, numels = self._groups[g]
-        if flat is None:
-            ring = getattr(self, f"avg_ring_{g}")
-            key = (g, row)
-            hit = self._views.get(key)
-            if hit is not None and hit[0] == ring.data_ptr():
-                return hit[1]
-            flat = ring[row]
-        views = [v.view(sh) for v, sh in zip(flat.split(numels), shapes)]
-        if row is not None:
-            if len(self._views) > 4 * len(self._groups) * max(self._ring_len, 1):
-                self._views.clear()
-            self._views[(g, row)] = (getattr(self, f"avg_ring_{g}").data_ptr(), views)
-        return views
-
-    def _recompute_sum(self, g: int) -> None:
-        _sum_rows_(getattr(self, f"avg_sum_{g}"), getattr(self, f"avg_ring_{g}"))
-
     # ------------------------------------------------------------------ update
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
@@ -425,40 +550,7 @@ class KernelAveragedModel(nn.Module):
         avg = self._avg_tensors()
         copied = self._copied_tensors()
         src, src_copy = self._sources(model, avg, copied)
-        mode = self._mode
-        if mode == "ema":
-            torch._foreach_lerp_(avg, src, self._decay)
-        elif mode == "last":
-            if self.at_step is None or self.start_step + i == self.at_step:
-                torch._foreach_copy_(avg, src)
-        elif mode == "points":
-            j = self._next_point
-            if j < self._pt_at.size and self._pt_at[j] == i:
-                _mean_step(avg, src, float(self._pt_div[j]))
-                self._next_point = j + 1
-        elif mode == "window":
-            W = self._ring_len
-            row = i % W
-            for g, (idx, _s, _n) in enumerate(self._groups):
-                ring = getattr(self, f"avg_ring_{g}")
-                S = getattr(self, f"avg_sum_{g}")
-                cur = [src[j] for j in idx]
-                if row == 0:
-                    torch._foreach_copy_(self._row_views(g, row), cur)
-                    self._recompute_sum(g)
-                else:
-                    _acc_(S, ring[row], -1.0)
-                    torch._foreach_copy_(self._row_views(g, row), cur)
-                    _acc_(S, ring[row], 1.0)
-                _mean_into_([avg[j] for j in idx], self._row_views(g, None, S), W)
-        else:  # ring: a fresh weighted mean of n points from the stored iterates
-            R = self._ring_len
-            for g, (idx, _s, _n) in enumerate(self._groups):
-                dst = [avg[j] for j in idx]
-                cur = [src[j] for j in idx]
-                for lag, d in zip(self._pt_at.tolist(), self._pt_div.tolist()):
-                    _mean_step(dst, cur if lag == 0 else self._row_views(g, (i - lag) % R), d, in_place=True)
-                torch._foreach_copy_(self._row_views(g, i % R), cur)
+        self._tracker.update(self._store, avg, src, i)
         if copied:
             torch._foreach_copy_(copied, src_copy)
         self._calls = i
@@ -485,16 +577,16 @@ class KernelAveragedModel(nn.Module):
     @property
     def extra_copies(self) -> int:
         """Parameter-sized copies held besides ``module`` (ring slots, running sum)."""
-        return self._copies
+        return self._tracker.copies
 
     @property
     def extra_bytes(self) -> int:
         """Bytes of those copies."""
-        return self._extra_bytes
+        return self._store.extra_bytes
 
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, at_step={self.at_step}, start_step={self.start_step}, "
-                f"use_buffers={self.use_buffers}, mode={self._mode!r}, extra_copies={self._copies}")
+                f"use_buffers={self.use_buffers}, tracking={self._tracker.name!r}, extra_copies={self.extra_copies}")
 
     # ------------------------------------------------------------------ state
     def _identity(self) -> dict[str, Any]:
@@ -502,7 +594,7 @@ class KernelAveragedModel(nn.Module):
                 "use_buffers": self.use_buffers}
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"format": _FORMAT, **self._identity(), "calls": self._calls, "next_point": self._next_point}
+        return {"format": _FORMAT, **self._identity(), "calls": self._calls, "next_point": self._tracker.next_point}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
@@ -515,11 +607,14 @@ class KernelAveragedModel(nn.Module):
         if self.at_step is not None and self.start_step + calls > self.at_step:
             raise ValueError(f"state_dict holds {calls} updates, beyond at_step={self.at_step}")
         self._calls = calls
-        self._next_point = check_int("state_dict next_point", state["next_point"], 0, int(self._pt_at.size))
-        self._views.clear()
+        self._tracker.next_point = check_int("state_dict next_point", state["next_point"], 0,
+                                             self._tracker.n_points)
+        self._store.views.clear()
 
     def _apply(self, fn, *args, **kwargs):
-        self._views = {}
+        store = self.__dict__.get("_store")
+        if store is not None:
+            store.views.clear()
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quadsgd._files import atomic_write_bytes
+from sgdtraj.files import atomic_write_bytes
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_path", "list_checkpoints",

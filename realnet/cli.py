@@ -9,7 +9,7 @@ as ``--key=value`` / ``--key value`` (dashes or underscores) or in the TOML file
 refused; a bare ``--key`` means true for a boolean key and is refused for any other; list keys take
 ``1,2,3`` or ``[1, 2, 3]``. ``python -m realnet train --help`` lists the keys with their defaults.
 
-Output directories follow :func:`quadsgd._files.claim_output`: ``--out`` is refused, before anything is
+Output directories follow :func:`sgdtraj.outputs.claim_output`: ``--out`` is refused, before anything is
 written, when it is a file, under a file, not writable, locked by another process (its pid is named),
 another kind of output (a side-trip's ``--out`` that is a run, ...) or the same kind of another job.
 
@@ -29,7 +29,8 @@ import re
 import signal
 import sys
 
-from quadsgd._files import jsonable
+from sgdtraj.commands import EXIT_FAILED, EXIT_USAGE, run_command
+from sgdtraj.files import jsonable
 
 from .checkpoint import CheckpointError, list_checkpoints
 from .config import ConfigError, TrainConfig, build_options, parse_overrides
@@ -143,41 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     from .trainer import DivergenceError
 
-    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     _INTERRUPTED.clear()
-    try:
+
+    def body() -> int:
         if cmd == "train":
             return _train(rest)
         if cmd == "sidetrip":
             return _sidetrip(rest)
         raise ConfigError(f"unknown command {cmd!r}; use 'train' or 'sidetrip'")
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        return _fail(e, 2)
-    except (DivergenceError, OSError) as e:  # the computation failed, or a file could not be read / written
-        return _fail(e, 1)
-    except KeyboardInterrupt:
-        if os.environ.get("REALNET_DEBUG"):
-            raise
+
+    def interrupted() -> str:
         msg = _INTERRUPTED.get("message")
-        print(msg() if msg else "interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        return msg() if msg else "interrupted"
 
-
-def _fail(e: BaseException, code: int) -> int:
-    if os.environ.get("REALNET_DEBUG"):
-        raise e
-    print(f"error: {e}", file=sys.stderr)
-    return code
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    # bad input -> 2; the computation failed, or a file could not be read / written -> 1
+    return run_command(body, errors=[((ConfigError, CheckpointError, ValueError, FileNotFoundError), EXIT_USAGE),
+                                     ((DivergenceError, OSError), EXIT_FAILED)],
+                       interrupted=interrupted, debug_env="REALNET_DEBUG")

@@ -5,7 +5,7 @@ read with :mod:`tomllib`) and ``--key=value`` / ``--key value`` command-line ove
 keys are read as underscores). An unknown key is refused with a :class:`ConfigError` that lists the
 valid keys. The same machinery (:func:`parse_overrides`, :func:`build_options`) serves the side-trip
 option dataclasses in :mod:`realnet.sidetrips`. Value checks raise :class:`ConfigError` (a ``ValueError``)
-through :func:`check_int` / :func:`check_choice`, the ConfigError forms of :mod:`quadsgd._checks`.
+through :func:`check_int` / :func:`check_choice`, the ConfigError forms of :mod:`sgdtraj.arguments`.
 
 ``auto`` fields (``model``, ``small_stem``, ``image_size``, ...) are filled in by
 :func:`resolve_config`; ``config.json`` always stores the resolved values, and resuming compares
@@ -14,13 +14,14 @@ resolved values (see :data:`RUNTIME_FIELDS` for the keys allowed to differ).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadsgd import _checks
+from sgdtraj import arguments
 
 from .models import MODEL_NAMES
 
@@ -109,20 +110,12 @@ _DATASET_DEFAULTS = {
 }
 
 
-def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """:func:`quadsgd._checks.check_int` raising :class:`ConfigError` (``name must be an integer >= low, ...``)."""
-    try:
-        return _checks.check_int(name, value, low, high)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def check_choice(name: str, value, allowed) -> str:
-    """:func:`quadsgd._checks.check_choice` raising :class:`ConfigError` (``name must be one of 'a', 'b'; got 'c'``)."""
-    try:
-        return _checks.check_choice(name, value, allowed)
-    except ValueError:
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}") from None
+#: :func:`sgdtraj.arguments.check_int` raising :class:`ConfigError`
+check_int = functools.partial(arguments.check_int, error=ConfigError)
+#: :func:`sgdtraj.arguments.check_choice` raising :class:`ConfigError`
+check_choice = functools.partial(arguments.check_choice, error=ConfigError)
+#: :func:`sgdtraj.arguments.check_real` raising :class:`ConfigError`
+check_real = functools.partial(arguments.check_real, error=ConfigError)
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:

@@ -67,7 +67,7 @@ Dropout (none in realnet's models) is put in eval mode in both modes.
 **Weight decay.** The run's coupled L2 term adds ``weight_decay * I`` to the Hessian of the optimised
 objective :math:`L + \tfrac{wd}2\|\theta\|^2`. The HVPs here are of :math:`L` only; the eigenvectors are
 the same and the curvature the optimizer feels is ``eigenvalue + weight_decay``
-(:func:`realnet.linear_fit.curvatures` adds it; the linear model uses it).
+(:func:`quadsgd.fitting.curvatures` adds it; the linear model uses it).
 
 **Precision.** Everything runs with autocast disabled (no bf16 in HVPs), in the model's dtype or in
 ``dtype`` (float64 for tests: the private copy and the inputs are cast).
@@ -91,7 +91,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from quadsgd._checks import check_choice, check_int, check_real, check_seed
+from sgdtraj.arguments import check_choice, check_int, check_real, check_seed
 
 __all__ = [
     "ParamLayout", "FlatModel", "SampleLoss", "LanczosResult", "lanczos", "projected_gradients",

@@ -1,4 +1,4 @@
-r"""The regime of a trajectory at a checkpoint, measured (issue 11): is it on a plateau, is its training
+r"""The regime of a trajectory at a checkpoint, measured: is it on a plateau, is its training
 stream memorised, is a fixed batch fit along a side-trip. Numbers only; the rules that decide whether a
 claim's premise holds are in :mod:`validation.premises`.
 
@@ -16,7 +16,7 @@ claim's premise holds are in :mod:`validation.premises`.
   Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
   :math:`\max_t \max(r_t, 1/r_t)`, :math:`r_t = \|g_t\| / \|g_0\|` (:class:`FixedBatchChange`).
 
-``benchmarks/regime_probe.py`` (the phase-1 measurements) and ``validation`` (the premises shown with every
+``benchmarks/regime_probe.py`` (the measurements behind the quick job's regime) and ``validation`` (the premises shown with every
 verdict) both call these functions.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import read_csv
+from sgdtraj.files import read_csv
 
 __all__ = ["Plateau", "quarter_means", "training_plateau", "Memorisation", "memorisation", "FixedBatchChange",
            "fixed_batch_change"]

@@ -4,7 +4,7 @@
 
 * ``config.json``  -- the resolved :class:`~realnet.config.TrainConfig` (all ``auto`` values filled in);
 * ``run_info.json`` -- provenance per session (time, command, seed, package versions, ``git`` commit and
-  ``git_dirty``, device; :func:`quadsgd._files.provenance`);
+  ``git_dirty``, device; :func:`sgdtraj.provenance.provenance`);
 * ``metrics.csv``  -- one row per update: ``step`` (0-based update index; the loss is the training
   batch's loss at the parameters *before* the update), ``epoch``, ``lr`` (used by that update),
   ``train_loss``, ``train_acc`` (of that global batch), ``time_s`` (wall time of the session);
@@ -13,7 +13,7 @@
   ``checkpoint_every`` steps, ``checkpoint_steps`` and the last step);
 * ``summary.json`` -- final numbers;
 * ``.sgd-trajectories.json`` -- the ownership marker (kind ``run``, identity = the resolved config without
-  :data:`~realnet.config.RUNTIME_FIELDS`) and ``.lock``, held while training (:func:`quadsgd._files.claim_output`).
+  :data:`~realnet.config.RUNTIME_FIELDS`) and ``.lock``, held while training (:func:`sgdtraj.outputs.claim_output`).
 
 Re-running on an existing directory continues from its last checkpoint (same result as one
 uninterrupted run; bit-identical on CPU); a config that differs in anything but
@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from quadsgd._files import (OutputError, atomic_write_text, claim_output, describe_diff, provenance, read_json,
-                            write_json)
+from sgdtraj.outputs import register_kind, OutputError, claim_output, describe_diff
+from sgdtraj.files import atomic_write_text, read_json, write_json
+from sgdtraj.provenance import provenance
 
 from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_run_checkpoint,
                          restore_rng_state, save_checkpoint)
@@ -62,6 +63,9 @@ __all__ = [
     "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
     "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS", "DivergenceError", "run_identity", "all_finite",
 ]
+
+#: the output-directory kind of a run (``realnet train --out``)
+RUN_KIND = register_kind("run", "a realnet run")
 
 METRICS_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "time_s"]
 EVAL_COLUMNS = ["step", "val_loss", "val_acc"]
@@ -337,16 +341,11 @@ def _config_refusal(out: Path, diff: dict, old: dict, lines: str) -> ConfigError
                        f"use the same settings or a new --out")
 
 
-def _legacy_identity(d: Path) -> dict[str, Any]:
-    """The identity of a run directory written before markers existed (its config.json)."""
-    return run_identity(load_config(d))
-
-
 def _claim_run(cfg: TrainConfig, out: Path):
-    """Claim ``out`` for ``cfg`` (:func:`quadsgd._files.claim_output`); a different config of the same run is a
+    """Claim ``out`` for ``cfg`` (:func:`sgdtraj.outputs.claim_output`); a different config of the same run is a
     :class:`ConfigError` naming the keys (with the schedule-horizon hint), anything else an OutputError."""
     try:
-        return claim_output(out, "run", run_identity(cfg), holder="realnet train", legacy_identity=_legacy_identity)
+        return claim_output(out, RUN_KIND, run_identity(cfg), holder="realnet train")
     except OutputError as e:
         if e.reason != "identity":
             raise

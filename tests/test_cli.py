@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = ".sgd-trajectories.json"  # quadsgd._files.MARKER (spelled out: the file must import on older checkouts)
+MARKER = ".sgd-trajectories.json"  # sgdtraj.outputs.MARKER (spelled out: the file must import on older checkouts)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 TRAIN = dict(dataset="digits", model="resnet20", width=4, steps=6, batch_size=16, lr=0.1, checkpoint_every=2,
@@ -128,7 +128,7 @@ def outputs(tmp_path_factory):
     """One finished output of every kind (made through the Python API): run, side-trip, sweep, report."""
     import realnet
     from realnet.config import TrainConfig
-    from quadsgd.sweep import run_spec
+    from quadsgd.sweeps import run_spec
     from validation.reproduce import reproduce
     from validation.synthetic import SyntheticConfig
 
@@ -155,8 +155,8 @@ def outputs(tmp_path_factory):
 CLIS = {"train": ("realnet", "run"), "sidetrip": ("realnet", "sidetrip"), "sweep": ("quadsgd", "sweep"),
         "reproduce": ("validation", "report")}
 OUT_KINDS = ["empty", "missing", "file", "under-file", "unwritable", "run", "sidetrip", "sweep", "report",
-             "foreign-files", "same-kind-other-job", "same-job", "legacy-same-job", "inside-another-output"]
-SUCCEED = {"empty", "missing", "same-job", "legacy-same-job"}
+             "foreign-files", "same-kind-other-job", "same-job", "unmarked-same-job", "inside-another-output"]
+SUCCEED = {"empty", "missing", "same-job"}
 MATRIX = [(cli, kind) for cli in CLIS for kind in OUT_KINDS if kind != CLIS[cli][1]]
 
 
@@ -197,7 +197,7 @@ def _matrix_case(cli, kind, o, base: Path) -> Case:
         (out / "notes.txt").write_text("not an output of these tools\n")
     elif kind in ("same-kind-other-job", "same-job"):
         shutil.copytree(o[own], out)
-    elif kind == "legacy-same-job":  # written before ownership markers existed
+    elif kind == "unmarked-same-job":  # the same job's files without the ownership marker: not claimed
         shutil.copytree(o[own], out)
         (out / MARKER).unlink(missing_ok=True)
     elif kind == "inside-another-output":
@@ -293,7 +293,7 @@ def _extra_validation_cases(o, base: Path) -> list[Case]:
 _SETUP = {
     "realnet": "import realnet, realnet.cli, realnet.sidetrips, torch\n"
                "torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled())  # its lazy imports",
-    "quadsgd": "import quadsgd.sweep, pandas, pyarrow.parquet",  # (not __main__: run_module executes it)
+    "quadsgd": "import quadsgd.sweeps, pandas, pyarrow.parquet",  # (not __main__: run_module executes it)
     # test sizes: the synthetic claims at the sizes of tests/test_validation.py (the CLI logic is unchanged)
     "validation": "import validation.reproduce, validation.realclaims, realnet\n"
                   "from validation.synthetic import SyntheticConfig\n"
@@ -342,6 +342,8 @@ def test_every_cli_with_every_kind_of_out(cli_results, outputs, cli, kind):
             changed = {"train": "seed: 0 (stored) != 1 (now)", "sidetrip": "num_lrs: 3 (stored) != 4 (now)",
                        "sweep": "sweep.seed: 7 (stored) != 8 (now)", "reproduce": "mode: 'quick' (stored) != 'full'"}
             assert changed[cli] in line, line
+        if kind == "unmarked-same-job":
+            assert "holds no output of these tools" in line, line
         return
     assert "Traceback" not in c.stderr
     assert marker_kind(c.out) == CLIS[cli][1]
@@ -358,8 +360,6 @@ def test_every_cli_with_every_kind_of_out(cli_results, outputs, cli, kind):
             assert changed <= {str(c.out / n) for n in ("config.json", "report.md", "timings.json")}, sorted(changed)
         else:  # a sweep records every run (run.json, results.parquet metadata); the rows stay
             assert changed <= {str(c.out / "run.json"), str(c.out / "results.parquet")}, sorted(changed)
-    if kind == "legacy-same-job":  # adopted: marker written, nothing else lost
-        assert set(c.before) - {str(c.out / MARKER)} <= set(c.after)
     if cli == "train":
         assert json.loads(c.stdout.strip().splitlines()[-1])["steps"] == 6
 
@@ -617,8 +617,8 @@ def test_ctrl_c_on_validation_reproduce_exits_130_and_keeps_finished_claims(tmp_
 
 # ================================================================================================ API-level rules
 def test_sweep_spec_changes_are_refused_with_the_keys_named(tmp_path):
-    from quadsgd._files import OutputError
-    from quadsgd.sweep import run_spec
+    from sgdtraj.outputs import OutputError
+    from quadsgd.sweeps import run_spec
 
     out = tmp_path / "o"
     spec = copy.deepcopy(SPEC)

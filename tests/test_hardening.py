@@ -1,4 +1,4 @@
-"""Hardening from the outside audit (issue 13), quadsgd part: wrong or imprecise results, valid input that
+"""Hardening, quadsgd part: wrong or imprecise results, valid input that
 crashed, and inputs that returned garbage instead of a ValueError naming the parameter.
 
 Each section tests one kind of defect over more cases than the audit listed (the kind, not the example).
@@ -473,7 +473,7 @@ def test_simulate_with_a_huge_kernel(kernel, method, peak_memory):
     # their rounding, ~n eps, shows at NPoint(1e6, .))
     np.testing.assert_allclose(r.final[1], want, rtol=1e-10 if getattr(kernel, "n", 0) == 10 ** 6 else 1e-12, atol=1e-15)
     # one pending average at a time when record_every covers the run: one slot
-    from quadsgd.simulate.plan import make_plan
+    from quadsgd.simulation.plan import make_plan
     plan = make_plan((kernel,), np.array([T]), method, 1000, 1000, 8, 2 ** 30, T, True)
     assert plan.n_slots == 1
 

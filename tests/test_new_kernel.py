@@ -89,8 +89,8 @@ def test_simulation_and_quadsgd_testing_agree_with_the_theory():
     curve = qs.expected_loss(m, KERNEL, steps=60, u0=np.array([2.0, -1.0]))
     qst.assert_curve_matches(curve, m, KERNEL, 60, u0=np.array([2.0, -1.0]), chains=4000, record_every=6)
     # the two simulation methods produce the same averages as the numpy twin fed the same normals
-    from quadsgd.simulate import draw_normals
-    from quadsgd.simulate._reference import reference_step
+    from quadsgd.simulation import draw_normals
+    from quadsgd.simulation._reference import reference_step
 
     res = qs.simulate(m, 30, 5, (qs.Last(), KERNEL), record_every=10, seed=3, per_chain_loss=True)
     xi = draw_normals(3, 5, 30 * m.dim).reshape(5, 30, m.dim)
@@ -100,7 +100,7 @@ def test_simulation_and_quadsgd_testing_agree_with_the_theory():
 
 
 def test_sweep_spec_names_the_kernel(tmp_path):
-    from quadsgd.sweep import run_spec
+    from quadsgd.sweeps import run_spec
 
     spec = {"sweep": {"seed": 1, "kernels": ["Last", "TailAverage"], "quantities": ["stationary_loss"]},
             "params": {"n_fast": 1, "n_slow": 1, "n": 4, "cycle": 3, "decay": 0.3}, "grid": {"lr": [0.1, 0.5]}}
@@ -156,7 +156,7 @@ def test_realnet_averaging_sidetrip(tmp_path):
     realnet.train(TrainConfig(dataset="digits", model="resnet20", width=4, steps=6, batch_size=16, lr=0.05,
                               checkpoint_every=3, eval_every=0, progress=False, eval_samples=64, threads=1), run)
     spec = str(TailAverage(2, 2, 0.5))  # support 3: fits from reported step 2 on
-    s = realnet.averaging(run, 3, tmp_path / "avg", lr=1e-4, steps=3, report_steps=[1, 3], kernels=[spec],
+    s = realnet.averaging_sidetrip(run, 3, tmp_path / "avg", lr=1e-4, steps=3, report_steps=[1, 3], kernels=[spec],
                           bn_batches=1, train_eval_samples=32, val_samples=32, threads=1, progress=False)
     kres = s.kernels[spec]
     assert kres.skipped == [1] and [r.k for r in kres.results] == [3]

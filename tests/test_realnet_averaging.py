@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 import quadsgd as qs
 from quadsgd.kernels import AveragingKernel, Tracking, parse_kernel
-from quadsgd.simulate import draw_normals
+from quadsgd.simulation import draw_normals
 from realnet.averaging import EquivalentScheduleLR, KernelAveragedModel, equivalent_multipliers, unwrap_model
 
 REPO = Path(__file__).resolve().parents[1]

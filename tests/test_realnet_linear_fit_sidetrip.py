@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import realnet
-from realnet import linear_fit as lf
+from quadsgd import fitting as lf
 from realnet.config import ConfigError, TrainConfig
 from realnet.sidetrips.linear_fit import LinearFitOptions, LinearFitResult, build_result, fit_model
 

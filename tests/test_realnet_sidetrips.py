@@ -119,7 +119,7 @@ def test_fixed_batch(untouched, tmp_path):
 def test_averaging_equivalent_schedules(untouched, tmp_path):
     out = tmp_path / "avg"
     kernels = ["swa", "ema:0.2", "twopoint", "npoint:3", "swa:3", "twopoint:2", "npoint:3:2"]
-    s = realnet.averaging(untouched, 100, out, steps=6, report_steps=[1, 4], kernels=kernels, bn_batches=2,
+    s = realnet.averaging_sidetrip(untouched, 100, out, steps=6, report_steps=[1, 4], kernels=kernels, bn_batches=2,
                           train_eval_samples=256, val_samples=300, **QUICK)
     saved = _common_outputs(out, "averaging", 100)
     assert saved["report_steps"] == [1, 4, 6] and saved["lr"] == pytest.approx(0.1)
@@ -152,7 +152,7 @@ def test_averaging_equivalent_schedules(untouched, tmp_path):
 def test_averaging_matches_side_trips_when_gradients_barely_change(trained_run, tmp_path):
     """Lemma 2: with a tiny lr the per-batch gradients stay constant and every average equals the end
     point of its equivalent side-trip (a wrong schedule would leave an O(1) relative distance)."""
-    s = realnet.averaging(trained_run, 200, tmp_path / "lemma2", lr=1e-4, steps=8, report_steps=[8],
+    s = realnet.averaging_sidetrip(trained_run, 200, tmp_path / "lemma2", lr=1e-4, steps=8, report_steps=[8],
                           kernels=["swa", "ema:0.3", "twopoint", "npoint:3:3"], bn_batches=1,
                           train_eval_samples=64, val_samples=64, **QUICK)
     for spec, v in s["kernels"].items():
@@ -227,7 +227,7 @@ def test_divergence_lr_pairs(untouched, tmp_path):
     assert np.all(pt.lr[pt.factor == 0.25] == pytest.approx(0.25 * s.lr))
     fun = pt.dist_function[pt.t == 5]  # function-space distance at t = 1, 2 (log-spaced) and K = 5 only
     assert np.all(np.isfinite(fun)) and np.all(fun > 0) and np.isnan(pt.dist_function[pt.t == 3]).all()
-    assert set(s.pair_train_loss_quarters) == {"1.0", "0.5", "0.25"} and s.timing["pairs_wall_s"] > 0
+    assert set(s.pair_train_loss_quarters) == {"1.0", "0.5", "0.25"} and s.timing["pairs"]["wall_s"] > 0
     back = type(s).load(out)
     np.testing.assert_array_equal(back.pair_distances.dist, pt.dist)
     assert back.summary == s.summary
@@ -251,7 +251,7 @@ def test_sidetrip_errors(trained_run, tmp_path):
     with pytest.raises(ValueError, match="must not be inside the run directory"):
         realnet.lr_sweep(trained_run, 100, trained_run / "sweep", **QUICK)
     with pytest.raises(ConfigError, match="bad kernel spec 'median'"):
-        realnet.averaging(trained_run, 100, tmp_path / "x", kernels=["median"], **QUICK)
+        realnet.averaging_sidetrip(trained_run, 100, tmp_path / "x", kernels=["median"], **QUICK)
     with pytest.raises(ConfigError, match="needs step2"):
         realnet.fixed_batch(trained_run, 100, tmp_path / "x", **QUICK)
     with pytest.raises(ConfigError, match="unknown LrSweepOptions key 'lrmax'"):
@@ -304,7 +304,7 @@ def test_registry_describes_every_sidetrip():
     from realnet.sidetrips import SIDETRIPS
 
     assert list(SIDETRIPS) == ["lr-sweep", "fixed-batch", "averaging", "alignment", "divergence", "linear-fit"]
-    function_names = {"linear-fit": "fit_linear_model"}  # realnet.linear_fit is the module of its pure functions
+    function_names = {"linear-fit": "fit_linear_model", "averaging": "averaging_sidetrip"}
     for name, trip in SIDETRIPS.items():
         assert trip.name == name and trip.result.NAME == name and trip.doc
         assert trip.function is getattr(realnet, function_names.get(name, name.replace("-", "_")))
@@ -336,7 +336,7 @@ def test_averaging_accepts_a_kernel_defined_in_this_test(trained_run, tmp_path):
     """Lemma 2 with a kernel quadsgd does not ship: the average equals its equivalent side-trip's end point."""
     out = tmp_path / "avg-new-kernel"
     spec = "test_unequal_pair:0.3:2"
-    s = realnet.averaging(trained_run, 200, out, lr=1e-4, steps=4, report_steps=[1, 4], kernels=[spec, "ema:0.3"],
+    s = realnet.averaging_sidetrip(trained_run, 200, out, lr=1e-4, steps=4, report_steps=[1, 4], kernels=[spec, "ema:0.3"],
                           bn_batches=1, train_eval_samples=64, val_samples=64, **QUICK)
     assert realnet.sidetrips.kernel_at(spec, 4) == _UnequalPair(0.3, 2)
     kres = s.kernels[spec]

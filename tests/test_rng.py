@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from quadsgd.simulate import _rng as nb
-from quadsgd.simulate import draw_normals
+from quadsgd.simulation import _rng as nb
+from quadsgd.simulation import draw_normals
 
 from .simtruth import jump_by_matrix_power, splitmix_py, xoshiro_py
 

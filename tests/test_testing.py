@@ -18,7 +18,7 @@ from scipy import stats
 import quadsgd as qs
 from quadsgd import testing as qst
 from quadsgd.kernels import AveragingKernel
-from quadsgd.simulate import record_times
+from quadsgd.simulation import record_times
 from quadsgd.testing.statistics import (
     bonferroni,
     bootstrap_se,

@@ -33,7 +33,8 @@ def test_decide_and_verdict_rules():
 def test_verdict_files_keep_infinity_readable_and_are_world_readable(tmp_path):
     import os
 
-    from validation.report import environment, write_report
+    from sgdtraj.provenance import environment
+    from validation.report import write_report
 
     v = Verdict(id="x", claim="c", statistic="s", value=math.inf, comparison="<", threshold=0.5,
                 details=dict(gap=-math.inf, missing=math.nan))
@@ -41,7 +42,7 @@ def test_verdict_files_keep_infinity_readable_and_are_world_readable(tmp_path):
     assert d["value"] == "inf" and d["details"] == {"gap": "-inf", "missing": None} and d["passed"] is False
     assert Verdict.from_dict(d).value == math.inf
     env = environment()
-    assert env["git_hash"] == env["git"] and "git_dirty" in env and "torch" in env["versions"]
+    assert env["git"] and "git_dirty" in env and "torch" in env["versions"]
     write_report(tmp_path, [v], dict(mode="quick", environment=env))
     umask = os.umask(0)
     os.umask(umask)
@@ -81,7 +82,7 @@ def test_reproduce_synthetic_end_to_end_and_resume(tmp_path):
     for i in ids:
         assert f"`{i}`" in report and f"({i}.png)" in report
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["environment"]["git_hash"] and cfg["synthetic"]["seed"] == 7
+    assert cfg["environment"]["git"] and cfg["synthetic"]["seed"] == 7
     # resume: finished parts are not redone (their files are untouched)
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
     again = reproduce(out, real=False, progress=False, synthetic_config=TINY)
@@ -322,9 +323,9 @@ def test_delegated_output_allows_nested_claims_in_a_worker(tmp_path):
     import subprocess
     import sys
 
-    from quadsgd._files import DELEGATE_ENV, claim_output, delegate_env
+    from sgdtraj.outputs import DELEGATE_ENV, claim_output, delegate_env
 
-    code = ("import sys; from quadsgd._files import claim_output, OutputError\n"
+    code = ("import sys; from sgdtraj.outputs import claim_output, OutputError\n"
             "try:\n    c = claim_output(sys.argv[1], 'sidetrip', {'a': 1})\n"
             "except OutputError as e:\n    print(e.reason); sys.exit(3)\nprint('ok')\n")
     env = {k: v for k, v in os.environ.items() if k != DELEGATE_ENV}

@@ -11,6 +11,8 @@ import argparse
 import signal
 import sys
 
+from sgdtraj.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_command
+
 from .reproduce import CLAIM_IDS, DATASETS, reproduce
 
 
@@ -43,25 +45,20 @@ def main(argv=None) -> int:
         ap.error("--synthetic-only and --real-only exclude each other")
     from .report import failing_checks
 
-    old = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
-    try:
-        verdicts = reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
-                             data_dir=args.data_dir, dataset=args.dataset, only=args.only,
-                             synthetic=not args.real_only, real=not args.synthetic_only,
-                             progress=not args.no_progress, force=args.force, workers=args.workers)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted; the claims finished so far are saved in {str(args.out)!r} (parts/): re-run the same "
-              f"command to resume", file=sys.stderr)
-        return 130
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+    verdicts: list = []
+
+    def body() -> int:
+        verdicts.extend(reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
+                                  data_dir=args.data_dir, dataset=args.dataset, only=args.only,
+                                  synthetic=not args.real_only, real=not args.synthetic_only,
+                                  progress=not args.no_progress, force=args.force, workers=args.workers))
+        return EXIT_OK
+
+    code = run_command(body, errors=[((ValueError, FileNotFoundError), EXIT_USAGE), (OSError, EXIT_FAILED)],
+                       interrupted=f"interrupted; the claims finished so far are saved in {str(args.out)!r} "
+                                   f"(parts/): re-run the same command to resume")
+    if code != EXIT_OK:
+        return code
     n_err = sum(v.error is not None for v in verdicts)
     n_pass = sum(v.passed for v in verdicts)
     print(f"{n_pass}/{len(verdicts)} claims verified; report: {args.out}/report.md")
@@ -72,15 +69,6 @@ def main(argv=None) -> int:
               + (f"  ({v.error})" if v.error else "") + (f"  -- failing: {'; '.join(fails)}" if fails else ""))
     return 1 if n_err else 0
 
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 

@@ -14,7 +14,7 @@ import sys
 
 
 def main(parent: int) -> int:
-    from quadsgd._workers import exit_with_parent
+    from sgdtraj.workers import exit_with_parent
 
     exit_with_parent(parent)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)

@@ -180,5 +180,5 @@ def claim_eq13_real(cfg, out: Path) -> Verdict:
             function_slope_ci95_half_width=None if f_slope is None else f_slope[1],
             function_slope_at_t={str(int(a)): float(b) for a, b in zip(tf, slf)},
             pair_train_loss_quarters=s.pair_train_loss_quarters,
-            pairs_wall_s=s.timing.get("pairs_wall_s")))
+            pairs_wall_s=s.timing.get("pairs", {}).get("wall_s")))
     return v

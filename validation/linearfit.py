@@ -7,7 +7,7 @@ plateau, SGD along each top Hessian direction :math:`v_i` behaves like the scala
 the measured curvature :math:`\kappa_i` and gradient noise :math:`\sigma_i` predicts the variance ratio
 :math:`\mathrm{Var}\,\hat p / \mathrm{Var}\,p` of every averaging kernel applied to :math:`p_t = v_i^\top\theta_t`.
 
-Statistic and rule (fixed in code before any measurement; :data:`realnet.linear_fit.FIT_THRESHOLD`):
+Statistic and rule (fixed in code before any measurement; :data:`quadsgd.fitting.FIT_THRESHOLD`):
 
 * value = median over the modelled (stable) directions and the kernels of
   :math:`|\log(\text{measured} / \text{predicted variance ratio})|`, rule ``< log 1.5``; uncertainty: the
@@ -247,7 +247,7 @@ def linear_fit_request(cfg, ctx) -> tuple[str, str, dict]:
 
 def claim_linear_fit(cfg, out: Path) -> Verdict:
     """The ``linear-model-fit`` verdict on the validation run (``cfg``: :class:`validation.realclaims.RealConfig`)."""
-    from realnet.linear_fit import FIT_THRESHOLD
+    from quadsgd.fitting import FIT_THRESHOLD
 
     from .realclaims import _ctx
 
@@ -282,9 +282,10 @@ def claim_linear_fit(cfg, out: Path) -> Verdict:
             eigenvalues=[_finite(x) for x in s.eigenvalues], rayleigh=[_finite(x) for x in s.rayleigh],
             noise_std=[_finite(x) for x in s.noise_std],
             subspace_loss_reduction=[asdict(x) for x in s.subspace_loss_reduction],
-            lanczos=asdict(s.lanczos), timing=asdict(s.timing), wall_s=s.wall_s,
-            lanczos_s_per_iteration=s.timing.lanczos_s_per_iteration,
-            continuation_s_per_1000_steps=s.timing.continuation_s_per_1000_steps, **info))
+            lanczos=asdict(s.lanczos), timing=s.timing, wall_s=s.wall_s,
+            lanczos_s_per_iteration=s.timing["lanczos"]["wall_s"] / max(s.lanczos.matvecs, 1),
+            continuation_s_per_1000_steps=1000.0 * s.timing["continuation"]["wall_s"] / max(s.steps + s.burn_in, 1),
+            **info))
     v.check("variance", vs.value, "<", FIT_THRESHOLD,
             "median over directions of |log(measured / predicted Var(v_i^T theta))| (the noise model sigma_i)")
     return v

@@ -84,7 +84,7 @@ class Premise:
         return all(c.met for c in self.conditions)
 
     def to_dict(self) -> dict:
-        from quadsgd._files import jsonable
+        from sgdtraj.files import jsonable
 
         return jsonable({"id": self.id, "title": self.title, "applies_to": self.applies_to, "met": self.met,
                          "conditions": [c.to_dict() for c in self.conditions], "details": self.details},

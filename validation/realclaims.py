@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import OutputError, atomic_write_text, delegate_env, held_output, read_json, write_json
+from sgdtraj.outputs import OutputError, delegate_env, held_output
+from sgdtraj.files import atomic_write_text, read_json, write_json
 
 from . import eq13real, linearfit, plots, premises, timings
 from .verdict import Verdict
@@ -231,10 +232,9 @@ class _Context:
 
                 shutil.rmtree(d)  # this report's own side-trip of other options: redo it from scratch
                 result = trip.function(self.run_dir, step, d, **common, **overrides)
-        own = getattr(result, "timing", None)  # parts a side-trip times itself: {"<part>_wall_s", "<part>_cpu_s"}
-        if isinstance(own, dict):
-            for name in [k[:-len("_wall_s")] for k in own if k.endswith("_wall_s")]:
-                timings.record(f"sidetrip:{key}:{name}", own[f"{name}_wall_s"], own.get(f"{name}_cpu_s", math.nan))
+        # the phases a side-trip times itself (sgdtraj.timing.Stopwatch.as_dict(): {phase: {wall_s, cpu_s, calls}})
+        for name, t in (getattr(result, "timing", None) or {}).items():
+            timings.record(f"sidetrip:{key}:{name}", t["wall_s"], t["cpu_s"])
         atomic_write_text(marker, ident)
         return result
 

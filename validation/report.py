@@ -1,7 +1,7 @@
 """The report: ``report.md`` (the regime premises measured at the branch point, a table of verdicts, linked
 figures, config and versions) and ``verdicts.json`` (a list of verdict objects; a real-network verdict's
 ``details["premises"]`` holds its premises, :mod:`validation.premises`). Files are written atomically
-(:mod:`quadsgd._files`: temporary file in the same directory, fsync, ``os.replace``; mode 0644 under the usual
+(:mod:`sgdtraj.files`: temporary file in the same directory, fsync, ``os.replace``; mode 0644 under the usual
 umask)."""
 from __future__ import annotations
 
@@ -9,28 +9,17 @@ import json
 import math
 from pathlib import Path
 
-from quadsgd import _files
+from sgdtraj.files import atomic_write_text, write_json
+from sgdtraj.provenance import environment
 
 from .verdict import Verdict, decide
 
-__all__ = ["write_report", "write_json_atomic", "environment", "verdict_text", "failing_checks"]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    _files.atomic_write_text(path, text)
+__all__ = ["write_report", "write_json_atomic", "verdict_text", "failing_checks"]
 
 
 def write_json_atomic(path: Path, obj) -> None:
     """Atomic JSON; infinities stay readable as ``"inf"`` / ``"-inf"``, NaN is ``null``."""
-    _files.write_json(path, obj, nonfinite="string")
-
-
-def environment() -> dict:
-    """:func:`quadsgd._files.environment` (``versions``, ``git``, ``git_dirty``, ``platform``) plus
-    ``git_hash``, an alias of ``git`` kept for readers of earlier reports."""
-    env = _files.environment()
-    env["git_hash"] = env["git"]
-    return env
+    write_json(path, obj, nonfinite="string")
 
 
 def _fmt(x) -> str:
@@ -46,7 +35,7 @@ def _fmt(x) -> str:
 
 
 def _git_text(env: dict) -> str:
-    git = env.get("git", env.get("git_hash", "unknown"))
+    git = env.get("git", "unknown")
     return f"{git} (uncommitted changes)" if env.get("git_dirty") else str(git)
 
 
@@ -196,4 +185,4 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
     lines += ["## Configuration", "", "```json", json.dumps({k: c for k, c in config.items() if k != "environment"},
                                                             indent=2, default=str), "```", "",
               "## Versions", "", "```json", json.dumps(env, indent=2), "```", ""]
-    write_text_atomic(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -14,7 +14,7 @@ Layout of ``OUT``::
 
 Before any work, :func:`reproduce` checks the real-network arguments (``--run`` must be a realnet run with
 at least 3 checkpoints and may not contain ``--out``; ``--dataset`` must be known and, unless it is
-``digits``, come with an existing ``--data-dir``) and claims ``OUT`` (:func:`quadsgd._files.claim_output`,
+``digits``, come with an existing ``--data-dir``) and claims ``OUT`` (:func:`sgdtraj.outputs.claim_output`,
 identity = mode, run, data_dir, dataset): a file, a path under a file, an unwritable path, a directory
 another process writes, a realnet run, a side-trip, a sweep or a report of other arguments is refused
 before anything is written. The report always covers every claim evaluated in ``OUT`` so far: a run with
@@ -31,14 +31,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from quadsgd._files import claim_output, read_json
+from sgdtraj.outputs import claim_output, register_kind
+from sgdtraj.provenance import environment
+from sgdtraj.files import read_json
 
 from . import timings
-from .report import environment, write_json_atomic, write_report
+from .report import write_json_atomic, write_report
 from .synthetic import SYNTHETIC_CLAIMS, SyntheticConfig
 from .verdict import Verdict
 
 __all__ = ["reproduce", "CLAIM_IDS"]
+
+#: the output-directory kind of a report (``validation reproduce --out``)
+REPORT_KIND = register_kind("report", "a validation report")
 
 
 def _real_claims():
@@ -92,11 +97,6 @@ def _identity(mode, run, data_dir, dataset) -> dict:
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "dataset": dataset or "digits"}
 
 
-def _legacy_identity(d: Path) -> dict:
-    c = read_json(d / "config.json")
-    return _identity(c.get("mode"), c.get("run"), c.get("data_dir"), c.get("dataset"))
-
-
 def _previous(out: Path):
     """(verdicts, config) of an earlier reproduce into ``out`` (empty when there is none or it is damaged)."""
     try:
@@ -142,8 +142,8 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
 
         real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
     # ---- everything above is checked before anything is written
-    with claim_output(out, "report", _identity(mode, run, data_dir, dataset), holder="validation reproduce",
-                      legacy_identity=_legacy_identity) as claim:
+    with claim_output(out, REPORT_KIND, _identity(mode, run, data_dir, dataset),
+                      holder="validation reproduce") as claim:
         return _reproduce(Path(out), claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force,
                           syn_cfg, real_cfg, workers)
 

@@ -19,7 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from quadsgd._files import write_json
+from sgdtraj.files import write_json
+from sgdtraj.timing import Stopwatch
 
 __all__ = ["timed", "record", "records", "reset", "write", "read"]
 
@@ -34,11 +35,13 @@ def record(name: str, wall_s: float, cpu_s: float, **extra) -> None:
 @contextlib.contextmanager
 def timed(name: str, **extra):
     """``with timed("training"): ...`` records the block's wall and CPU time (also when it raises)."""
-    w, c = time.perf_counter(), time.process_time()
+    sw = Stopwatch()
     try:
-        yield
+        with sw.phase(name):
+            yield
     finally:
-        record(name, time.perf_counter() - w, time.process_time() - c, **extra)
+        t = sw.phases[name]
+        record(name, t.wall_s, t.cpu_s, **extra)
 
 
 def records() -> dict[str, dict]:

@@ -6,7 +6,7 @@ import math
 import operator
 from dataclasses import asdict, dataclass, field
 
-from quadsgd._files import jsonable
+from sgdtraj.files import jsonable
 
 __all__ = ["Verdict", "decide"]
 

@@ -81,7 +81,7 @@ Layout
   z-scores, slope confidence intervals, bootstrap standard errors); ``validation`` uses the same ones;
 * :mod:`quadsgd.testing.checks` -- :func:`check_stationary`, :func:`check_curve`, the ``assert_*``
   twins and :class:`CheckResult`;
-* :mod:`quadsgd.testing.report` -- the failure message: model summary and reproducer (the kernel in
+* :mod:`quadsgd.testing.messages` -- the failure message: model summary and reproducer (the kernel in
   the spec grammar, ``k = qs.parse_kernel("ema:0.1")``), largest discrepancy.
 """
 from __future__ import annotations

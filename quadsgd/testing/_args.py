@@ -1,9 +1,9 @@
-"""Argument checks shared by the checks and the mixing time of :mod:`quadsgd.testing` (built on :mod:`quadsgd._checks`)."""
+"""Argument checks shared by the checks and the mixing time of :mod:`quadsgd.testing` (built on :mod:`sgdtraj.arguments`)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_choice, check_int, check_real
+from sgdtraj.arguments import check_choice, check_int, check_real
 from ..kernels import AveragingKernel
 from ..model import LinearModel
 

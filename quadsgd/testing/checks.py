@@ -4,7 +4,7 @@ their asserting twins :func:`assert_stationary_matches`, :func:`assert_curve_mat
 A check validates its arguments (:mod:`._args`), derives the simulation seed from every parameter
 (the same case always gets the same verdict), runs :func:`quadsgd.simulate`, applies the tests of
 :mod:`.statistics` per kernel (one :class:`_KernelOutcome` each), combines kernels by Bonferroni and
-has :mod:`.report` write the message.
+has :mod:`.messages` write the message.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_choice, check_int, check_lr_schedule, check_real
+from sgdtraj.arguments import check_array, check_choice, check_int, check_lr_schedule, check_real
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
-from . import report
+from . import messages
 from ._args import as_prediction, check_common, split_predictions
 from .mixing import burn_in_steps, kernel_time, mixing_time
 from .statistics import bonferroni, hotelling, mean_z_test, two_sided_normal_p, variance_test, wishart_test
@@ -124,7 +124,7 @@ def _stationary_outcome(k, kind, P, X, model, quantity, combine, chains) -> _Ker
         pred = float(P)
         r = mean_z_test(vals, pred, rtol=_DET_RTOL)
         return _KernelOutcome(k, kind, P, r.pvalue, 0.0 if r.deterministic else r.z,
-                              report.mean_text(r, what, _DET_RTOL), report.mean_worst(r, pred, what))
+                              messages.mean_text(r, what, _DET_RTOL), messages.mean_worst(r, pred, what))
     if kind == "variances":
         if np.any(P <= 0):
             j = int(np.argmin(P))
@@ -133,7 +133,7 @@ def _stationary_outcome(k, kind, P, X, model, quantity, combine, chains) -> _Ker
                                   dict(where=f"Var[{j}]", predicted=float(P[j]), simulated=float(np.mean(X[:, j] ** 2)),
                                        z=-math.inf, relative_error=None))
         r = variance_test(X, P, combine)
-        return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, report.variance_text(r), report.variance_worst(r, P))
+        return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, messages.variance_text(r), messages.variance_worst(r, P))
     scale = float(np.max(np.abs(P))) or 1.0
     asym = np.abs(P - P.T)
     if asym.max() > _SYM_RTOL * scale:
@@ -155,8 +155,8 @@ def _stationary_outcome(k, kind, P, X, model, quantity, combine, chains) -> _Ker
                                    relative_error=None))
     N = X.shape[0]
     r = wishart_test(X, P, combine)
-    return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, report.wishart_text(r),
-                          report.covariance_worst(X.T @ X / N, P, N))
+    return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, messages.wishart_text(r),
+                          messages.covariance_worst(X.T @ X / N, P, N))
 
 
 def check_stationary(predicted, model, kernel=Last(), *, chains=20000, alpha=1e-6, seed=0,
@@ -209,7 +209,7 @@ def check_stationary(predicted, model, kernel=Last(), *, chains=20000, alpha=1e-
             f"mixing times + kernel support needs {steps} steps > max_steps = {budget} (method "
             f"{method!r}); raise max_steps (method='exact' costs the same for any burn-in) or use a "
             f"faster-mixing model (larger lr * curvature; qs.testing.models(max_mixing=...))")
-    from ..simulate import simulate
+    from ..simulation import simulate
 
     sim_seed = _derive_seed("stationary", _model_key(model), tuple(_seed_key(k) for k in ks),
                             chains, method, steps, seed)
@@ -223,15 +223,15 @@ def check_stationary(predicted, model, kernel=Last(), *, chains=20000, alpha=1e-
     o = per[j]
     what = {"scalar": "stationary mean", "variances": "stationary variances",
             "covariance": "stationary covariance"}[o.kind]
-    lines, rep = report.head_lines(passed, what, p, alpha, o.text, ks, kp[j], o.worst, model, o.kernel)
+    lines, rep = messages.head_lines(passed, what, p, alpha, o.text, ks, kp[j], o.worst, model, o.kernel)
     lines.append(f"  simulation: {chains} independent chains from u0 = 0, method {method!r}, {steps} steps "
                  f"(burn-in {burn_in:g} mixing times + kernel support), seed {sim_seed} (from seed={seed})")
     if o.kind != "scalar":
         X = np.asarray(res.final[j], dtype=np.float64)
         sim = (X.T @ X / chains) if o.kind == "covariance" else np.mean(X * X, axis=0)
-        lines.append(f"  predicted: {report.arr(o.predicted)}")
-        lines.append(f"  simulated: {report.arr(sim)} (second moments, mean known 0)")
-    lines.append(report.reproduce_line(rep, o.kernel))
+        lines.append(f"  predicted: {messages.arr(o.predicted)}")
+        lines.append(f"  simulated: {messages.arr(sim)} (second moments, mean known 0)")
+    lines.append(messages.reproduce_line(rep, o.kernel))
     return CheckResult(passed=passed, pvalue=p, alpha=alpha, test=o.text, statistic=float(o.statistic),
                        worst=o.worst, message="\n".join(lines), seed=sim_seed, chains=chains, steps=steps,
                        method=method, kernel_pvalues=kp)
@@ -270,21 +270,21 @@ def _curve_outcome(k, pred, sim, se, chain_loss, times, combine, chains) -> _Ker
         return _KernelOutcome(k, "curve", pred, 0.0, math.inf,
                               f"record t = {times[r]} is deterministic (standard error 0) and differs "
                               f"from the prediction by more than relative {_DET_RTOL:g}",
-                              report.curve_worst(times, r, pred, sim, se, math.inf))
+                              messages.curve_worst(times, r, pred, sim, se, math.inf))
     n = int((~det).sum())
     if n == 0:
         return _KernelOutcome(k, "curve", pred, 1.0, 0.0,
                               f"all {R} records deterministic (standard error 0), equal within relative "
-                              f"{_DET_RTOL:g}", report.curve_worst(times, 0, pred, sim, se, 0.0))
+                              f"{_DET_RTOL:g}", messages.curve_worst(times, 0, pred, sim, se, 0.0))
     r = int(np.argmax(np.abs(z)))
-    worst = report.curve_worst(times, r, pred, sim, se, z[r])
+    worst = messages.curve_worst(times, r, pred, sim, se, z[r])
     if combine == "bonferroni":
         pz = two_sided_normal_p(z[~det])
         p = float(min(1.0, n * pz.min()))
         return _KernelOutcome(k, "curve", pred, p, float(abs(z[r])),
-                              report.bonferroni_curve_text(n, abs(z[r]), pz.min()), worst)
+                              messages.bonferroni_curve_text(n, abs(z[r]), pz.min()), worst)
     h = hotelling(chain_loss[:, ~det] - pred[~det])
-    return _KernelOutcome(k, "curve", pred, h.pvalue, h.T2, report.hotelling_text(h, n, chains, abs(z[r])), worst)
+    return _KernelOutcome(k, "curve", pred, h.pvalue, h.T2, messages.hotelling_text(h, n, chains, abs(z[r])), worst)
 
 
 def check_curve(predicted, model, kernel, steps, *, chains=10000, alpha=1e-6, lr=None, u0=None,
@@ -295,7 +295,7 @@ def check_curve(predicted, model, kernel, steps, *, chains=10000, alpha=1e-6, lr
     Parameters
     ----------
     predicted : array (steps + 1,) -- the curve at t = 0..steps, like :func:`quadsgd.expected_loss`
-        -- or (R,) at the record times ``quadsgd.simulate.record_times(steps, record_every)``;
+        -- or (R,) at the record times ``quadsgd.simulation.record_times(steps, record_every)``;
         a list of them for a sequence of kernels (Bonferroni over kernels)
     model, kernel : the model and an averaging kernel (or a sequence of them)
     steps : int >= 1, <= max_steps
@@ -320,7 +320,7 @@ def check_curve(predicted, model, kernel, steps, *, chains=10000, alpha=1e-6, lr
     if record_every > steps:
         raise ValueError(f"record_every must be in [1, steps = {steps}], got {record_every}")
     seed = check_int("seed", seed, 0)
-    from ..simulate import record_times, simulate
+    from ..simulation import record_times, simulate
 
     times = record_times(steps, record_every)
     R = times.size
@@ -362,11 +362,11 @@ def check_curve(predicted, model, kernel, steps, *, chains=10000, alpha=1e-6, lr
     elif lra.ndim == 0:
         lrtxt = f"constant {float(lra):.6g}"
     else:
-        lrtxt = f"schedule {report.arr(lra, 4)}"
-    lines, rep = report.head_lines(passed, "loss curve", p, alpha, o.text, ks, kp[j], o.worst, model, o.kernel)
+        lrtxt = f"schedule {messages.arr(lra, 4)}"
+    lines, rep = messages.head_lines(passed, "loss curve", p, alpha, o.text, ks, kp[j], o.worst, model, o.kernel)
     lines.append(f"  simulation: {chains} chains, {steps} steps, record_every {record_every} ({R} records), method "
-                 f"{method!r}, u0 = {report.arr(u0a, 4)}, lr {lrtxt}, seed {sim_seed} (from seed={seed})")
-    lines.append(report.reproduce_line(rep, o.kernel))
+                 f"{method!r}, u0 = {messages.arr(u0a, 4)}, lr {lrtxt}, seed {sim_seed} (from seed={seed})")
+    lines.append(messages.reproduce_line(rep, o.kernel))
     return CheckResult(passed=passed, pvalue=p, alpha=alpha, test=o.text, statistic=float(o.statistic),
                        worst=o.worst, message="\n".join(lines), seed=sim_seed, chains=chains, steps=steps,
                        method=method, kernel_pvalues=kp)

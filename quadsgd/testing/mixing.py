@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .._checks import check_real
+from sgdtraj.arguments import check_real
 from .._heavy_ball import spectral_radius
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel

@@ -1,7 +1,7 @@
 r"""The statistical tests of :mod:`quadsgd.testing` and of the ``validation`` verdicts, written once.
 
 Every function takes numbers and returns numbers (typed results for the composite tests); the text
-of a failure report is :mod:`quadsgd.testing.report`'s job. ``scipy.stats`` is imported on first
+of a failure report is :mod:`quadsgd.testing.messages`'s job. ``scipy.stats`` is imported on first
 use (``import quadsgd`` stays light).
 
 p-values and combinations

@@ -16,7 +16,7 @@ Layout:
 No function here branches on the type of a kernel: each asks the kernel (:mod:`quadsgd.kernels`) for
 its generating function ``psi``, its printed factor ``paper_factor``, its ``variance_ratio``, how it is
 ``tracking``-ed online, ``cumulative`` and ``is_last``; the heavy-ball transition and its spectral
-radius come from :mod:`quadsgd._heavy_ball`, argument checks from :mod:`quadsgd._checks`.
+radius come from :mod:`quadsgd._heavy_ball`, argument checks from :mod:`sgdtraj.arguments`.
 """
 from ._stein import AccuracyWarning
 from .stationary import (

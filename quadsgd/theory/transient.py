@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .._checks import check_array, check_int, check_lr_schedule, check_size
+from sgdtraj.arguments import check_array, check_int, check_lr_schedule, check_size
 from ..kernels import AveragingKernel, Last
 from .stationary import _check_model_kernel
 
@@ -43,7 +43,7 @@ def equivalent_schedule(kernel: AveragingKernel, lr, steps: int | None = None) -
     kernel: any averaging kernel. lr: array of shape (k,), the base lr of the last k steps
     (``lr[-1]`` is the last step), or a scalar together with ``steps=k`` (``steps`` defaults to the
     kernel's support; a kernel of infinite support, e.g. EMA, needs it). ``steps``: an integer >= 1 (the
-    rule of :func:`quadsgd._checks.check_int`: 10.0 is 10, 2.5 / True / "10" are refused).
+    rule of :func:`sgdtraj.arguments.check_int`: 10.0 is 10, 2.5 / True / "10" are refused).
     Returns: array of shape (k,), ``out[-r]`` the equivalent lr of the step r steps before the end.
     Cost O(k) (the kernel's ``cumulative`` is a closed form for SWA, TwoPoint, NPoint and EMA); an output
     beyond 2 GiB (e.g. a scalar lr with the default steps = support of ``SWA(10**12)``) is refused with a

@@ -8,7 +8,7 @@ Python API::
     result.train_min_loss, result.curve.lr, result.curve.train_loss     # typed fields and table columns
     result["train_min_loss"]                                           # the summary.json keys, as before
     same = realnet.sidetrips.LrSweepResult.load(out_dir)               # read a saved side-trip back
-    # likewise fixed_batch, averaging, alignment, divergence; options are the *Options dataclasses
+    # likewise fixed_batch, averaging_sidetrip, alignment, divergence; options are the *Options dataclasses
 
 CLI: ``python -m realnet sidetrip NAME --run DIR --step S --out OUT [--key=value ...]``.
 
@@ -21,10 +21,10 @@ Layout
   config.json / run_info.json, determinism, timing, saving), :class:`RunContext`, :class:`Branch`.
 * ``_results.py`` -- :class:`SideTripResult` (summary fields + :class:`Table` s, ``save``/``load``), :class:`Metrics`.
 * ``_losses.py`` -- batched losses and gradients along lines in parameter space.
-* ``lr_sweep.py``, ``fixed_batch.py``, ``averaging.py``, ``alignment.py``, ``divergence.py`` -- one module per
+* ``lr_sweep.py``, ``fixed_batch.py``, ``kernel_averages.py``, ``alignment.py``, ``divergence.py`` -- one module per
   side-trip: its options, tables, result and computation; each module's docstring lists its output files
-  and their columns. (The package attributes ``lr_sweep`` etc. are the functions; import a module with
-  ``from realnet.sidetrips.lr_sweep import LrSweepResult`` or ``importlib.import_module``.)
+  and their columns. The package attributes ``lr_sweep`` etc. are these modules; the functions are
+  ``realnet.lr_sweep``, ..., ``realnet.averaging_sidetrip`` (or ``SIDETRIPS[name].function``).
 
 Conventions shared by all side-trips
 -----------------------------------
@@ -47,7 +47,7 @@ Conventions shared by all side-trips
 * Every output directory holds ``config.json`` (side-trip name, run, step, options, run config),
   ``run_info.json`` (time, command, seed, package versions, ``git`` commit and ``git_dirty``, device,
   precision), ``summary.json`` and CSV files, and the ownership marker ``.sgd-trajectories.json`` (kind
-  ``sidetrip``; :func:`quadsgd._files.claim_output`): an ``--out`` holding anything else -- a run, a sweep,
+  ``sidetrip``; :func:`sgdtraj.outputs.claim_output`): an ``--out`` holding anything else -- a run, a sweep,
   a report, another side-trip -- is refused before anything is written; the same side-trip, finished, is
   read back; interrupted, it resumes (``averaging``, ``alignment`` and ``divergence`` save
   ``.resume-state.pt`` at most every ``save_every_s`` seconds; see ``_runner.py``). A branch whose training
@@ -58,7 +58,7 @@ The side-trips (outputs in each module's docstring)
 --------------------------------------------------
 * ``lr-sweep`` (Fig. 2, 12, 13): :mod:`realnet.sidetrips.lr_sweep` -- single steps of many sizes.
 * ``fixed-batch`` (Fig. 3): :mod:`realnet.sidetrips.fixed_batch` -- GD on one batch from two checkpoints.
-* ``averaging`` (Fig. 1, 5, 10, 14): :mod:`realnet.sidetrips.averaging` -- averages vs equivalent schedules.
+* ``averaging`` (Fig. 1, 5, 10, 14): :mod:`realnet.sidetrips.kernel_averages` -- averages vs equivalent schedules.
 * ``alignment`` (Fig. 7): :mod:`realnet.sidetrips.alignment` -- a fixed batch's gradient along side-trips.
 * ``divergence`` (Fig. 6, 8, eq. 13): :mod:`realnet.sidetrips.divergence` -- other batch order, lr/2, end points;
   a fixed held-out batch along them (Lemma 2's premise); pairs of batch orders at lr * f (eq. 13).
@@ -69,27 +69,22 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import alignment as _alignment_module
-from . import averaging as _averaging_module
-from . import divergence as _divergence_module
-from . import fixed_batch as _fixed_batch_module
-from . import linear_fit as _linear_fit_module
-from . import lr_sweep as _lr_sweep_module
+from . import alignment, divergence, fixed_batch, kernel_averages, linear_fit, lr_sweep
 from ._losses import batch_losses
 from ._results import Metrics, SideTripResult, Table
 from ._runner import BN_SEED, HELDOUT_SEED, Branch, RunContext, SideTrip, SideTripOptions, run_sidetrip
-from .alignment import AlignmentOptions, AlignmentRecords, AlignmentResult, DifferentBatches, alignment
-from .averaging import (AveragingOptions, AveragingResult, AveragingTable, KernelPoint, KernelResults, KernelSpec,
-                        ScheduleTable, TrajectoryLosses, TrajectoryPoint, averaging, kernel_at, parse_kernel)
+from .alignment import AlignmentOptions, AlignmentRecords, AlignmentResult, DifferentBatches
+from .kernel_averages import (AveragingOptions, AveragingResult, AveragingTable, KernelPoint, KernelResults, KernelSpec,
+                        ScheduleTable, TrajectoryLosses, TrajectoryPoint, averaging_sidetrip, kernel_at, parse_kernel)
 from .divergence import (CheckpointDistances, DivergenceDistances, DivergenceEvaluations, DivergenceFixedBatch,
-                         DivergenceOptions, DivergenceResult, EndpointDistances, PairDistances, divergence)
-from .fixed_batch import FixedBatchEndpoints, FixedBatchInterpolation, FixedBatchOptions, FixedBatchResult, fixed_batch
+                         DivergenceOptions, DivergenceResult, EndpointDistances, PairDistances)
+from .fixed_batch import FixedBatchEndpoints, FixedBatchInterpolation, FixedBatchOptions, FixedBatchResult
 from .linear_fit import LinearFitOptions, LinearFitResult, fit_linear_model
-from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResult, lr_sweep
+from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResult
 
 __all__ = [
     "SideTripOptions", "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions",
-    "DivergenceOptions", "lr_sweep", "fixed_batch", "averaging", "alignment", "divergence", "SIDETRIPS",
+    "DivergenceOptions", "averaging_sidetrip", "fit_linear_model", "SIDETRIPS",
     "SideTrip", "run_sidetrip", "RunContext", "Branch", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses",
     "headline", "BN_SEED", "HELDOUT_SEED",
     # results
@@ -98,13 +93,12 @@ __all__ = [
     "ScheduleTable", "TrajectoryPoint", "KernelPoint", "KernelResults", "AlignmentResult", "AlignmentRecords",
     "DifferentBatches", "DivergenceResult", "DivergenceDistances", "DivergenceEvaluations", "EndpointDistances",
     "CheckpointDistances", "DivergenceFixedBatch", "PairDistances",
-    "LinearFitOptions", "LinearFitResult", "fit_linear_model",
+    "LinearFitOptions", "LinearFitResult",
 ]
 
 #: name -> :class:`SideTrip`, in the order the CLI lists them
 SIDETRIPS: dict[str, SideTrip] = {m.SIDETRIP.name: m.SIDETRIP for m in (
-    _lr_sweep_module, _fixed_batch_module, _averaging_module, _alignment_module, _divergence_module,
-    _linear_fit_module)}
+    lr_sweep, fixed_batch, kernel_averages, alignment, divergence, linear_fit)}
 
 
 def headline(name: str, summary: Mapping[str, Any] | SideTripResult) -> dict[str, Any]:

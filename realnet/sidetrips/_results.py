@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from quadsgd._files import read_csv, read_json, write_csv, write_json
+from sgdtraj.files import read_csv, read_json, write_csv, write_json
 
 __all__ = ["Table", "column", "SideTripResult", "Metrics"]
 

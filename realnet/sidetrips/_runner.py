@@ -7,7 +7,7 @@
 2. checks the run (a realnet run directory), refuses an output directory inside it (side-trips never
    modify their parent run) and checks that every checkpoint the side-trip needs exists -- all before
    anything is written;
-3. claims the output directory (:func:`quadsgd._files.claim_output`, kind ``sidetrip``, identity =
+3. claims the output directory (:func:`sgdtraj.outputs.claim_output`, kind ``sidetrip``, identity =
    :func:`sidetrip_identity`: name, run, step and the options but :data:`RUNTIME_OPTIONS`): a file, a path
    under a file, an unwritable path, another process's directory, a run, a sweep, a report or a side-trip of
    another job is refused, naming ``--out``; a side-trip of the same identity that finished is read back
@@ -51,7 +51,9 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
-from quadsgd._files import claim_output, provenance, read_json, write_json
+from sgdtraj.outputs import claim_output, register_kind
+from sgdtraj.provenance import provenance
+from sgdtraj.files import read_json, write_json
 
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_checkpoint, save_checkpoint
 from ..config import ConfigError, TrainConfig, build_options
@@ -62,6 +64,9 @@ from ._results import Metrics, SideTripResult
 
 __all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED",
            "ResumeState", "RUNTIME_OPTIONS", "sidetrip_identity"]
+
+#: the output-directory kind of a side-trip (``realnet sidetrip NAME --out``)
+SIDETRIP_KIND = register_kind("sidetrip", "a realnet side-trip")
 
 #: option keys that do not change a side-trip's result (left out of its identity: a resume may change them)
 RUNTIME_OPTIONS = frozenset({"progress", "threads", "data_dir", "save_every_s"})
@@ -138,17 +143,6 @@ def sidetrip_identity(name: str, run_dir, step: int, opts) -> dict[str, Any]:
             "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in RUNTIME_OPTIONS}}
 
 
-def _legacy_identity(trip: "SideTrip"):
-    """The identity of a side-trip directory written before markers existed (its config.json)."""
-    def identity(d: Path):
-        c = read_json(d / "config.json")
-        if c.get("sidetrip") != trip.name:
-            return {"sidetrip": c.get("sidetrip")}
-        opts = build_options(trip.options, overrides=c.get("options") or {})
-        return sidetrip_identity(trip.name, c["run"], c["step"], opts)
-    return identity
-
-
 def _check_run(run_dir) -> Path:
     """The run directory (FileNotFoundError / ConfigError naming ``--run`` when it is none)."""
     run = Path(run_dir)
@@ -169,8 +163,8 @@ def run_sidetrip(trip: SideTrip, run_dir, step: int, out_dir, options=None,
     prepare_out(run, out_dir)
     for s in opts.checkpoints(step):
         find_checkpoint(run, s)  # ValueError naming the available steps
-    claim = claim_output(out_dir, "sidetrip", sidetrip_identity(trip.name, run, step, opts),
-                         holder=f"side-trip {trip.name}", legacy_identity=_legacy_identity(trip))
+    claim = claim_output(out_dir, SIDETRIP_KIND, sidetrip_identity(trip.name, run, step, opts),
+                         holder=f"side-trip {trip.name}")
     out = claim.path
     try:
         if claim.resumed and (out / "summary.json").is_file():

@@ -27,7 +27,7 @@ Outputs (:class:`DivergenceResult`):
   K, NaN elsewhere). ``summary.json``: ``pairs_end`` (end distance per factor), ``pair_train_loss_quarters``
   (mean training-batch loss of the two members per quarter of the side-trip: has the loss re-equilibrated?).
 * ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step;
-  ``timing`` (wall and process-CPU seconds spent on the extra pairs and on the fixed-batch records).
+  ``timing`` (wall and CPU seconds of the phases ``pairs`` and ``fixed_batch``, :class:`sgdtraj.timing.Stopwatch`).
 
 Resumable: the branches (A, B, H and the extra pairs' members), the records and the snapshots so far are saved
 in the resume state (``save_every_s``).
@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from sgdtraj.timing import Stopwatch
 
 from ..checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
 from ..config import ConfigError, check_choice, check_int
@@ -209,7 +211,7 @@ class DivergenceResult(SideTripResult):
     pair_factors: list[float] = field(default_factory=list)
     pairs_end: dict[str, float] = field(default_factory=dict)
     pair_train_loss_quarters: dict[str, list[float]] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # sgdtraj.timing.Stopwatch.as_dict() of pairs, fixed_batch
     fixed_batch_track: DivergenceFixedBatch = field(default_factory=_empty(DivergenceFixedBatch))
     pair_distances: PairDistances = field(default_factory=_empty(PairDistances))
 
@@ -221,20 +223,6 @@ class DivergenceResult(SideTripResult):
 def divergence(run_dir, step: int, out_dir, options: DivergenceOptions | None = None, **overrides) -> DivergenceResult:
     """Distances between side-trips with different batch orders / half lr / end points (Fig. 6, 8)."""
     return run_sidetrip(SIDETRIP, run_dir, step, out_dir, options, overrides)
-
-
-class _Clock:
-    """Wall and process-CPU seconds accumulated over ``with clock:`` blocks."""
-
-    def __init__(self):
-        self.wall = self.cpu = 0.0
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._w
-        self.cpu += time.process_time() - self._c
 
 
 def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResult:
@@ -263,7 +251,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     twop = copy.deepcopy(base.model)
 
     # Lemma 2's premise: one fixed held-out batch along A, B, H
-    fb_clock, pair_clock = _Clock(), _Clock()
+    sw = Stopwatch()  # phases timed apart: the fixed-batch records and the extra pairs
     fb_rec: set[int] = set(record_points(K, opts.fixed_batch_every)) if opts.fixed_batch_every else set()
     fb_size = min(opts.fixed_batch_size or cfg.batch_size, len(ctx.data.heldout))
     fb_rows: list[list] = []
@@ -300,7 +288,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
                 "pairs": {str(f): [m.state_dict() if m is not H else None for m in ms] for f, ms in extra.items()},
                 "rows": rows, "loss_rows": loss_rows, "snaps": snaps, "fb_rows": fb_rows, "pair_rows": pair_rows,
                 "pair_losses": {str(f): v for f, v in pair_losses.items()},
-                "clocks": [fb_clock.wall, fb_clock.cpu, pair_clock.wall, pair_clock.cpu]}
+                "timing": sw.as_dict()}
 
     t0 = 0
     saved = ctx.state.load()  # resume: the branches, the records and snapshots so far, the next t
@@ -316,7 +304,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
         snaps = {int(k): v for k, v in saved["snaps"].items()}
         fb_rows, pair_rows = saved["fb_rows"], saved["pair_rows"]
         pair_losses = {float(f): v for f, v in saved["pair_losses"].items()}
-        fb_clock.wall, fb_clock.cpu, pair_clock.wall, pair_clock.cpu = saved["clocks"]
+        sw = Stopwatch.from_dict(saved["timing"])
     bar = ctx.bar(K + 1, f"divergence step {S}", initial=t0)
     itA, itB = ctx.batches(S + t0, S + K), ctx.batches(S + t0, S + K, order_b)
     for t in range(t0, K + 1):
@@ -334,12 +322,12 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
                     m = ctx.evaluate(model, bn_batches, opts)
                     loss_rows.append([t, name, m.train_loss, m.train_acc, m.val_loss, m.val_acc])
         if t in fb_rec:
-            with fb_clock:
+            with sw.phase("fixed_batch"):
                 for name, br in (("A", A), ("B", Bb), ("H", H)):
                     loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt)
                     fb_rows.append([t, name, float(loss), float(grad_vector(g).double().norm())])
         if pairs and t in pair_rec:
-            with pair_clock:
+            with sw.phase("pairs"):
                 for f, (m1, m2) in pairs.items():
                     if t == 0:
                         dfun = 0.0  # both members are theta_S
@@ -355,7 +343,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
             lh = H.sgd_step(xa, ya, float(lrs[t]) / 2)
             lb = Bb.sgd_step(xb, yb, float(lrs[t]))
             if pairs:
-                with pair_clock:
+                with sw.phase("pairs"):
                     for f, (m1, m2) in pairs.items():
                         if f == 1.0:
                             pair_losses[f].append((la + lb) / 2)
@@ -401,8 +389,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
         fixed_batch_seed=int(opts.fixed_batch_seed), fixed_batch_size=int(fb_size) if fb_rows else 0,
         fixed_batch=fixed_summary, pair_factors=sorted(pairs, reverse=True), pairs_end=pairs_end,
         pair_train_loss_quarters=quarters,
-        timing={"pairs_wall_s": pair_clock.wall, "pairs_cpu_s": pair_clock.cpu,
-                "fixed_batch_wall_s": fb_clock.wall, "fixed_batch_cpu_s": fb_clock.cpu},
+        timing=sw.as_dict(),
         fixed_batch_track=track, pair_distances=pair_table)
 
 

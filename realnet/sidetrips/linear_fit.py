@@ -2,7 +2,7 @@ r"""``linear-fit`` (paper App. A.1, eq. 14-16): fit the paper's linear model to 
 ``S``, predict, measure, compare -- per top Hessian direction.
 
 Python: ``realnet.fit_linear_model(run_dir, S, out_dir, k=10, steps=N, ...)`` (the side-trip; the name avoids
-the module :mod:`realnet.linear_fit`, whose pure functions it uses) and :func:`fit_model` (the same computation
+the module :mod:`quadsgd.fitting`, whose pure functions it uses) and :func:`fit_model` (the same computation
 on any ``nn.Module`` with any batches and update function -- what the side-trip calls, and what the tests run
 on a synthetic quadratic "network" of known Hessian and noise).
 CLI: ``python -m realnet sidetrip linear-fit --run DIR --step S --out OUT [--k K] [--steps N] [--key=value ...]``.
@@ -24,14 +24,13 @@ What it does, in order (B = the run's batch size, P = trainable parameters; ever
    batches of B (:func:`realnet.hessian.rayleigh_quotients`), with its standard error. Fresh batches come
    from the training examples *not* in the Hessian sample (``independent_pool``; the whole split only when
    fewer than B examples remain). ``kappa_source="rayleigh"`` (default) uses :math:`r_i`: the top eigenvalues
-   of a finite sample's Hessian are biased upwards by selection, and phase 1 measured on the quick digits
-   checkpoint 2.90 (Lanczos, 512 examples) against 2.02 +- 0.20 felt by SGD along the same vector on fresh
-   batches, which equalled the fresh-batch Rayleigh quotient within errors. The curvature of the optimised
+   of a finite sample's Hessian are biased upwards by selection (measured on the quick digits checkpoint:
+   ``benchmarks/results/2026-12-01-regime-measurements.md``). The curvature of the optimised
    objective adds the run's coupled weight decay: :math:`\kappa_i = r_i + wd` (or :math:`\lambda_i + wd`).
 3. **Noise.** :math:`\sigma_i = \mathrm{sd}_B(v_i^\top g_B)` over ``noise_batches`` fresh batches of B from the
    same pool (:func:`realnet.hessian.projected_gradients`: the gradient the optimizer sees, train-mode BN over
    the batch, the run's label smoothing; the deterministic weight-decay term adds no variance).
-4. **Predictions** (:func:`realnet.linear_fit.predict`): per direction the scalar heavy-ball process
+4. **Predictions** (:func:`quadsgd.fitting.predict`): per direction the scalar heavy-ball process
    :math:`p_{t+1} = p_t - \lambda m_{t+1}`, :math:`m_{t+1} = \beta m_t + \kappa_ip_t + v_i^\top b_t`, i.e.
    ``quadsgd.LinearModel([kappa_i], lr, momentum)`` in whitened coordinates :math:`p = \sigma_iu`
    (PyTorch momentum convention, loss weight :math:`\kappa_i\sigma_i^2`): stationary variance, autocorrelation
@@ -45,13 +44,13 @@ What it does, in order (B = the run's batch size, P = trainable parameters; ever
    ``burn_in + steps`` SGD updates at the constant ``lr`` (None: the run's lr at S) on the main batch order
    (the batches of updates S, S+1, ...), recording :math:`p_{i,t} = v_i^\top(\theta_{S+t} - \theta_S)` in
    float64 at t = ``burn_in`` .. ``burn_in + steps`` (k dot products per step).
-6. **Measurement and comparison** (:func:`realnet.linear_fit.measure` / ``compare``): the same quantities from
+6. **Measurement and comparison** (:func:`quadsgd.fitting.measure` / ``compare``): the same quantities from
    the recorded series with delete-one-block jackknife errors over ``n_blocks`` blocks; the statistic of
    the ``linear-model-fit`` verdict, median over (direction, kernel) of
    :math:`|\log(\hat K / K)|` with a bootstrap over directions, and the same on the variances (the noise
    model's check); both also with the other kappa estimate (``alternative_*``).
 
-Length rule (a priori, in the options): ``steps >= realnet.linear_fit.min_steps(lags, kernels, n_blocks)`` (blocks
+Length rule (a priori, in the options): ``steps >= quadsgd.fitting.min_steps(lags, kernels, n_blocks)`` (blocks
 at least 5x the longest lag / kernel span after the EMA burn-in); ``steps = 0`` means exactly that minimum
 (10,341 for the default lags 10, kernels ema:0.02, twopoint:100, swa:100, 20 blocks).
 
@@ -85,17 +84,16 @@ Outputs (:class:`LinearFitResult`)
   ``curvature_batches``, ``steps``, ``burn_in``, ``lags``, ``kernels``, ``n_blocks``, ``block_length``,
   ``independent_pool``), ``eigenvalues`` (descending), ``noise_std`` (:math:`\sigma_i`, same order),
   ``noise_std_se``, ``rayleigh``, ``rayleigh_se``, ``kappa``, ``stable``, ``lanczos`` (matvecs, restarts,
-  residuals, convergence), ``statistic`` / ``variance_statistic`` (:class:`FitSummary`: value, se,
+  residuals, convergence), ``statistic`` / ``variance_statistic`` (:class:`quadsgd.fitting.FitStatistic`: value, se,
   bootstrap CI, threshold log 1.5, passed, counts), ``alternative_kappa_source``, ``alternative_statistic``,
   ``alternative_variance_statistic``, ``subspace_loss_reduction`` (per kernel, summed over the modelled
-  directions: predicted, measured, measured_se), ``timing`` (seconds per phase, per Lanczos iteration and
-  per 1000 continuation steps), ``provenance`` (time, command, host, seed, config, versions, git).
+  directions: predicted, measured, measured_se), ``timing`` (wall and CPU seconds per phase:
+  sample, lanczos, curvature, noise, continuation, analysis), ``provenance`` (time, command, host, seed, config, versions, git).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Iterator, NamedTuple
 
@@ -103,18 +101,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from quadsgd import _checks
-from quadsgd._files import jsonable
-from quadsgd._files import provenance as _provenance
+from sgdtraj.files import jsonable
+from sgdtraj.timing import Stopwatch
+from sgdtraj.provenance import provenance as _provenance
 
-from .. import linear_fit as lf
-from ..config import ConfigError, check_choice, check_int
+from quadsgd import fitting as lf
+from ..config import ConfigError, check_choice, check_int, check_real
 from ..hessian import BN_MODES, HVP_METHODS, LanczosResult, SampleLoss, lanczos, projected_gradients, rayleigh_quotients
 from ._results import SideTripResult, Table, column
 from ._runner import RunContext, SideTrip, SideTripOptions, check_lr, run_sidetrip
 
 __all__ = ["LinearFitOptions", "LinearFitResult", "DirectionTable", "KernelTable", "AutocorrelationTable",
-           "SpectrumTable", "ProjectionTable", "ContinuationTable", "FitSummary", "LanczosInfo", "Timing",
+           "SpectrumTable", "ProjectionTable", "ContinuationTable", "LanczosInfo",
            "SubspaceLoss", "LinearFit", "fit_model", "build_result", "fit_linear_model", "SIDETRIP",
            "KAPPA_SOURCES", "SAMPLE_SEED"]
 
@@ -126,13 +124,6 @@ _CURVATURE, _NOISE = 1, 2  # sub-streams of the fresh batches
 # ---------------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_real(name, value, low=None, high=None, low_open=False, high_open=False) -> float:
-    try:
-        return _checks.check_real(name, value, low, high, low_open=low_open, high_open=high_open)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -165,7 +156,7 @@ class LinearFitOptions(SideTripOptions):
         if self.lanczos_steps and self.lanczos_steps <= self.k:
             raise ConfigError(f"lanczos_steps (the Lanczos basis size, {self.lanczos_steps}) must exceed k "
                               f"({self.k}); use lanczos_steps >= {self.k + 1} or 0 (auto)")
-        _check_real("lanczos_tol", self.lanczos_tol, 0.0, low_open=True)
+        check_real("lanczos_tol", self.lanczos_tol, 0.0, low_open=True)
         check_int("lanczos_restarts", self.lanczos_restarts, 0)
         check_int("curvature_batches", self.curvature_batches, 2)
         check_int("noise_batches", self.noise_batches, 4)
@@ -306,22 +297,6 @@ class ContinuationTable(Table):
 
 
 @dataclass
-class FitSummary:
-    """:class:`realnet.linear_fit.FitStatistic` as a summary entry (median |log ratio|, bootstrap se / CI, rule)."""
-
-    value: float
-    se: float
-    ci_low: float
-    ci_high: float
-    threshold: float
-    passed: bool
-    n_directions: int
-    n_values: int
-    n_boot: int
-    seed: int
-
-
-@dataclass
 class LanczosInfo:
     """How Lanczos went: operator applications (HVPs of the whole sample), restarts, basis size, residuals."""
 
@@ -332,21 +307,6 @@ class LanczosInfo:
     converged: int
     max_relative_residual: float
     wall_s: float
-
-
-@dataclass
-class Timing:
-    """Wall time (s) of each phase, for budgeting: per Lanczos iteration (one HVP of the sample plus the
-    reorthogonalisation) and per 1000 continuation steps (an SGD update plus k projections)."""
-
-    sample_s: float
-    lanczos_s: float
-    lanczos_s_per_iteration: float
-    curvature_s: float
-    noise_s: float
-    continuation_s: float
-    continuation_s_per_1000_steps: float
-    analysis_s: float
 
 
 @dataclass
@@ -395,13 +355,13 @@ class LinearFitResult(SideTripResult):
     kappa: np.ndarray
     stable: list[bool]
     lanczos: LanczosInfo
-    statistic: FitSummary
-    variance_statistic: FitSummary
+    statistic: lf.FitStatistic
+    variance_statistic: lf.FitStatistic
     alternative_kappa_source: str
-    alternative_statistic: FitSummary
-    alternative_variance_statistic: FitSummary
+    alternative_statistic: lf.FitStatistic
+    alternative_variance_statistic: lf.FitStatistic
     subspace_loss_reduction: list[SubspaceLoss]
-    timing: Timing
+    timing: dict  # sgdtraj.timing.Stopwatch.as_dict(): {phase: {wall_s, cpu_s, calls}}
     provenance: dict
     directions: DirectionTable
     kernel_table: KernelTable
@@ -446,11 +406,11 @@ class LinearFit(NamedTuple):
     """Everything :func:`fit_model` computed (arrays, no files).
 
     lanczos: :class:`realnet.hessian.LanczosResult` (eigenvectors (k, P) included). rayleigh: (n_curv, k)
-    per-batch Rayleigh quotients. noise: :class:`realnet.linear_fit.NoiseEstimate`. kappa, kappa_se: (k,)
-    the curvatures used. prediction / measurement / comparison: the :mod:`realnet.linear_fit` results with
+    per-batch Rayleigh quotients. noise: :class:`quadsgd.fitting.NoiseEstimate`. kappa, kappa_se: (k,)
+    the curvatures used. prediction / measurement / comparison: the :mod:`quadsgd.fitting` results with
     ``kappa_source``; alternative_prediction / alternative_comparison: with the other estimate.
     prediction_se: {name: array} propagated standard errors of the prediction's fields. projections:
-    (N + 1, k) float64. losses: (burn_in + N,) batch losses of the updates. timing: :class:`Timing`.
+    (N + 1, k) float64. losses: (burn_in + N,) batch losses of the updates. timing: seconds per phase.
     lr, momentum, weight_decay: of the continuation. kappa_source: which estimate. sample_size, parameters.
     """
 
@@ -469,7 +429,7 @@ class LinearFit(NamedTuple):
     projections: np.ndarray
     losses: np.ndarray
     trend: np.ndarray
-    timing: Timing
+    timing: Stopwatch
     lr: float
     momentum: float
     weight_decay: float
@@ -528,6 +488,87 @@ def _trend(P: np.ndarray) -> np.ndarray:
         return np.where(sd > 0, slope * (T - 1) / np.where(sd > 0, sd, 1.0), np.nan)
 
 
+class _Spectrum(NamedTuple):
+    """Steps 1-3 at theta_S: the Hessian's top-k of the sample, curvature and gradient noise along it."""
+
+    lanczos: LanczosResult  # eigenpairs of the sample's Hessian (eigenvectors (k, P))
+    rayleigh: np.ndarray  # (n_curv, k) per-batch Rayleigh quotients v_i^T H_B v_i
+    noise: lf.NoiseEstimate  # sigma_i from the projected gradients of fresh batches
+    layout: Any  # the flat parameter layout (realnet.hessian)
+
+
+class _Continuation(NamedTuple):
+    """Step 4: the constant-lr continuation recorded along the eigenvectors."""
+
+    projections: np.ndarray  # (N + 1, k) float64: p_t = v^T (theta_t - theta_S), t from burn_in on
+    losses: np.ndarray  # (burn_in + N,) batch losses of the updates
+
+
+def _spectrum(model, sample, curvature_batches, noise_batches, o: LinearFitOptions, sw: Stopwatch, bar, *,
+              batch_size, loss_fn, label_smoothing, device, dtype) -> _Spectrum:
+    """Lanczos on the fixed sample, Rayleigh quotients and projected gradients on fresh batches."""
+    x_s, y_s = sample
+    with sw.phase("sample"):
+        L = SampleLoss(model, x_s, y_s, chunk_size=batch_size if o.bn_mode == "batch" else min(batch_size, len(x_s)),
+                       bn_mode=o.bn_mode, method=o.hvp_method, dtype=dtype, device=device, loss_fn=loss_fn,
+                       label_smoothing=label_smoothing)
+    if o.k > L.size:
+        raise ConfigError(f"k = {o.k} exceeds the number of trainable parameters ({L.size}); k must be in "
+                          f"[1, {L.size}]")
+    flat = L.flat
+    with sw.phase("lanczos"):
+        b = bar(None, "linear-fit: Lanczos (HVPs)")
+
+        def progress(matvecs, res):
+            b.update(1)
+            b.set_postfix_str(f"max residual {float(np.max(res)):.2e}")
+
+        lz = lanczos(L.operator(), L.size, k=int(o.k), steps=o.lanczos_steps or None, tol=o.lanczos_tol,
+                     max_restarts=o.lanczos_restarts, seed=o.seed, dtype=flat.dtype, device=flat.device,
+                     progress=progress)
+        b.close()
+    V = lz.eigenvectors
+    with sw.phase("curvature"):
+        b = bar(o.curvature_batches, "linear-fit: curvature (k HVPs per batch)")
+        it = _counted(_take(curvature_batches, o.curvature_batches, "curvature_batches"), b)
+        R = rayleigh_quotients(flat, it, V, method=o.hvp_method)
+        b.close()
+    with sw.phase("noise"):
+        b = bar(o.noise_batches, "linear-fit: gradient noise")
+        G = projected_gradients(flat, _take(noise_batches, o.noise_batches, "noise_batches"), V,
+                                progress=lambda i: b.update(1))
+        b.close()
+        noise = lf.noise_estimate(G)
+    return _Spectrum(lanczos=lz, rayleigh=R, noise=noise, layout=flat.layout)
+
+
+def _continue(model, layout, V: torch.Tensor, continuation: Iterable, update, burn: int, N: int, lr: float,
+              bar) -> _Continuation:
+    """Run ``burn + N`` updates and record :math:`p_t = V(\theta_t - \theta_S)` (float64) from ``burn`` on."""
+    V64 = V.to(torch.float64)
+    dev = V64.device
+    theta_S = layout.flatten(model, torch.float64).to(dev)
+    rec = torch.empty(N + 1, V.shape[0], dtype=torch.float64, device=dev)
+    losses = []
+    b = bar(burn + N, f"linear-fit: continuation at lr {lr:g}")
+    batches = iter(continuation)
+    for t in range(burn + N + 1):
+        if t >= burn:
+            with torch.no_grad():
+                rec[t - burn] = V64 @ (layout.flatten(model, torch.float64).to(dev) - theta_S)
+        if t == burn + N:
+            break
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            raise ValueError(f"continuation yielded only {t} batches; burn_in + steps = {burn + N} needed") from None
+        losses.append(update(x, y))
+        b.update(1)
+    b.close()
+    return _Continuation(projections=rec.cpu().numpy(),
+                         losses=np.array([float(v) for v in losses], dtype=np.float64))
+
+
 def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curvature_batches: Iterable,
               noise_batches: Iterable, continuation: Iterable, update: Callable[[Any, Any], Any], *, lr: float,
               momentum: float, weight_decay: float, batch_size: int, options: LinearFitOptions | None = None,
@@ -546,82 +587,31 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
     options: :class:`LinearFitOptions` (sizes and choices; device options are ignored here). loss_fn,
     label_smoothing, device, dtype: of :class:`realnet.hessian.SampleLoss` (default: cross-entropy).
     bar: ``bar(total, desc)`` -> a tqdm-like progress bar (None: silent).
-    Returns :class:`LinearFit`.
+    Returns :class:`LinearFit` (its ``timing``: :class:`sgdtraj.timing.Stopwatch` of the phases sample,
+    lanczos, curvature, noise, continuation, analysis).
     """
     o = options if options is not None else LinearFitOptions()
     o.validate(0)
     bar = bar or _no_bar
     lr = float(lr)
-    k, N, burn = int(o.k), o.resolved_steps(), int(o.burn_in)
+    sw = Stopwatch()
+    sp = _spectrum(model, sample, curvature_batches, noise_batches, o, sw, bar, batch_size=batch_size,
+                   loss_fn=loss_fn, label_smoothing=label_smoothing, device=device, dtype=dtype)
+    with sw.phase("continuation"):
+        cont = _continue(model, sp.layout, sp.lanczos.eigenvectors, continuation, update, int(o.burn_in),
+                         o.resolved_steps(), lr, bar)
+    with sw.phase("analysis"):
+        fit = _analyse(sp, cont, o, lr=lr, momentum=float(momentum), weight_decay=float(weight_decay))
+    return fit._replace(timing=sw, sample_size=int(len(sample[0])))
+
+
+def _analyse(sp: _Spectrum, cont: _Continuation, o: LinearFitOptions, *, lr: float, momentum: float,
+             weight_decay: float) -> LinearFit:
+    """Step 5: predictions, measurement and comparison with both curvature estimates."""
+    R, lz, noise, proj = sp.rayleigh, sp.lanczos, sp.noise, cont.projections
     kernels = list(o.kernels)
-    x_s, y_s = sample
-    t0 = time.perf_counter()
-    L = SampleLoss(model, x_s, y_s, chunk_size=batch_size if o.bn_mode == "batch" else min(batch_size, len(x_s)),
-                   bn_mode=o.bn_mode, method=o.hvp_method, dtype=dtype, device=device, loss_fn=loss_fn,
-                   label_smoothing=label_smoothing)
-    if k > L.size:
-        raise ConfigError(f"k = {k} exceeds the number of trainable parameters ({L.size}); k must be in [1, {L.size}]")
-    flat = L.flat
-
-    # ---- 1. Hessian: Lanczos on the fixed sample
-    b = bar(None, "linear-fit: Lanczos (HVPs)")
-
-    def progress(matvecs, res):
-        b.update(1)
-        b.set_postfix_str(f"max residual {float(np.max(res)):.2e}")
-
-    t1 = time.perf_counter()
-    lz = lanczos(L.operator(), L.size, k=k, steps=o.lanczos_steps or None, tol=o.lanczos_tol,
-                 max_restarts=o.lanczos_restarts, seed=o.seed, dtype=flat.dtype, device=flat.device, progress=progress)
-    b.close()
-    t2 = time.perf_counter()
-    V = lz.eigenvectors
-
-    # ---- 2. curvature along v_i on fresh batches
-    b = bar(o.curvature_batches, "linear-fit: curvature (k HVPs per batch)")
-    it = _counted(_take(curvature_batches, o.curvature_batches, "curvature_batches"), b)
-    R = rayleigh_quotients(flat, it, V, method=o.hvp_method)
-    b.close()
-    t3 = time.perf_counter()
-
-    # ---- 3. gradient noise along v_i on fresh batches
-    b = bar(o.noise_batches, "linear-fit: gradient noise")
-    G = projected_gradients(flat, _take(noise_batches, o.noise_batches, "noise_batches"), V,
-                            progress=lambda i: b.update(1))
-    b.close()
-    noise = lf.noise_estimate(G)
-    t4 = time.perf_counter()
     ray = R.mean(0)
     ray_se = R.std(0, ddof=1) / math.sqrt(R.shape[0])
-    layout = flat.layout
-    del L, flat
-
-    # ---- 4. continuation: p_t = v^T (theta_t - theta_S), every step, float64
-    V64 = V.to(torch.float64)
-    dev = V64.device
-    theta_S = layout.flatten(model, torch.float64).to(dev)
-    rec = torch.empty(N + 1, k, dtype=torch.float64, device=dev)
-    losses = []
-    b = bar(burn + N, f"linear-fit: continuation at lr {lr:g}")
-    batches = iter(continuation)
-    for t in range(burn + N + 1):
-        if t >= burn:
-            with torch.no_grad():
-                rec[t - burn] = V64 @ (layout.flatten(model, torch.float64).to(dev) - theta_S)
-        if t == burn + N:
-            break
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            raise ValueError(f"continuation yielded only {t} batches; burn_in + steps = {burn + N} needed") from None
-        losses.append(update(x, y))
-        b.update(1)
-    b.close()
-    proj = rec.cpu().numpy()
-    loss_arr = np.array([float(v) for v in losses], dtype=np.float64)
-    t5 = time.perf_counter()
-
-    # ---- 5. predictions, measurement, comparison (both kappa estimates)
     kap = {"rayleigh": lf.curvatures(ray, weight_decay), "lanczos": lf.curvatures(lz.eigenvalues, weight_decay)}
     src = o.kappa_source
     alt = [s for s in KAPPA_SOURCES if s != src][0]
@@ -633,15 +623,11 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
     apred = lf.predict(kap[alt], noise.sigma, lr, momentum, kernels, o.lags)
     acomp = lf.compare(apred, lf.measure(proj, kernels, o.lags, kappa=kap[alt], n_blocks=o.n_blocks),
                        n_boot=o.n_boot, seed=o.seed)
-    t6 = time.perf_counter()
-    timing = Timing(sample_s=t1 - t0, lanczos_s=t2 - t1, lanczos_s_per_iteration=(t2 - t1) / max(lz.matvecs, 1),
-                    curvature_s=t3 - t2, noise_s=t4 - t3, continuation_s=t5 - t4,
-                    continuation_s_per_1000_steps=1000.0 * (t5 - t4) / max(burn + N, 1), analysis_s=t6 - t5)
     return LinearFit(lanczos=lz, rayleigh=R, noise=noise, kappa=kappa, kappa_se=ray_se, kappa_source=src,
                      prediction=pred, prediction_se=pse, measurement=meas, comparison=comp,
-                     alternative_prediction=apred, alternative_comparison=acomp, projections=proj, losses=loss_arr,
-                     trend=_trend(proj), timing=timing, lr=lr, momentum=float(momentum),
-                     weight_decay=float(weight_decay), sample_size=int(len(x_s)), parameters=int(layout.size))
+                     alternative_prediction=apred, alternative_comparison=acomp, projections=proj,
+                     losses=cont.losses, trend=_trend(proj), timing=Stopwatch(), lr=lr, momentum=momentum,
+                     weight_decay=weight_decay, sample_size=0, parameters=int(sp.layout.size))
 
 
 def _take(batches: Iterable, n: int, name: str) -> Iterator:
@@ -658,10 +644,6 @@ def _take(batches: Iterable, n: int, name: str) -> Iterator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _summary_stat(s: lf.FitStatistic) -> FitSummary:
-    return FitSummary(**s._asdict())
-
-
 def _combined_z(m, m_se, p, p_se):
     with np.errstate(divide="ignore", invalid="ignore"):
         return (m - p) / np.sqrt(np.asarray(m_se) ** 2 + np.nan_to_num(np.asarray(p_se), nan=0.0) ** 2)
@@ -673,7 +655,7 @@ def build_result(fit: LinearFit, options: LinearFitOptions, *, run: str, step: i
     """The typed, saveable :class:`LinearFitResult` of a :class:`LinearFit` (tables in the module docstring).
 
     run, step: what the result describes. batch_size: of the fresh batches. provenance: dict for the summary
-    (default: :func:`quadsgd._files.provenance` of the options). steps_of: t -> absolute step (default S + t).
+    (default: :func:`sgdtraj.provenance.provenance` of the options). steps_of: t -> absolute step (default S + t).
     independent_pool: whether the fresh batches excluded the Hessian sample (recorded in the summary).
     """
     o = options
@@ -748,11 +730,11 @@ def build_result(fit: LinearFit, options: LinearFitOptions, *, run: str, step: i
         lanczos=LanczosInfo(matvecs=int(lz.matvecs), restarts=int(lz.restarts), krylov_dim=int(lz.krylov_dim),
                             tol=float(o.lanczos_tol), converged=int(np.sum(lz.converged)),
                             max_relative_residual=float(np.max(lz.residuals) / top), wall_s=float(lz.wall_s)),
-        statistic=_summary_stat(c.statistic), variance_statistic=_summary_stat(c.variance_statistic),
+        statistic=c.statistic, variance_statistic=c.variance_statistic,
         alternative_kappa_source=[x for x in KAPPA_SOURCES if x != fit.kappa_source][0],
-        alternative_statistic=_summary_stat(alt.statistic),
-        alternative_variance_statistic=_summary_stat(alt.variance_statistic), subspace_loss_reduction=sub,
-        timing=fit.timing, provenance=provenance, directions=directions, kernel_table=kernel_table,
+        alternative_statistic=alt.statistic,
+        alternative_variance_statistic=alt.variance_statistic, subspace_loss_reduction=sub,
+        timing=fit.timing.as_dict(), provenance=provenance, directions=directions, kernel_table=kernel_table,
         autocorrelation=autocorrelation, spectrum=spectrum, projection_table=projection_table,
         continuation=continuation)
 

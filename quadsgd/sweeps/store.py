@@ -3,13 +3,13 @@ r"""The durable, resumable store of a sweep's results directory, and its lock.
 ::
 
     DIR/.lock             held (fcntl.flock, exclusive, non-blocking) while a sweep writes to DIR
-    DIR/.sgd-trajectories.json   the ownership marker (kind "sweep"; quadsgd._files.claim_output)
+    DIR/.sgd-trajectories.json   the ownership marker (kind "sweep"; sgdtraj.outputs.claim_output)
     DIR/parts/*.parquet   one part per finished batch of points (append-only); each part is written to
-                          a temporary file and moved into place (quadsgd._files.atomic_output), so a
+                          a temporary file and moved into place (sgdtraj.files.atomic_output), so a
                           killed run loses at most its in-flight batches and never leaves half a part
     DIR/results.parquet   the consolidated table (written by the engine, atomically, fsynced)
 
-:class:`Store` opens (creates) the directory under its lock -- the claim of :func:`quadsgd._files.claim_output`,
+:class:`Store` opens (creates) the directory under its lock -- the claim of :func:`sgdtraj.outputs.claim_output`,
 which refuses a directory that holds anything but a sweep -- and removes the temporary files a killed
 writer left; :meth:`Store.done_ids` says which points are stored (resume); :meth:`Store.read` returns
 the parts with each point once; :meth:`Store.compact` replaces many parts by one.
@@ -20,9 +20,13 @@ import os
 import time
 from pathlib import Path
 
-from .._files import DirectoryLock, atomic_output, claim_output, remove_stale_temps
+from sgdtraj.outputs import DirectoryLock, claim_output, register_kind
+from sgdtraj.files import atomic_output, remove_stale_temps
 
-__all__ = ["Store", "DirectoryLock", "write_table", "deps"]
+__all__ = ["Store", "write_table", "deps", "SWEEP_KIND"]
+
+#: the output-directory kind of a sweep results directory
+SWEEP_KIND = register_kind("sweep", "a quadsgd sweep")
 
 
 def deps():
@@ -49,12 +53,12 @@ def write_table(table, path: Path, fsync: bool = False) -> Path:
 class Store:
     """``DIR/parts/*.parquet``: one file per persisted batch; ``DIR/.lock`` held while open.
 
-    claim: the :class:`quadsgd._files.OutputClaim` of ``DIR`` (default: claimed here as a shared sweep
+    claim: the :class:`sgdtraj.outputs.OutputClaim` of ``DIR`` (default: claimed here as a shared sweep
     store, identity None); the store releases it in :meth:`close` and keeps the directory once a part is written.
     """
 
     def __init__(self, root, claim=None):
-        self.claim = claim if claim is not None else claim_output(root, "sweep", None, holder="sweep")
+        self.claim = claim if claim is not None else claim_output(root, SWEEP_KIND, None, holder="sweep")
         self.root = Path(root)
         self.parts = self.root / "parts"
         self.parts.mkdir(exist_ok=True)

@@ -110,15 +110,17 @@ nominal rate with a stated false-alarm rate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from scipy import signal, stats
 
-import quadsgd as qs
-from quadsgd._checks import check_int, check_real, check_seed
-from quadsgd.kernels import AveragingKernel, parse_kernel
-from quadsgd.theory import stationary_covariance, stationary_loss_per_coordinate
+from sgdtraj.arguments import check_int, check_real, check_seed
+
+from .kernels import AveragingKernel, Last, TwoPoint, parse_kernel
+from .model import LinearModel
+from .theory import stationary_covariance, stationary_loss_per_coordinate
 
 __all__ = [
     "NoiseEstimate", "Prediction", "Measurement", "Comparison", "FitStatistic",
@@ -225,7 +227,8 @@ class Measurement(NamedTuple):
     dof: int
 
 
-class FitStatistic(NamedTuple):
+@dataclass(frozen=True)
+class FitStatistic:
     """The verdict's statistic: median over (direction, kernel) of :math:`|\\log(\\hat K/K)|`.
 
     value: the median. se: bootstrap standard error (directions resampled with replacement, all
@@ -415,13 +418,13 @@ def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERN
     if s.size:
         kap = kappa[s]
         # whitened model per direction: Omega = kappa, unit noise, loss weight H = kappa sigma^2
-        m = qs.LinearModel(kap, lr, momentum, hessian=kap * sigma[s] ** 2)
-        vu = stationary_covariance(m, qs.Last())
+        m = LinearModel(kap, lr, momentum, hessian=kap * sigma[s] ** 2)
+        vu = stationary_covariance(m, Last())
         wvar[s] = vu
         for i, lag in enumerate(L):
-            vtp = stationary_covariance(m, qs.TwoPoint(int(lag)))
+            vtp = stationary_covariance(m, TwoPoint(int(lag)))
             rho[s, i] = (2.0 * vtp - vu) / vu
-        l0 = stationary_loss_per_coordinate(m, qs.Last())
+        l0 = stationary_loss_per_coordinate(m, Last())
         lossv[s] = l0
         for j, kern in enumerate(ks):
             ratio[s, j] = stationary_covariance(m, kern) / vu

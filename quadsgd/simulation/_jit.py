@@ -18,7 +18,7 @@ struct; field access is free), built once per segment by the Python runners:
 * :class:`Outputs` -- what a record writes (per-chain losses of the segment, selected states, finals).
 
 The NamedTuples of one method (:class:`~._step.State`, :class:`~._step.Model`, ...) live in its module.
-Nothing here validates input; :mod:`quadsgd.simulate` is the Python layer.
+Nothing here validates input; :mod:`quadsgd.simulation` is the Python layer.
 """
 from __future__ import annotations
 

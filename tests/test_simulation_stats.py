@@ -20,7 +20,7 @@ from scipy import stats
 
 import quadsgd as qs
 from quadsgd import testing as qst
-from quadsgd.simulate import record_times, simulate
+from quadsgd.simulation import record_times, simulate
 
 from .simtruth import coefficient_expected_loss, lyapunov_kernel_cov
 

@@ -18,10 +18,10 @@ scalars ``s0, s1, s2, s3`` (:func:`xoshiro_next`, :func:`normal` take and return
 in registers and no array reference counting happens per draw; it is loaded from and stored back to the
 ``rng`` array (chains, 4) uint64 once per chain and segment. The Python-facing entry points are
 :func:`chain_states` (stream states of chains 0..C-1), :func:`fill_normals` (what
-:func:`quadsgd.simulate.draw_normals` returns), :func:`normal_sums` (a raw sampling-rate probe for the
+:func:`quadsgd.simulation.draw_normals` returns), :func:`normal_sums` (a raw sampling-rate probe for the
 benchmarks) and :func:`raw_u64` (raw outputs, for reference-vector tests).
 
-Nothing here validates input; :mod:`quadsgd.simulate` is the Python layer.
+Nothing here validates input; :mod:`quadsgd.simulation` is the Python layer.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 r"""Pure-numpy reference twins of the compiled simulator kernels (for tests; small sizes only).
 
-Each twin is fed the same pre-drawn standard normals as the compiled kernel (:func:`quadsgd.simulate.draw_normals`)
+Each twin is fed the same pre-drawn standard normals as the compiled kernel (:func:`quadsgd.simulation.draw_normals`)
 and computes the averaged iterates *by their definition*, from a stored full history, so it shares no
-bookkeeping (accumulator slots, event lists, the plan) with :mod:`quadsgd.simulate` (:mod:`._step`,
+bookkeeping (accumulator slots, event lists, the plan) with :mod:`quadsgd.simulation` (:mod:`._step`,
 :mod:`._exact`, :mod:`.plan`). A kernel is read through what it declares, ``kernel.tracking()``
 (kind ``"last"``, ``"geometric"`` with its decay, or ``"points"`` with ``weight_array()`` and ``stride``):
 

@@ -17,7 +17,7 @@ Layout
 ------
 Python layer (validation, planning, segmentation; typed state, no dicts):
 
-* :mod:`.api` -- :func:`simulate`: arguments validated (:mod:`quadsgd._checks`) into a frozen
+* :mod:`.api` -- :func:`simulate`: arguments validated (:mod:`sgdtraj.arguments`) into a frozen
   :class:`~.api.SimConfig`, dispatched to a runner; :func:`record_times`, :func:`draw_normals`;
 * :mod:`.result` -- :class:`SimulationResult`;
 * :mod:`.plan` -- the kernel plan built from each kernel's ``tracking()`` (never its class): Numba type
@@ -51,9 +51,8 @@ omega and the small-d dense path, for any number of other chains. The dense BLAS
 from __future__ import annotations
 
 from .api import SimConfig, draw_normals, record_times, simulate
-from .exact import _EXACT_MAX_PIECES, exact_schedule, exact_transitions, k_step_transition, one_step_matrices, sqrt_psd
+from .exact import exact_schedule, exact_transitions, k_step_transition, one_step_matrices, sqrt_psd
 from .plan import Plan, SlotSpec, make_plan
 from .result import SimulationResult
-from .step import _DENSE_NUMBA_MAX_D
 
 __all__ = ["simulate", "SimulationResult", "draw_normals", "record_times"]

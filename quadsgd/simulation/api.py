@@ -1,13 +1,13 @@
 r"""The entry point :func:`simulate`: arguments validated into a :class:`SimConfig`, then dispatched.
 
 ``simulate(...)`` -> :func:`_validate` (a frozen :class:`SimConfig`, or a ValueError naming the argument
-and its allowed range) -> :func:`~quadsgd.simulate.plan.make_plan` (how each kernel is tracked;
-ValueError when the trackers exceed ``memory_limit``) -> a :class:`~quadsgd.simulate.runtime.Job` ->
-:func:`~quadsgd.simulate.step.run_step` or :func:`~quadsgd.simulate.exact.run_exact` ->
-:class:`~quadsgd.simulate.result.SimulationResult`.
+and its allowed range) -> :func:`~quadsgd.simulation.plan.make_plan` (how each kernel is tracked;
+ValueError when the trackers exceed ``memory_limit``) -> a :class:`~quadsgd.simulation.runtime.Job` ->
+:func:`~quadsgd.simulation.step.run_step` or :func:`~quadsgd.simulation.exact.run_exact` ->
+:class:`~quadsgd.simulation.result.SimulationResult`.
 
 Also here: :func:`record_times` (the record grid) and :func:`draw_normals` (the normals a chain's
-stream produces, for the numpy twins in :mod:`quadsgd.simulate._reference`).
+stream produces, for the numpy twins in :mod:`quadsgd.simulation._reference`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import (check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real,
-                       check_seed, check_size)
+from sgdtraj.arguments import check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real, check_seed, check_size
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import _rng
@@ -102,7 +101,7 @@ def _kernels(kernels) -> tuple:
 
 def _lr(m, lr, steps):
     """(lr of every step (steps,), lr as reported): every value finite, in [0, m.lr_bound) (the shared rule
-    :func:`quadsgd._checks.check_lr_schedule`, as in ``expected_loss``)."""
+    :func:`sgdtraj.arguments.check_lr_schedule`, as in ``expected_loss``)."""
     if lr is None:
         return np.full(steps, m.lr), m.lr
     lr_arr, scalar = check_lr_schedule(lr, steps, m.lr_bound)
@@ -195,7 +194,7 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
     kernels : averaging kernel or sequence of them
         ``Last()``, ``EMA(a)``, ``TwoPoint(delta)``, ``NPoint(n, delta)``, ``SWA(window)``,
         ``Kernel(weights)``, or any kernel whose ``tracking()`` is last / geometric / points; all tracked
-        online for every chain (see :mod:`quadsgd.simulate.plan` for memory).
+        online for every chain (see :mod:`quadsgd.simulation.plan` for memory).
     lr : None, float or (steps,) array
         None: ``m.lr``. An array gives the lr of each step (step t maps :math:`u_t\to u_{t+1}`);
         every value must be stable for ``m`` (0 < lr < ``m.lr_bound``).
@@ -209,7 +208,7 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
         Storage of states and trackers (arithmetic inside a step is float64; losses are float64).
     method : "step" or "exact"
         "step": every step simulated. "exact": exact Gaussian transitions between event times
-        (:mod:`quadsgd.simulate.exact`); same law as "step", cost independent of ``steps``.
+        (:mod:`quadsgd.simulation.exact`); same law as "step", cost independent of ``steps``.
     per_chain_loss : bool
         Also return ``chain_loss`` (n_kernels, chains, n_records).
     record_states : None, int or sequence of int
@@ -227,7 +226,7 @@ def simulate(m, steps, chains, kernels=(Last(),), lr=None, u0=None, record_every
     Raises ValueError naming the offending argument for steps < 1, chains < 1, an lr array of the
     wrong length, an unstable lr, an unknown method, record_every < 1 or > steps, a dtype other than
     float32/float64, strings / booleans / NaN where numbers are expected (the rules of
-    :mod:`quadsgd._checks`), outputs (records, per-chain losses, stored states) beyond 2 GiB, or
+    :mod:`sgdtraj.arguments`), outputs (records, per-chain losses, stored states) beyond 2 GiB, or
     trackers that would not fit in memory_limit. Kernels of any support cost O(1) per accumulator slot
     (SWA, TwoPoint and NPoint keep no weight arrays beyond 1e6 points; only points at lags < steps are
     ever visited).

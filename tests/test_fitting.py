@@ -1,4 +1,4 @@
-"""realnet.linear_fit: predictions against closed forms, the block-jackknife intervals' coverage on AR(1) /
+"""quadsgd.fitting: predictions against closed forms, the block-jackknife intervals' coverage on AR(1) /
 AR(2) series of known moments, the verdict statistic, and the whole machinery on a synthetic quadratic
 "network" trained by torch.optim.SGD (known Hessian, known noise): it recovers kappa and sigma, its
 predictions match the measured trajectory, and deliberately wrong models fail.
@@ -16,7 +16,7 @@ import torch
 from scipy import signal, stats
 from torch import nn
 
-from realnet import linear_fit as lf
+from quadsgd import fitting as lf
 from realnet.hessian import SampleLoss, lanczos, projected_gradients
 
 import quadsgd as qs

@@ -1,4 +1,4 @@
-"""quadsgd.simulate: agreement with the pure-numpy twins, input validation, memory, reproducibility."""
+"""quadsgd.simulation: agreement with the pure-numpy twins, input validation, memory, reproducibility."""
 from __future__ import annotations
 
 import hashlib
@@ -13,12 +13,12 @@ import pytest
 import scipy.linalg as sla
 
 import quadsgd as qs
-from quadsgd.simulate._reference import exact_event_times, reference_exact, reference_step
-from quadsgd.simulate import draw_normals, simulate
+from quadsgd.simulation._reference import exact_event_times, reference_exact, reference_step
+from quadsgd.simulation import draw_normals, simulate
 
 from .simtruth import step_system
 
-S = importlib.import_module("quadsgd.simulate")  # the module (the package attribute is the function)
+import quadsgd.simulation as S
 
 KERNELS = (qs.Last(), qs.EMA(0.1), qs.TwoPoint(5), qs.SWA(4), qs.NPoint(3, 2),
            qs.Kernel([0.5, 0.0, 0.2, 0.3]), qs.EMA(0.3), qs.SWA(1))
@@ -212,7 +212,9 @@ def test_diagonal_and_dense_paths_agree():
         np.testing.assert_allclose(a.final, b.final, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(a.loss, b.loss, rtol=1e-12)
     # BLAS path (d > 32) against the diagonal path
-    assert S._DENSE_NUMBA_MAX_D < 40
+    from quadsgd.simulation.step import _DENSE_NUMBA_MAX_D
+
+    assert _DENSE_NUMBA_MAX_D < 40
     om = np.linspace(0.1, 1.0, 40)
     a = simulate(qs.LinearModel(om, lr=0.5), 30, 4, KERNELS, record_every=3, seed=1)
     b = simulate(qs.LinearModel(np.diag(om), lr=0.5), 30, 4, KERNELS, record_every=3, seed=1)
@@ -240,7 +242,7 @@ def _digest(res):
 
 _REPRO_SCRIPT = textwrap.dedent("""
     import hashlib, numpy as np, quadsgd as qs
-    from quadsgd.simulate import simulate
+    from quadsgd.simulation import simulate
     ks = (qs.Last(), qs.EMA(0.05), qs.TwoPoint(7), qs.SWA(5))
     rs = np.random.default_rng(0)
     B = rs.standard_normal((40, 40)) / 6
@@ -343,7 +345,7 @@ def test_huge_uniform_kernels_cost_no_weight_arrays():
     SWA(W) at tau is ((W - tau) u0 + sum_{t<=tau} u_t) / W, u_t read from the Last kernel's states."""
     import tracemalloc
 
-    from quadsgd.simulate import plan as P
+    from quadsgd.simulation import plan as P
 
     times = S.record_times(4 * 10**9, 10**9)
     tracemalloc.start()

@@ -22,22 +22,18 @@ module                      contents
 :mod:`.spec`                spec files: :class:`Spec`, :func:`load_spec`, :func:`run_spec` (:class:`SpecError`)
 =========================== ===================================================================================
 
-The results directory, the point ids and the seeds are described in :mod:`quadsgd.sweep.engine`.
+The results directory, the point ids and the seeds are described in :mod:`quadsgd.sweeps.engine`.
 
-Note: ``quadsgd.sweep`` the attribute of :mod:`quadsgd` is the function :func:`sweep`; reach the
-modules with ``from quadsgd.sweep import quantities`` or ``from quadsgd.sweep.quantities import PARAMS``.
+``quadsgd.sweep`` is the function :func:`sweep` (re-exported); this package is ``quadsgd.sweeps``.
 """
 from __future__ import annotations
 
-from .._files import environment as environment_info
-from . import designs, engine, figures, quantities, spec, store  # noqa: F401  (every module, for `from quadsgd.sweep import m`)
 from .designs import expand_grid, point_id, point_seed, product_design, random_design
-from .engine import SweepError, _init_worker, _mp_context, sweep
+from .engine import SweepError, sweep
 from .figures import draw_figures
 from .spec import Spec, SpecError, load_spec, run_spec
-from .store import Store as _Store
 
 __all__ = [
     "sweep", "run_spec", "load_spec", "Spec", "expand_grid", "random_design", "product_design",
-    "point_id", "point_seed", "draw_figures", "environment_info", "SweepError", "SpecError",
+    "point_id", "point_seed", "draw_figures", "SweepError", "SpecError",
 ]

@@ -6,7 +6,7 @@ r"""Figures of sweep tables: plotting functions that take a matplotlib ``ax`` an
 * :data:`FIGURES` -- the figure kinds of spec files (``[[figures]] kind = ...``) -> plotting function and
   the quantities it needs; the figure's options are the function's keyword arguments;
 * :func:`draw_figures` -- one file per figure spec (``file``, ``kind``, ``size``, ``dpi``, options), each
-  written atomically (:func:`quadsgd._files.atomic_output`).
+  written atomically (:func:`sgdtraj.files.atomic_output`).
 
 Kernel labels are built from the kernel's class name and its ``params`` (the table's ``kernel`` column
 and the point's parameter columns), so a newly registered kernel is labelled without editing this module.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_output
+from sgdtraj.files import atomic_output
 from .quantities import kernel_class
 
 __all__ = ["plot_loss_curves", "plot_loss_per_kappa", "plot_line", "plot_heatmap", "select_rows", "FIGURES",

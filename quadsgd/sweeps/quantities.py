@@ -578,7 +578,7 @@ def point_data(p: dict, names, quantities, seed: int = 0) -> PointData:
         else:
             times, every = np.array([steps], dtype=np.int64), steps
     if any(q.simulation for q in qs):
-        from ..simulate import simulate
+        from ..simulation import simulate
 
         sim = simulate(m, steps, p["chains"], kernels=kernels, u0=u0, record_every=every, seed=int(seed),
                        method=p["method"])
@@ -601,7 +601,7 @@ class SpecFunction:
         self.kernel_classes = {n: kernel_class(n) for v in self.settings.values() for n in v["kernels"]}
 
     def __repr__(self) -> str:
-        return f"quadsgd.sweep.quantities.SpecFunction({json.dumps(self.settings, sort_keys=True)})"
+        return f"quadsgd.sweeps.quantities.SpecFunction({json.dumps(self.settings, sort_keys=True)})"
 
     def __call__(self, seed=0, **p):
         s = self.settings[p.get("design")]

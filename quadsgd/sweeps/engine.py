@@ -21,18 +21,18 @@ Results directory (``out``)
 
     DIR/results.parquet   the table of the current grid (written atomically at the end of a run,
                           with the run metadata in the Parquet key-value metadata "quadsgd.sweep")
-    DIR/run.json          seed, fingerprint, provenance (quadsgd._files.provenance: versions, git,
+    DIR/run.json          seed, fingerprint, provenance (sgdtraj.provenance.provenance: versions, git,
                           git_dirty, platform, host, command), counts, status, history
     DIR/spec.toml         (run_spec) a copy of the spec
-    DIR/parts/*.parquet   the durable store (:mod:`quadsgd.sweep.store`)
+    DIR/parts/*.parquet   the durable store (:mod:`quadsgd.sweeps.store`)
 
 Every point has a stable id, ``point_id = sha256("quadsgd-sweep-v1", fingerprint, canonical JSON of
 the parameters)[:16]`` (the fingerprint identifies the computation: the function and the sweep seed).
 A re-run computes only the points whose id is not in the store (resume); each point appears exactly
 once in the table however often the run was interrupted. A directory is locked while a sweep writes to it
-and carries the ownership marker of :func:`quadsgd._files.claim_output` (kind ``"sweep"``): ``sweep(fn,
+and carries the ownership marker of :func:`sgdtraj.outputs.claim_output` (kind ``"sweep"``): ``sweep(fn,
 grid, out=DIR)`` uses DIR as a shared store any sweep may add points to (identity None), while
-:func:`quadsgd.sweep.run_spec` claims DIR for one spec (see :mod:`quadsgd.sweep.spec`); a directory
+:func:`quadsgd.sweeps.run_spec` claims DIR for one spec (see :mod:`quadsgd.sweeps.spec`); a directory
 holding anything else (a realnet run, a report, other files) is refused before anything is written.
 A directory this call created is removed again when the call fails before any result was stored.
 Pool workers exit when the main process dies (:func:`_exit_with_parent`).
@@ -57,9 +57,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .._workers import exit_with_parent as _exit_with_parent
-from .._workers import mp_context as _mp_context
-from .._files import atomic_write_bytes, jsonable, provenance, write_json
+from sgdtraj.workers import exit_with_parent as _exit_with_parent
+from sgdtraj.workers import mp_context as _mp_context
+from sgdtraj.files import atomic_write_bytes, jsonable, write_json
+from sgdtraj.provenance import provenance
 from .designs import cell, expand_grid, point_id, point_label, point_seed, varying_keys
 from .store import Store, deps, write_table
 
@@ -95,7 +96,7 @@ class _SerialExecutor(cf.Executor):
         return f
 
 
-def _init_worker(threads: int, parent: int | None = None) -> None:
+def init_worker(threads: int, parent: int | None = None) -> None:
     """Process-pool initializer: limit each worker's BLAS / Numba threads (no oversubscription of the cores);
     with ``parent`` (the pid of the sweep's main process), exit as soon as that process is gone."""
     if parent is not None:
@@ -149,7 +150,7 @@ def _prepare_executor(executor, max_workers, threads_per_worker) -> _Executor:
         _check_count("max_workers", max_workers)
         n = max_workers or ncpu
         threads = threads_per_worker or max(1, ncpu // n)
-        ex = cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=_init_worker,
+        ex = cf.ProcessPoolExecutor(n, mp_context=_mp_context(), initializer=init_worker,
                                     initargs=(threads, os.getpid()))
         return _Executor(ex, n, True, threads, f"local process pool ({n} workers x {threads} threads)")
     if isinstance(executor, str):
@@ -384,7 +385,7 @@ def _write_run(root, record: dict) -> None:
 
 def _open(plan: _Plan, fn, out, metadata) -> _Run:
     """The run's record (provenance included) and its store (claimed -- created, locked, marked -- by
-    :func:`quadsgd._files.claim_output`; OutputError, a ValueError, when it holds anything but a sweep or
+    :func:`sgdtraj.outputs.claim_output`; OutputError, a ValueError, when it holds anything but a sweep or
     another process writes to it)."""
     record = {"run_id": f"{time.time_ns()}-{os.getpid()}", "status": "running", "function": _fn_identity(fn),
               "seed": plan.seed, "n_points": len(plan.points), "n_skipped_invalid": len(plan.skipped),

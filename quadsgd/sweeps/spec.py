@@ -4,7 +4,7 @@ r"""Sweep spec files (``python -m quadsgd sweep SPEC.toml``): read, validate, ru
   dict and checks every key, type and range, naming the section, the key and the point
   (:class:`SpecError`), before any work; the result is a :class:`Spec` (complete, type-normalized
   points; kernels and quantities per design; figure specs);
-* :func:`run_spec` runs a spec with the engine (:func:`quadsgd.sweep.engine.sweep`) on a local pool, in
+* :func:`run_spec` runs a spec with the engine (:func:`quadsgd.sweeps.engine.sweep`) on a local pool, in
   process or on a Dask scheduler, into a results directory, then draws its figures.
 
 A results directory belongs to one spec (:func:`spec_identity`: the spec's sections without
@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pyproject.toml)
     import tomli as tomllib
 
-from .._files import claim_output
+from sgdtraj.outputs import claim_output
 from . import quantities as Q
 from .designs import (
     MAX_POINTS,
@@ -47,6 +47,7 @@ from .designs import (
     varying_keys,
 )
 from .engine import sweep
+from .store import SWEEP_KIND
 from .figures import FIGURE_KEYS, FIGURES, draw_figures
 
 __all__ = ["Spec", "SpecError", "load_spec", "run_spec", "spec_identity"]
@@ -337,15 +338,15 @@ def load_spec(source) -> Spec:
 
         [sweep]     name, description, seed (int >= 0, default 0), kernels (list of names: the kernel
                     classes Last, TwoPoint, NPoint, SWA, EMA, Kernel -- any registered kernel class, by
-                    class name, spec name or alias), quantities (quadsgd.sweep.quantities.QUANTITIES),
+                    class name, spec name or alias), quantities (quadsgd.sweeps.quantities.QUANTITIES),
                     on_unstable ("error" | "skip"), batch_size (points per task)
-        [params]    fixed parameters of every point (quadsgd.sweep.quantities.PARAMS, and the kernels' params)
+        [params]    fixed parameters of every point (quadsgd.sweeps.quantities.PARAMS, and the kernels' params)
         [grid]      swept parameters: lists, combined as a Cartesian product
         [[points]]  explicit points (tables), combined with [grid] as a product
         [random]    n, seed and {param = {uniform|loguniform|int_uniform|int_loguniform|choice = ...}}
         [[design]]  instead of the three above: several designs (name, kernels, quantities, params,
                     grid, points, random) whose points are joined; the table gets a ``design`` column
-        [[figures]] file, kind (quadsgd.sweep.figures.FIGURES), size = [w, h] inches, dpi, and the
+        [[figures]] file, kind (quadsgd.sweeps.figures.FIGURES), size = [w, h] inches, dpi, and the
                     plotting function's keyword arguments
 
     Every key, type and range is checked here; a SpecError names the section, the key and the point.
@@ -477,11 +478,6 @@ def _stored_spec(d: Path) -> dict | None:
         raise ValueError(f"{p} is not valid TOML: {e}") from None
 
 
-def _legacy_identity(d: Path):
-    data = _stored_spec(d)
-    return None if data is None else spec_identity(data)
-
-
 def _figure_files(data: dict | None) -> set:
     figs = (data or {}).get("figures", [])
     if not isinstance(figs, list):
@@ -497,7 +493,7 @@ def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threa
     address ``tcp://HOST:PORT`` (a ``distributed.Client`` is opened and closed); ``executor`` overrides it.
     skip_unstable: record points with an unstable lr as skipped (default: the spec's ``on_unstable``);
     otherwise such a point is a SpecError before any work. Writes ``out/spec.toml``, ``out/run.json``,
-    ``out/results.parquet`` and the figures (see :func:`quadsgd.sweep.sweep` for resume and the store).
+    ``out/results.parquet`` and the figures (see :func:`quadsgd.sweeps.sweep` for resume and the store).
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     skip = spec.on_unstable == "skip" if skip_unstable is None else bool(skip_unstable)
@@ -513,8 +509,7 @@ def run_spec(spec, out, *, scheduler="local", executor=None, workers=None, threa
 
         claiming = contextlib.nullcontext(None)
     else:
-        claiming = claim_output(out, "sweep", spec_identity(spec.data), holder="sweep", reentrant=True,
-                                legacy_identity=_legacy_identity,
+        claiming = claim_output(out, SWEEP_KIND, spec_identity(spec.data), holder="sweep", reentrant=True,
                                 hint=lambda diff: " -- a results directory holds the rows of one spec")
     with claiming as claim:
         old = _stored_spec(claim.path) if claim is not None and claim.resumed else None

@@ -1,10 +1,10 @@
 """What both runners share: the run object (:class:`Job`), the output arrays (:class:`RunOutputs`),
 segment bookkeeping, thread control and the progress bar.
 
-A run is one :class:`Job` (the validated :class:`~quadsgd.simulate.api.SimConfig`, the loss matrix, the
-record times, the kernel :class:`~quadsgd.simulate.plan.Plan`, the chains' stream states and the
-:class:`RunOutputs` being filled), handed to :func:`quadsgd.simulate.step.run_step` or
-:func:`quadsgd.simulate.exact.run_exact`. Runs are cut into *segments* (bounded buffers, progress
+A run is one :class:`Job` (the validated :class:`~quadsgd.simulation.api.SimConfig`, the loss matrix, the
+record times, the kernel :class:`~quadsgd.simulation.plan.Plan`, the chains' stream states and the
+:class:`RunOutputs` being filled), handed to :func:`quadsgd.simulation.step.run_step` or
+:func:`quadsgd.simulation.exact.run_exact`. Runs are cut into *segments* (bounded buffers, progress
 granularity); a segment boundary never changes a result, because every chain owns its stream.
 """
 from __future__ import annotations

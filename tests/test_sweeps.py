@@ -24,7 +24,7 @@ import pytest
 import quadsgd as qs
 from quadsgd.__main__ import main as cli_main
 from quadsgd.kernels import AveragingKernel
-from quadsgd.sweep import (
+from quadsgd.sweeps import (
     SpecError,
     SweepError,
     expand_grid,
@@ -35,7 +35,7 @@ from quadsgd.sweep import (
     run_spec,
     sweep,
 )
-from quadsgd.sweep.quantities import PARAMS, point_model, record_schedule
+from quadsgd.sweeps.quantities import PARAMS, point_model, record_schedule
 
 try:
     import tomllib
@@ -243,7 +243,7 @@ def test_sweep_resume_computes_only_missing_points(tmp_path):
 
 
 def test_store_is_locked_while_a_sweep_writes(tmp_path):
-    from quadsgd.sweep import _Store
+    from quadsgd.sweeps.store import Store as _Store
 
     s = _Store(tmp_path / "o")
     try:
@@ -451,7 +451,7 @@ def test_cli_writes_results_spec_copy_metadata_and_figures(tmp_path, capsys):
     assert (out / "spec.toml").read_text() == text
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 7 and run["status"] == "complete" and run["n_points"] == 4
-    assert {"numpy", "pandas", "pyarrow", "dask", "distributed", "quadsgd"} <= set(run["versions"])
+    assert {"numpy", "pandas", "pyarrow", "dask", "distributed", "sgd-trajectories"} <= set(run["versions"])
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert run["git"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
     import pyarrow.parquet as pq
@@ -627,7 +627,7 @@ def test_dask_local_cluster_gives_the_local_table(tmp_path):
 
 def test_public_schema_is_documented():
     # every parameter has a description and a type; every quantity named in the module docstring exists
-    from quadsgd.sweep import quantities as Q
+    from quadsgd.sweeps import quantities as Q
 
     for p in PARAMS.values():
         assert p.doc and p.kind in ("float", "int", "str", "floats")
@@ -646,7 +646,7 @@ def test_example_specs_are_valid(path):
 def test_plot_functions_draw_the_table_values():
     from matplotlib.figure import Figure
 
-    from quadsgd.sweep.figures import plot_heatmap, plot_line, plot_loss_curves, plot_loss_per_kappa
+    from quadsgd.sweeps.figures import plot_heatmap, plot_line, plot_loss_curves, plot_loss_per_kappa
 
     sp = load_spec(theory_spec())
     df = sweep(sp.function(), sp.points, "serial", seed=sp.seed, progress=False)
@@ -740,7 +740,7 @@ def test_a_kernel_defined_outside_the_library_works_in_specs(tmp_path):
         assert load_spec({**spec, "sweep": {**spec["sweep"], "kernels": [name]}}).designs[None]["kernels"] == ("Triangle",)
     from matplotlib.figure import Figure
 
-    from quadsgd.sweep.figures import plot_line
+    from quadsgd.sweeps.figures import plot_line
 
     ax = Figure().add_subplot()
     plot_line(ax, df, x="lr", quantity="stationary_loss", hue=["width"], select={"kernel": "Triangle"})
@@ -764,8 +764,8 @@ def test_spec_module_works_without_tomllib(tmp_path):
         tomli.loads = lambda text, **kw: calls.append(len(text)) or real.loads(text, **kw)
         tomli.load = real.load
         sys.modules["tomli"] = tomli
-        import quadsgd.sweep
-        from quadsgd.sweep import SpecError, load_spec
+        import quadsgd.sweeps
+        from quadsgd.sweeps import SpecError, load_spec
         spec = load_spec({str(EXAMPLE)!r})
         bad = {str(tmp_path / 'bad.toml')!r}
         open(bad, "w").write("[sweep\\n")
@@ -773,7 +773,7 @@ def test_spec_module_works_without_tomllib(tmp_path):
             load_spec(bad)
         except SpecError as e:
             msg = str(e)
-        print(len(spec.points), len(calls), "is not valid TOML" in msg, sys.modules["quadsgd.sweep.spec"].tomllib is tomli)
+        print(len(spec.points), len(calls), "is not valid TOML" in msg, sys.modules["quadsgd.sweeps.spec"].tomllib is tomli)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -62,7 +62,7 @@ from ._runner import Branch, RunContext, SideTrip, SideTripOptions, dist, flat_p
 
 __all__ = ["AveragingOptions", "AveragingResult", "AveragingTable", "TrajectoryLosses", "ScheduleTable",
            "TrajectoryPoint", "KernelPoint", "KernelResults", "BnRecompute", "KernelSpec", "parse_kernel",
-           "kernel_at", "averaging", "SIDETRIP"]
+           "kernel_at", "averaging_sidetrip", "SIDETRIP"]
 
 _PROBE_LENGTH = 1 << 20  # a length that fills every template when a spec is only validated
 
@@ -224,7 +224,7 @@ class BnRecompute:
 
 @dataclass(eq=False)
 class AveragingResult(SideTripResult):
-    """Result of :func:`averaging`; see the module docstring."""
+    """Result of :func:`averaging_sidetrip`; see the module docstring."""
 
     NAME: ClassVar[str] = "averaging"
     TABLES: ClassVar[dict[str, str]] = {"table": "averaging.csv", "trajectory_losses": "trajectory.csv",
@@ -256,7 +256,8 @@ class AveragingResult(SideTripResult):
         return out
 
 
-def averaging(run_dir, step: int, out_dir, options: AveragingOptions | None = None, **overrides) -> AveragingResult:
+def averaging_sidetrip(run_dir, step: int, out_dir, options: AveragingOptions | None = None,
+                       **overrides) -> AveragingResult:
     """Averages of the continued trajectory vs their equivalent-schedule side-trips (Fig. 1, 5, 10, 14)."""
     return run_sidetrip(SIDETRIP, run_dir, step, out_dir, options, overrides)
 
@@ -376,8 +377,8 @@ def _compute(ctx: RunContext, S: int, opts: AveragingOptions) -> AveragingResult
     runs = _share_schedules(specs, opts.share_prefix)
     index = {id(sp): i for i, sp in enumerate(specs)}
 
-    # the resume state: phase 1 (the continued trajectory: main branch, averages, records; j = updates done)
-    # and phase 2 (the equivalent side-trips: results by spec index, position {run, i, branch})
+    # the resume state: first the continued trajectory (main branch, averages, records; j = updates done),
+    # then the equivalent side-trips (results by spec index, position {run, i, branch})
     traj_rows, trajectory, side, j0, side_pos = [], [], {}, 0, None
     saved = ctx.state.load()
     if saved is not None:
@@ -497,4 +498,4 @@ def _equivalent_sidetrips(ctx: RunContext, S: int, base: Branch, runs, bn_batche
 
 SIDETRIP = SideTrip(name="averaging", options=AveragingOptions, compute=_compute, result=AveragingResult,
                     doc="averages of the continued trajectory vs side-trips with their equivalent lr schedules "
-                        "(Fig. 1, 5, 10, 14)", function=averaging)
+                        "(Fig. 1, 5, 10, 14)", function=averaging_sidetrip)

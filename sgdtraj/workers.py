@@ -1,4 +1,4 @@
-"""Worker processes shared by the sweep engine and validation's side-trip prefetch.
+"""Worker processes: their start method, and an exit when the process that started them dies.
 
 :func:`mp_context` is the start method (forkserver where available: a clean process, never a fork of a process
 that runs Numba, Dask or torch threads; spawn elsewhere); :func:`exit_with_parent` makes a worker exit when the
@@ -60,7 +60,7 @@ def exit_with_parent(parent: int) -> None:
 
     if gone():
         os._exit(1)
-    threading.Thread(target=watch, name="quadsgd-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="sgdtraj-parent-watch", daemon=True).start()
 
 
 def mp_context():
