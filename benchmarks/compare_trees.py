@@ -1,6 +1,6 @@
-"""Speed of the same public quadsgd calls in two checkouts (before / after a change), in one run.
+"""Speed of the same public calls (quadsgd, and realnet's averaging API) in two checkouts (before / after a change), in one run.
 
-    python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--repeat 5]
+    python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--repeat 5] [--only TEXT]
 
 Every case runs in a fresh interpreter that imports ``quadsgd`` from the given checkout (``PYTHONPATH``),
 compiles (one warm-up call), then times ``--repeat`` calls and reports the median. The two checkouts
@@ -17,6 +17,19 @@ import os
 import statistics
 import subprocess
 import sys
+
+#: the averaging API on a real network (torch on one thread): 20 updates of a fresh average
+AVERAGING = """
+import torch
+torch.set_num_threads(1)
+from realnet.averaging import KernelAveragedModel
+from realnet.models import create_model
+net = create_model("resnet20", num_classes=10, small_stem=True)
+def f():
+    avg = KernelAveragedModel(net, "{spec}", at_step={at})
+    for _ in range(20):
+        avg.update_parameters(net)
+"""
 
 CASES = {
     "simulate diagonal d=1000, 1000 chains, T=200, (Last, EMA)": """
@@ -46,6 +59,9 @@ f = lambda: qs.stationary_covariance(m, qs.TwoPoint(50))
 m = qs.LinearModel(np.linspace(1e-3, 1.0, 10000), lr=0.05)
 f = lambda: qs.expected_loss(m, qs.EMA(1/450), steps=10000, u0=np.ones(10000))
 """,
+    "KernelAveragedModel ResNet-20 update x20: ema:0.01": AVERAGING.format(spec="ema:0.01", at="None"),
+    "KernelAveragedModel ResNet-20 update x20: swa:10 sliding window": AVERAGING.format(spec="swa:10", at="None"),
+    "KernelAveragedModel ResNet-20 update x20: npoint:3:4 at step 20": AVERAGING.format(spec="npoint:3:4", at="20"),
 }
 
 RUNNER = """
@@ -77,11 +93,14 @@ def main(argv=None) -> None:
     ap.add_argument("new")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     a = ap.parse_args(argv)
     print(f"old: {a.old}\nnew: {a.new}\nrounds {a.rounds}, repeat {a.repeat}, Numba on 1 thread; "
           f"load average {os.getloadavg()}")
     print(f"{'case':70s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s}")
     for name, setup in CASES.items():
+        if a.only not in name:
+            continue
         t = {"old": [], "new": []}
         for _ in range(a.rounds):
             for which in ("old", "new"):

@@ -57,7 +57,8 @@ def _imports(tree: ast.AST):
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Module -> the project modules it imports (see the module docstring)."""
+    """Module -> the project modules it imports (see the module docstring), with the packages whose
+    ``__init__`` such an import runs."""
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_pkg = path.name == "__init__.py"
@@ -86,6 +87,12 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
                     edges.add(sub)
                 elif mod in modules:
                     edges.add(mod)
+        for target in list(edges):  # importing a.b.c runs a.b's __init__ too, unless the importer lives in a.b
+            parts = target.split(".")
+            for i in range(1, len(parts)):
+                anc = ".".join(parts[:i])
+                if anc in modules and not (name == anc or name.startswith(anc + ".")):
+                    edges.add(anc)
         edges.discard(name)
         graph[name] = edges
     return graph

@@ -18,7 +18,7 @@ Layout
 Python layer (validation, planning, segmentation; typed state, no dicts):
 
 * :mod:`.api` -- :func:`simulate`: arguments validated (:mod:`sgdtraj.arguments`) into a frozen
-  :class:`~.api.SimConfig`, dispatched to a runner; :func:`record_times`, :func:`draw_normals`;
+  :class:`~.simconfig.SimConfig`, dispatched to a runner; :func:`record_times`, :func:`draw_normals`;
 * :mod:`.result` -- :class:`SimulationResult`;
 * :mod:`.plan` -- the kernel plan built from each kernel's ``tracking()`` (never its class): Numba type
   codes, accumulator slots, event lists; how averages are tracked without a history, and their memory;

@@ -1,7 +1,7 @@
 """What both runners share: the run object (:class:`Job`), the output arrays (:class:`RunOutputs`),
 segment bookkeeping, thread control and the progress bar.
 
-A run is one :class:`Job` (the validated :class:`~quadsgd.simulation.api.SimConfig`, the loss matrix, the
+A run is one :class:`Job` (the validated :class:`~quadsgd.simulation.simconfig.SimConfig`, the loss matrix, the
 record times, the kernel :class:`~quadsgd.simulation.plan.Plan`, the chains' stream states and the
 :class:`RunOutputs` being filled), handed to :func:`quadsgd.simulation.step.run_step` or
 :func:`quadsgd.simulation.exact.run_exact`. Runs are cut into *segments* (bounded buffers, progress
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _jit
+from .simconfig import SimConfig
 from .plan import Plan, init0
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import SimConfig
 
 #: per-segment cap of the chain-loss buffer (bytes)
 _SEG_LOSS_BYTES = 1 << 25
@@ -79,7 +76,7 @@ class RunOutputs:
 class Job:
     """One simulation run: the configuration and everything derived from it."""
 
-    cfg: "SimConfig"     # validated arguments of :func:`quadsgd.simulate`
+    cfg: SimConfig     # validated arguments of :func:`quadsgd.simulate`
     H: np.ndarray        # (d,) or (d, d) float64 loss matrix (C-contiguous, writable: one Numba specialization)
     times: np.ndarray    # (R,) int64 record times
     plan: Plan           # how each kernel is tracked

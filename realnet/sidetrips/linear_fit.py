@@ -544,7 +544,7 @@ def _spectrum(model, sample, curvature_batches, noise_batches, o: LinearFitOptio
 
 def _continue(model, layout, V: torch.Tensor, continuation: Iterable, update, burn: int, N: int, lr: float,
               bar) -> _Continuation:
-    """Run ``burn + N`` updates and record :math:`p_t = V(\theta_t - \theta_S)` (float64) from ``burn`` on."""
+    r"""Run ``burn + N`` updates and record :math:`p_t = V(\theta_t - \theta_S)` (float64) from ``burn`` on."""
     V64 = V.to(torch.float64)
     dev = V64.device
     theta_S = layout.flatten(model, torch.float64).to(dev)
