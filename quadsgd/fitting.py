@@ -308,7 +308,7 @@ def noise_estimate(projected_gradients) -> NoiseEstimate:
 
 # ====================================================================================== prediction
 def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERNELS, lags: int = 10) -> Prediction:
-    r"""The linear model's stationary predictions per direction (module docstring for the equations).
+    r"""The linear model's stationary predictions per direction (equations: docs/linear-model-fit.md).
 
     kappa: (k,) curvatures (loss-Hessian eigenvalue + weight decay). sigma: (k,) noise standard
     deviations (>= 0). lr: constant learning rate (> 0). momentum: heavy-ball beta in [0, 1) (PyTorch).
@@ -350,7 +350,7 @@ def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERN
             ratio[s, j] = stationary_covariance(m, kern) / vu
             lred[s, j] = l0 - stationary_loss_per_coordinate(m, kern)
     tau = np.full(k, np.nan)
-    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s])  # long-run variance 1/kappa^2 over Var u (module docstring)
+    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s])  # long-run variance 1/kappa^2 over Var u (docs/linear-model-fit.md)
     var = sigma ** 2 * wvar
     return Prediction(kappa=kappa, sigma=sigma, lr=lr, momentum=momentum, lr_kappa=lr_kappa, stable=stable, lags=L,
                       kernels=tuple(str(x) for x in ks), whitened_variance=wvar, variance=var, autocorrelation=rho,
@@ -418,7 +418,7 @@ def _lag_block_sums(x: np.ndarray, ids: np.ndarray, n_blocks: int, Lmax: int):
 def measure(projections, kernels=DEFAULT_KERNELS, lags: int = 10, *, kappa=None,
             n_blocks: int = N_BLOCKS) -> Measurement:
     r"""Estimate variance, autocorrelations, integrated time, kernel variance ratios and loss reductions of
-    :math:`p_t = v_i^\top\theta_t` with block-jackknife standard errors (module docstring).
+    :math:`p_t = v_i^\top\theta_t` with block-jackknife standard errors (docs/linear-model-fit.md).
 
     projections: (N + 1, k) array, row t = the k projections after t steps (t = 0..N). kernels: as in
     :func:`predict`. lags: autocorrelations at lags 1..lags. kappa: (k,) curvatures for the loss
