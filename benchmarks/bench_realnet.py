@@ -8,7 +8,7 @@
   including batch assembly, metrics and checkpoints.
 * ``lr_sweep``: the side-trip's core (one gradient + losses on 1 training + 10 held-out batches for 50
   step sizes) per batching mode, relative to one forward pass of the same batch: ``ratio_per_step_size``
-  = t_sweep / (n_step_sizes * t_forward) -- the issue's measure; 11 batches per step size make ~11 the
+  = t_sweep / (n_step_sizes * t_forward) -- the headline measure; 11 batches per step size make ~11 the
   unbatched baseline -- and ``ratio_per_forward`` = t_sweep / (n_step_sizes * n_batches * t_forward).
 
 Writes ``bench_realnet_<date>.json`` into ``--out`` and prints a table. Timings on shared CPUs are noisy:
