@@ -62,7 +62,7 @@ def _cpu_is_slow() -> bool:
 
 def _best_time(fn, repeats: int, warmup: int = 1, max_rejects: int = 30) -> float:
     """Best of ``repeats`` timings after ``warmup`` calls. This VM has throttling bursts lasting minutes
-    (everything 10-100x slower): a sample is kept only if the calibration probe before and after it runs
+    (everything far slower; benchmarks/results/2026-12-07-numbers-from-docstrings.md): a sample is kept only if the calibration probe before and after it runs
     at full speed, otherwise it is retried after a pause (counted in ``throttle_rejects``)."""
     for _ in range(warmup):
         fn()
@@ -83,7 +83,7 @@ def _best_time(fn, repeats: int, warmup: int = 1, max_rejects: int = 30) -> floa
 
 
 def warm_process(seconds: float) -> float:
-    """Run ResNet-20 steps for ``seconds``: on this VM a fresh process runs 10-100x slower for its first
+    """Run ResNet-20 steps for ``seconds``: on this VM a fresh process runs far slower for its first
     seconds (memory being handed to it), which would otherwise land in the first measurement."""
     model = create_model("resnet20", 10, small_stem=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
