@@ -62,8 +62,9 @@ def _cpu_is_slow() -> bool:
 
 def _best_time(fn, repeats: int, warmup: int = 1, max_rejects: int = 30) -> float:
     """Best of ``repeats`` timings after ``warmup`` calls. This VM has throttling bursts lasting minutes
-    (everything far slower; benchmarks/results/2026-12-07-numbers-from-docstrings.md): a sample is kept only if the calibration probe before and after it runs
-    at full speed, otherwise it is retried after a pause (counted in ``throttle_rejects``)."""
+    (everything far slower; benchmarks/results/2026-12-07-numbers-from-docstrings.md): a sample is kept only
+    if the calibration probe before and after it runs at full speed, otherwise it is retried after a pause
+    (counted in ``throttle_rejects``)."""
     for _ in range(warmup):
         fn()
     ts: list[float] = []
