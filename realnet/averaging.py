@@ -295,7 +295,7 @@ class _Copy(_Tracker):
 
 
 class _Ema(_Tracker):
-    """``geometric``: :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call."""
+    r"""``geometric``: :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call."""
 
     name = "ema"
 
