@@ -1,4 +1,4 @@
-"""Benchmark and measurements of realnet.hessian (HVP cost, Lanczos wall time, BatchNorm treatment).
+r"""Benchmark and measurements of realnet.hessian (HVP cost, Lanczos wall time, BatchNorm treatment).
 
     python benchmarks/bench_hessian.py [--part cost|lanczos|bn|sidetrip|all] [--width 16] [--sample 512]
                                        [--rounds 7] [--threads 1] [--device cpu] [--out benchmarks/results]
@@ -15,8 +15,8 @@
   its step-100 checkpoint, a sample of ``--sample`` training examples, batch-mode BN (chunks of 32).
 * ``bn``: on that checkpoint, the top-5 eigenpairs with eval-mode and batch-mode BatchNorm, the cross
   Rayleigh quotients (each mode's eigenvectors in the other mode's Hessian), and the curvature the
-  optimizer feels along each vector -- :math:`v^\\top(\\bar g(\\theta+hv) - \\bar g(\\theta-hv))/2h` with
-  :math:`\\bar g` the mean over 200 fresh training batches of 32 of the train-mode-BN gradient (the
+  optimizer feels along each vector -- :math:`v^\top(\bar g(\theta+hv) - \bar g(\theta-hv))/2h` with
+  :math:`\bar g` the mean over 200 fresh training batches of 32 of the train-mode-BN gradient (the
   gradient SGD uses), common batches at both points, with its standard error.
 * ``sidetrip``: the ``linear-fit`` side-trip (``realnet.fit_linear_model``) end to end on that checkpoint with
   the quick validation sizes (``validation.realclaims.RealConfig.for_mode("quick")``: k = 8, sample 8 x 32,
@@ -29,32 +29,12 @@ The machine is shared (2 cores, other engineers' jobs): timings are medians of i
 the thread count is fixed (default 1: on this machine one torch thread is much faster for these small
 ops under load). Writes ``bench_hessian_<date>.json`` into ``--out`` and prints a summary.
 
-Results 2026-12-01 (``bench_hessian_2026-12-01.json``), this 2-core CPU shared with other jobs (load
-average 8-9 during the run), 1 thread, torch 2.14.1, ResNet-20 width 16 (269,722 parameters), sample 512,
-7 interleaved rounds:
-
-* HVP cost in gradient-costs: batch-mode BN (chunks of 32): double backward 3.89, torch.func 4.79;
-  eval-mode BN (one chunk): double backward 3.44, torch.func 4.61. The goal <= 3 is not met on this CPU;
-  double backward is the faster method here (and the default). Absolute medians under that load: gradient
-  2.04 s (batch) / 1.10 s (eval), HVP 7.8 s / 3.9 s.
-* Lanczos k = 10 on the quick checkpoint (batch mode, tol 1e-4): 196 s wall under that load, 33 HVPs
-  (1 thick restart, basis 30); all 10 pairs converged (relative residuals 4e-9 .. 7e-5); eigenvalues
-  2.90, 2.10, 1.79, 1.45, 1.37, 1.21, 1.00, 0.84, 0.78, 0.70. At ~6 s per HVP under load this is
-  ~1 s per HVP (~40 s per Lanczos) on the quiet machine by the gradient's 19 ms per 32-example batch
-  (bench_realnet) -- an estimate, not a measurement.
-* BatchNorm: see realnet/hessian.py's module docstring (eval-mode top eigenvalue 147 vs 2.9 in batch mode;
-  SGD feels 0.39 +- 0.09 along the eval-mode top vector).
-
-Results 2026-12-01, ``--part sidetrip`` (``bench_hessian_sidetrip_2026-12-01.json``), same machine, 1 thread, load
-average 4.3-4.6: the linear-fit side-trip with the quick sizes (k = 8, sample 256, N = 2,065) took 256 s:
-Lanczos 63 s (29 HVPs of the 256-example sample, 1 restart; 2.17 s per iteration), curvature 31 s (16 x 8
-batch HVPs), noise 6 s (100 gradients), continuation 155 s (75 s per 1000 steps), analysis 0.3 s. The same
-side-trip inside ``python -m validation reproduce --quick --real-only --only linear-model-fit`` at load ~3 took
-152 s (Lanczos 38 s = 1.32 s per iteration, curvature 20 s, noise 4 s, continuation 89 s = 43 s per 1000
-steps); the whole command 2 min 47 s including training the 150-step run. Budget other sizes with: Lanczos
-iterations (measured at tol 1e-4: 29 for k = 8, 33 for k = 10) x s/iteration (proportional to the sample
-size), curvature ~ k x curvature_batches batch HVPs (~4 gradients each), continuation ~ N x (s per 1000
-steps) / 1000.
+Results: ``benchmarks/results/bench_hessian_2026-12-01.json`` (``cost``, ``lanczos``, ``bn``),
+``benchmarks/results/bench_hessian_sidetrip_2026-12-01.json`` (``sidetrip``), and the summary written at the time
+with a run of the side-trip inside ``python -m validation reproduce``:
+``benchmarks/results/2026-12-07-numbers-from-docstrings.md``. Budget other sizes of the side-trip with: Lanczos
+iterations x seconds per iteration (proportional to the sample size), curvature ~ k x curvature_batches batch HVPs
+(~4 gradients each), continuation ~ N x (seconds per 1000 steps) / 1000.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
   including batch assembly, metrics and checkpoints.
 * ``lr_sweep``: the side-trip's core (one gradient + losses on 1 training + 10 held-out batches for 50
   step sizes) per batching mode, relative to one forward pass of the same batch: ``ratio_per_step_size``
-  = t_sweep / (n_step_sizes * t_forward) -- the issue's measure; 11 batches per step size make ~11 the
+  = t_sweep / (n_step_sizes * t_forward) -- the headline measure; 11 batches per step size make ~11 the
   unbatched baseline -- and ``ratio_per_forward`` = t_sweep / (n_step_sizes * n_batches * t_forward).
 
 Writes ``bench_realnet_<date>.json`` into ``--out`` and prints a table. Timings on shared CPUs are noisy:
@@ -62,8 +62,9 @@ def _cpu_is_slow() -> bool:
 
 def _best_time(fn, repeats: int, warmup: int = 1, max_rejects: int = 30) -> float:
     """Best of ``repeats`` timings after ``warmup`` calls. This VM has throttling bursts lasting minutes
-    (everything 10-100x slower): a sample is kept only if the calibration probe before and after it runs
-    at full speed, otherwise it is retried after a pause (counted in ``throttle_rejects``)."""
+    (everything far slower; benchmarks/results/2026-12-07-numbers-from-docstrings.md): a sample is kept only
+    if the calibration probe before and after it runs at full speed, otherwise it is retried after a pause
+    (counted in ``throttle_rejects``)."""
     for _ in range(warmup):
         fn()
     ts: list[float] = []
@@ -83,7 +84,7 @@ def _best_time(fn, repeats: int, warmup: int = 1, max_rejects: int = 30) -> floa
 
 
 def warm_process(seconds: float) -> float:
-    """Run ResNet-20 steps for ``seconds``: on this VM a fresh process runs 10-100x slower for its first
+    """Run ResNet-20 steps for ``seconds``: on this VM a fresh process runs far slower for its first
     seconds (memory being handed to it), which would otherwise land in the first measurement."""
     model = create_model("resnet20", 10, small_stem=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -1,6 +1,6 @@
 """Check a formula against the simulator with ``quadsgd.testing``: wrong formulas are caught and shrunk.
 
-    python examples/check_a_formula.py          # about 10 seconds on 2 cores
+    python examples/check_a_formula.py          # CPU only
 
 A formula is any function ``formula(m, kernel)`` of a :class:`quadsgd.LinearModel` and an averaging
 kernel that returns the stationary covariance ((d, d), or (d,) variances for a diagonal model or

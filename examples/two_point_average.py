@@ -1,6 +1,6 @@
 """Two-point averaging and its equivalent learning-rate schedule in your own PyTorch loop (Sandler et al.).
 
-    python examples/two_point_average.py        # CPU, about 10 seconds
+    python examples/two_point_average.py        # CPU only
 
 The paper: "averaging just two points many steps apart significantly improves accuracy", and every
 average has an equivalent learning-rate schedule -- for (theta_{T-D} + theta_T) / 2 it is the same run

@@ -41,17 +41,8 @@ def stable_lr_bound(lam, beta: float) -> np.ndarray:
     The iteration is stable (both roots of :math:`x^2-(1+\beta-\epsilon)x+\beta` strictly inside the unit
     disk) exactly for :math:`0 < \lambda_{lr} < \lambda^*`.
 
-    Derivation. The roots :math:`x` of the characteristic polynomial satisfy
-    :math:`\epsilon = (1 + \beta) - x - \beta/x = (1 - x)(1 - \beta/x)`; the number of roots outside the unit
-    disk can only change when a root crosses the unit circle :math:`x = e^{i\theta}`, i.e. when
-    :math:`\epsilon` crosses the curve :math:`\epsilon(\theta) = (1+\beta)(1-\cos\theta) - i(1-\beta)\sin\theta`:
-    the ellipse :math:`(\mathrm{Re}\,\epsilon-(1+\beta))^2/(1+\beta)^2 + (\mathrm{Im}\,\epsilon)^2/(1-\beta)^2 = 1`.
-    Its interior contains the stable point :math:`\epsilon = 0^+` (roots :math:`1 - \epsilon/(1-\beta)` and
-    :math:`\beta`), its exterior the unstable :math:`\epsilon = -1`, so the stable set is the interior (Schur-Cohn),
-    i.e. with :math:`\epsilon = x + iy`, cancellation-free: :math:`x(2(1+\beta)-x)(1-\beta)^2 > y^2(1+\beta)^2` (which
-    implies :math:`0 < x < 2(1+\beta)`). Put :math:`\epsilon = \lambda_{lr}(a+ib)` and divide by :math:`\lambda_{lr} > 0`:
-    :math:`2a(1+\beta)(1-\beta)^2 > \lambda_{lr}(a^2(1-\beta)^2 + b^2(1+\beta)^2)`. ``tests/test_hardening.py`` checks it
-    against the spectral radius on random cases away from the rounding regime.
+    Derivation (Schur-Cohn on the characteristic polynomial): ``docs/stationary-theory.md``.
+    ``tests/test_hardening.py`` checks it against the spectral radius on random cases away from the rounding regime.
 
     Nothing here forms a root or a spectral radius, so the decision is exact down to :math:`\lambda_{lr}\kappa
     \approx 10^{-300}` (the spectral radius rounds to 1.0 once :math:`\lambda_{lr}\kappa < 10^{-16}`). No

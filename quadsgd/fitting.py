@@ -1,111 +1,31 @@
-r"""The paper's linear model fitted to a real trajectory: predictions per Hessian direction, measurements
-from a recorded projection series, and the comparison statistic of the ``linear-model-fit`` verdict.
+r"""The paper's linear model fitted to a real trajectory (Appendix A.1, eq. 14-16): predictions per Hessian
+direction, measurements from a recorded projection series, and the statistic of the ``linear-model-fit`` verdict.
 
-Pure functions on numpy arrays returning typed results (no torch, no files); the torch side --
-Hessian-vector products, Lanczos, mini-batch gradients -- is :mod:`realnet.hessian`.
+Pure functions on numpy arrays returning typed results (no torch, no files); the torch side -- Hessian-vector
+products, Lanczos, mini-batch gradients -- is :mod:`realnet.hessian`. Per direction :math:`v_i` the model is the
+scalar heavy-ball process :math:`p_{t+1} = p_t - \lambda m_{t+1}`, :math:`m_{t+1} = \beta m_t + \kappa_i p_t +
+v_i^\top b_t` (PyTorch momentum), i.e. ``quadsgd.LinearModel([kappa_i], lr, momentum)`` with :math:`p = \sigma_i u`.
 
-Layout
-------
-* :func:`curvatures` -- :math:`\kappa_i` = loss-Hessian eigenvalue + weight decay;
-* :func:`noise_estimate` -> :class:`NoiseEstimate` -- :math:`\sigma_i^2 = \mathrm{Var}_B(v_i^\top g_B)` from
-  the projections of many mini-batch gradients;
-* :func:`predict` -> :class:`Prediction` -- the linear model per direction (quadsgd);
-* :func:`measure` -> :class:`Measurement` -- the same quantities estimated from
-  :math:`p_t = v_i^\top\theta_t`, with block-jackknife standard errors;
-* :func:`compare` -> :class:`Comparison`, :func:`fit_statistic` -> :class:`FitStatistic` -- the verdict's
-  statistic, :data:`FIT_THRESHOLD` its rule (fixed here, before any measurement).
+* :func:`curvatures` -- :math:`\kappa_i` = loss-Hessian eigenvalue + the run's weight decay;
+* :func:`noise_estimate` -> :class:`NoiseEstimate` -- :math:`\sigma_i^2 = \mathrm{Var}_B(v_i^\top g_B)` from an
+  (n_batches, k) array of projected mini-batch gradients (n_batches >= 4);
+* :func:`predict` -> :class:`Prediction` -- stationary variance, autocorrelation at lags 1..``lags``, integrated
+  time, each kernel's variance ratio and loss reduction :math:`\tfrac12\kappa_i(\mathrm{Var}\,p -
+  \mathrm{Var}\,\hat p)`; a direction with :math:`\kappa_i \le 0` or :math:`\lambda\kappa_i \ge 2(1+\beta)` gets
+  NaN and ``stable`` False;
+* :func:`measure` -> :class:`Measurement` -- the same from ``projections`` :math:`p_t = v_i^\top\theta_t`, an
+  (N + 1, k) array of a constant-lr continuation (every step), with delete-one-block jackknife standard errors
+  over ``n_blocks`` blocks (t intervals, ``n_blocks - 1`` dof); ``window_ok`` / ``block_ok`` flag directions
+  whose window hit the block length or whose blocks are shorter than :data:`BLOCK_FACTOR` correlation times;
+* :func:`compare` -> :class:`Comparison`, :func:`fit_statistic` -> :class:`FitStatistic` -- median over
+  (direction, kernel) of :math:`|\log(\text{measured}/\text{predicted})|` with a bootstrap over directions;
+  :data:`FIT_THRESHOLD` (log 1.5) is the verdict's rule, fixed before any measurement;
+* :func:`min_steps` -- the length rule: blocks at least :data:`SPAN_FACTOR` times the longest lag or kernel span
+  after the EMA burn-in.
 
-The model per direction (paper Appendix A.1, eq. 14-16)
--------------------------------------------------------
-Near :math:`\theta_S` the optimizer's gradient is :math:`g_B(\theta) + wd\,\theta \approx A\theta + b_B`
-(eq. 14) with :math:`A = \nabla^2 L + wd\,I` (coupled L2 adds ``wd * I``) and zero-mean batch noise
-:math:`b_B`, :math:`\mathrm{Cov}\,b_B = C`. For an eigenvector :math:`v_i` of A (:math:`Av_i = \kappa_iv_i`)
-the projection :math:`p = v_i^\top\theta` obeys, exactly within eq. 14 and whatever C is,
-
-.. math:: p_{t+1} = p_t - \lambda\,m_{t+1},\quad m_{t+1} = \beta m_t + \kappa_i p_t + v_i^\top b_{B_t}
-
-(PyTorch momentum; :math:`v_i^\top A\theta = \kappa_i p`), a scalar process driven by noise of variance
-:math:`\sigma_i^2 = v_i^\top Cv_i`. The whitening of eq. 15 in one dimension is :math:`p = Q u` with
-:math:`Q = \sigma_i` (:math:`QQ^\top = \sigma_i^2`), :math:`\Omega = Q^{-1}\kappa_iQ = \kappa_i` and unit
-noise :math:`\xi = -v_i^\top b/\sigma_i`, so ``quadsgd.LinearModel([kappa_i], lr, momentum)`` is the
-model, and in the original coordinates
-
-.. math:: \mathrm{Var}\,p = \sigma_i^2\,\mathrm{Var}\,u,\qquad
-          \tfrac12\kappa_i\mathrm{Var}\,p = \tfrac12 u^\top(\kappa_i\sigma_i^2)u
-
-(loss weight :math:`H = Q^\top\kappa_iQ = \kappa_i\sigma_i^2`). Correlations and kernel variance ratios
-are scale-free (the same for p and u). :math:`\mathrm{Var}\,u` is ``stationary_covariance(m, Last())``
-(SGD: :math:`\lambda/(\kappa(2-\lambda\kappa))`, eq. 19's :math:`S_\lambda`). Derived quantities:
-
-* autocovariance at lag L, exactly: :math:`\gamma_L = 2\,\mathrm{Var}\,\mathrm{TwoPoint}(L) - \mathrm{Var}\,u`
-  (since :math:`\mathrm{Var}\tfrac{u_t+u_{t-L}}2 = \tfrac12(\gamma_0+\gamma_L)`), :math:`\rho_L = \gamma_L/\gamma_0`;
-* integrated autocorrelation time :math:`\tau = 1 + 2\sum_{L\ge1}\rho_L = (\sum_L\gamma_L)/\gamma_0`; the
-  long-run variance of the AR(2) :math:`u_{t+1} = (1+\beta-\lambda\kappa)u_t - \beta u_{t-1} + \lambda\xi_t`
-  is its spectral density at 0, :math:`\lambda^2/(\lambda\kappa)^2 = \kappa^{-2}`, so
-  :math:`\tau = 1/(\kappa^2\,\mathrm{Var}\,u)` (SGD: :math:`(2-\lambda\kappa)/(\lambda\kappa)`);
-* kernel variance ratio :math:`K = \mathrm{Var}\,\hat u/\mathrm{Var}\,u` (``stationary_covariance(m, kernel)``);
-* loss in the direction :math:`\tfrac12\kappa_i\mathrm{Var}\,p` and its reduction by averaging
-  :math:`\tfrac12\kappa_i(\mathrm{Var}\,p - \mathrm{Var}\,\hat p) = \tfrac12\kappa_i\mathrm{Var}\,p\,(1-K)`.
-
-A direction is modelled only when it is stable: :math:`\kappa_i > 0` and :math:`\lambda\kappa_i < 2(1+\beta)`;
-otherwise its predictions are NaN and ``stable`` is False (the report shows where the model breaks).
-
-Conventions of the inputs (the side-trip must follow them)
-----------------------------------------------------------
-* ``kappa``: eigenvalues of the training-loss Hessian (``realnet.hessian``, BatchNorm as documented
-  there) plus the run's weight decay; ``lr`` and ``momentum``: the continuation's constant lr and the
-  run's momentum (PyTorch convention: ``buf = beta buf + g; theta -= lr buf``).
-* ``sigma``: from gradients of fresh mini-batches at the run's batch size with train-mode BatchNorm over
-  the batch (what the optimizer sees; no running-statistics update), the run's label smoothing and no
-  augmentation beyond the run's. Weight decay adds the deterministic ``wd * v^T theta`` to every
-  projection: no variance, so it is not included.
-* ``projections``: :math:`p_t = v_i^\top\theta_t` for t = 0..N of a constant-lr continuation from
-  :math:`\theta_S`, every step.
-
-Measurement and its uncertainty
--------------------------------
-The series is cut into ``n_blocks`` contiguous blocks (default 20) of length ``b = (N+1) // n_blocks``
-(remainder in the last). Every estimate is a smooth function of sums over time (of :math:`p_t`,
-:math:`p_tp_{t+L}`, of the averaged series and its square), each sum split by the block of its first
-time index; the standard error is the delete-one-block jackknife,
-:math:`\mathrm{se}^2 = \tfrac{J-1}J\sum_j(\hat\theta_{(j)} - \bar\theta)^2`, honest for autocorrelated
-series when blocks are long against the correlation time (then block sums are nearly independent).
-Intervals use Student's t with J - 1 degrees of freedom.
-
-* variance: :math:`\hat\gamma_0` with the sample mean; autocorrelation :math:`\hat\rho_L = \hat\gamma_L/\hat\gamma_0`
-  (:math:`\hat\gamma_L` averages the N+1-L lag-L products about the sample mean);
-* integrated time: :math:`\hat\tau = 1 + 2\sum_{L\le M}\hat\rho_L` with the window M the smallest
-  :math:`M \ge c\,\hat\tau_{abs}(M)`, :math:`\hat\tau_{abs}(M) = 1 + 2\sum_{L\le M}|\hat\rho_L|`, c = 3
-  (Sokal's self-consistent window on the absolute values, so that the slowly decaying oscillations of
-  heavy-ball momentum, whose signed sum is small, still set the window), capped at b; ``window_ok`` False
-  when the cap is hit. c = 3 rather than Sokal's 5: the absolute-value time already over-states the
-  memory, and each extra lag adds the mean-subtraction bias :math:`\approx -2\tau/N` (measured on
-  AR(1)/AR(2) series: c = 5 gave tau biases of -5 to -9 % and 89-96 % coverage, c = 3 -1 to -3 % and 92-95 %);
-* kernel variance ratio: the kernel applied to the series (points: the weighted lags, from the first
-  full window; EMA: the recursion started at :math:`e_0 = p_0`, its first
-  :math:`\lceil\ln 10^{-3}/\ln(1-a)\rceil` values dropped),
-  :math:`\hat K = \widehat{\mathrm{Var}}\,\hat p/\hat\gamma_0`;
-* loss reduction :math:`\tfrac12\kappa_i(\hat\gamma_0 - \widehat{\mathrm{Var}}\,\hat p)` (with the fitted kappa).
-
-**Length rule** (ValueError naming ``steps``, a priori): the blocks must be at least :data:`SPAN_FACTOR`
-(5) times the longest span the estimates need -- the largest lag L and each kernel's span (points:
-(n-1) x stride, i.e. D for two-point, W-1 for SWA; EMA: ceil((2-a)/a), the integrated time of an EMA of
-white noise) -- after the EMA burn-in: :math:`N + 1 - \text{burn} \ge n_{blocks}\cdot 5\cdot\text{span}`
-(:func:`min_steps`; for the averaging side-trip's quick kernels ema:0.02, twopoint:100, swa:100 and 20
-blocks that is N >= 10,341). A posteriori, per direction, ``block_ok`` is False when a block is shorter
-than :data:`BLOCK_FACTOR` (10) times the measured correlation time max(tau, 1 + 2 sum rho^2): the
-intervals are honest only for blocks long against the correlation time, which is not known in advance.
-
-Measured coverage of the nominal 95 % intervals (t, 19 dof, 20 blocks; 1000 replicates per case; AR(1)
-with lr kappa = 0.5 and 0.1 (tau = 3, 19), heavy-ball AR(2) with beta = 0.9 and lr kappa = 0.025 / 0.5 / 3;
-kernels ema:0.1, twopoint:20, swa:20; lags 1..5; N = 2,065-5,000, i.e. at or above the length rule):
-variance 92-95 %, autocorrelations 93-100 %, integrated time 91-95 %, kernel ratios 92-97 %. The lower
-ends are the cases with blocks only ~10 correlation times long (AR(1), tau = 19, b = 203). With blocks
-~2 tau long (AR(1), tau = 99, b = 203; ``block_ok`` False) coverage falls to 88 % for the variance and
-89 % for the integrated time. Estimates carry the usual
-O(tau / N) bias of mean-subtracted estimators (-0.5 % for the variance at tau = 19, N = 4,065), small
-against their standard errors. ``tests/test_realnet_linear_fit.py`` checks the coverage at the
-nominal rate with a stated false-alarm rate.
+Errors: ValueError naming the argument for arrays of the wrong shape or not finite, a constant direction, an
+empty or trivial kernel list, and a series shorter than :func:`min_steps` (naming ``steps``).
+Derivations, estimators, input conventions and their measured coverage: ``docs/linear-model-fit.md``.
 """
 from __future__ import annotations
 
@@ -388,7 +308,7 @@ def noise_estimate(projected_gradients) -> NoiseEstimate:
 
 # ====================================================================================== prediction
 def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERNELS, lags: int = 10) -> Prediction:
-    r"""The linear model's stationary predictions per direction (module docstring for the equations).
+    r"""The linear model's stationary predictions per direction (equations: docs/linear-model-fit.md).
 
     kappa: (k,) curvatures (loss-Hessian eigenvalue + weight decay). sigma: (k,) noise standard
     deviations (>= 0). lr: constant learning rate (> 0). momentum: heavy-ball beta in [0, 1) (PyTorch).
@@ -430,7 +350,7 @@ def predict(kappa, sigma, lr: float, momentum: float = 0.0, kernels=DEFAULT_KERN
             ratio[s, j] = stationary_covariance(m, kern) / vu
             lred[s, j] = l0 - stationary_loss_per_coordinate(m, kern)
     tau = np.full(k, np.nan)
-    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s])  # long-run variance 1/kappa^2 over Var u (module docstring)
+    tau[s] = 1.0 / (kappa[s] ** 2 * wvar[s])  # long-run variance 1/kappa^2 over Var u (docs/linear-model-fit.md)
     var = sigma ** 2 * wvar
     return Prediction(kappa=kappa, sigma=sigma, lr=lr, momentum=momentum, lr_kappa=lr_kappa, stable=stable, lags=L,
                       kernels=tuple(str(x) for x in ks), whitened_variance=wvar, variance=var, autocorrelation=rho,
@@ -498,7 +418,7 @@ def _lag_block_sums(x: np.ndarray, ids: np.ndarray, n_blocks: int, Lmax: int):
 def measure(projections, kernels=DEFAULT_KERNELS, lags: int = 10, *, kappa=None,
             n_blocks: int = N_BLOCKS) -> Measurement:
     r"""Estimate variance, autocorrelations, integrated time, kernel variance ratios and loss reductions of
-    :math:`p_t = v_i^\top\theta_t` with block-jackknife standard errors (module docstring).
+    :math:`p_t = v_i^\top\theta_t` with block-jackknife standard errors (docs/linear-model-fit.md).
 
     projections: (N + 1, k) array, row t = the k projections after t steps (t = 0..N). kernels: as in
     :func:`predict`. lags: autocorrelations at lags 1..lags. kappa: (k,) curvatures for the loss

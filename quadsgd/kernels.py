@@ -2,36 +2,23 @@ r"""Averaging kernels: the weights :math:`\mu_k` of :math:`\hat u_t = \sum_{k\ge
 
 Paper, Appendix A.2: an average of the trajectory is defined by a kernel :math:`\{\mu_k\}`; its
 autocorrelation :math:`C_\delta = \sum_k \mu_k \mu_{k+\delta}` (eq. 17) is all that the stationary
-covariance depends on (eq. 19).
-
-A kernel carries its own behaviour (the integrators never switch on its type):
+covariance depends on (eq. 19). Kernels: ``Last``, ``TwoPoint``, ``NPoint``, ``SWA``, ``EMA``, ``Kernel``
+(any finite weights). A kernel carries its own behaviour (the integrators never switch on its type):
 
 * :meth:`~AveragingKernel.psi` -- its generating function
-  :math:`\Psi(M) = \tfrac{C_0}{2}I + \sum_{\delta\ge1}C_\delta M^\delta` on a
-  :class:`~quadsgd._linalg.Transition` (scalars or stacks of matrices): closed form (EMA, two-point),
-  O(log n) doubling (n-point, SWA) or Horner over the autocorrelation (any finite kernel, the default);
+  :math:`\Psi(M) = \tfrac{C_0}{2}I + \sum_{\delta\ge1}C_\delta M^\delta` on a :class:`~quadsgd._linalg.Transition`;
 * :meth:`~AveragingKernel.paper_factor` -- eq. 19's bracket :math:`C_0 + 2\sum_\delta C_\delta\Gamma^\delta`
   exactly as the paper prints it (eq. 20, 21);
 * :meth:`~AveragingKernel.cumulative` -- :math:`\sum_{m<r}\mu_m`, the Table 1 multiplier;
 * :meth:`~AveragingKernel.tracking` -- how an online average is kept (:class:`Tracking`): the last
-  iterate, a geometric recursion (EMA) or weighted points at a stride (accumulator slots);
-* one spec grammar: ``str(kernel)`` (e.g. ``"ema:0.02"``, ``"twopoint:100"``) and :func:`parse_kernel`,
-  used by the sweep TOML files, the realnet command lines and the reports alike.
+  iterate, a geometric recursion (EMA) or weighted points at a stride;
+* one spec grammar: ``str(kernel)`` (e.g. ``"ema:0.02"``, ``"twopoint:100"``) and :func:`parse_kernel`.
 
-A new finite kernel needs only ``point_weights`` (and ``stride`` if its points are spaced): everything
-else has a correct generic default (costs: autocorrelation by FFT, O(L log L) for L point weights;
-:math:`\Psi` by Paterson-Stockmeyer, O(sqrt L) transition products plus O(L) scaled additions).
-Subclasses with a ``spec_name`` register themselves for :func:`parse_kernel`.
-
-Huge kernels: SWA, TwoPoint and NPoint answer everything the library asks (``support``, ``cumulative``,
-``psi``, ``paper_factor``, ``tracking``) in closed form, so a support of 1e12 steps costs O(1) memory;
-the dense arrays ``weights()``, ``point_weights`` and ``autocorrelation()`` are O(support) by nature
-and are refused with a ValueError naming the size parameter when they would exceed
-:data:`sgdtraj.arguments.MAX_ARRAY_BYTES` (instead of a MemoryError). Size parameters are <= 2**62.
-
-Fast stability edge: on real scalar transitions that carry :math:`1 + M` (``Transition.I_plus_M``, from
-the eigen-root path of the stationary theory), SWA, NPoint, TwoPoint and EMA evaluate :math:`\Psi` near
-:math:`M = -1` in closed forms that do not cancel (the alternating mode that the average removes).
+A new finite kernel needs only ``point_weights`` (and ``stride`` if its points are spaced); subclasses with a
+``spec_name`` register themselves for :func:`parse_kernel`. SWA, TwoPoint and NPoint answer everything in closed
+form (O(1) memory for any support); the dense ``weights()``, ``point_weights`` and ``autocorrelation()`` raise
+ValueError naming the size parameter beyond :data:`sgdtraj.arguments.MAX_ARRAY_BYTES`. Size parameters are
+<= 2**62. Costs, huge kernels and the stability edge: ``docs/kernels.md``.
 """
 from __future__ import annotations
 

@@ -1,58 +1,25 @@
 r"""Averaging in your own training loop: any quadsgd kernel as an averaged model, and its equivalent
 learning-rate schedule as a scheduler (Sandler et al., Appendix A.2, Lemma 2 and Table 1).
 
-* :class:`KernelAveragedModel` -- a ``torch.nn.Module`` holding a deep copy of your model whose
-  parameters are :math:`\hat\theta_t = \sum_k \mu_k\theta_{t-k}` for any :mod:`quadsgd` kernel
-  (``Last``, ``TwoPoint(delta)``, ``NPoint(n, delta)``, ``SWA(window)``, ``EMA(decay)``,
-  ``Kernel(weights)`` or a spec string such as ``"twopoint:100"``), evaluated at a chosen step
-  ``at_step`` (as the paper does) or continuously (``at_step=None``). Conventions of
-  :class:`torch.optim.swa_utils.AveragedModel`: ``avg.module``, ``avg.update_parameters(model)`` after
-  every optimizer step, ``use_buffers``, works with :func:`torch.optim.swa_utils.update_bn`.
-* :class:`EquivalentScheduleLR` -- a :class:`torch.optim.lr_scheduler.LRScheduler` giving the
-  learning-rate schedule whose last iterate equals that average when the gradient of each batch is
-  constant (Lemma 2): the step :math:`r` steps before :math:`T` gets the base lr times
-  :math:`\sum_{m<r}\mu_m` (:func:`quadsgd.equivalent_schedule`).
+* :class:`KernelAveragedModel` -- a ``torch.nn.Module`` holding a deep copy of your model whose parameters are
+  :math:`\hat\theta_t = \sum_k \mu_k\theta_{t-k}` for any :mod:`quadsgd` kernel (or spec string such as
+  ``"twopoint:100"``), at a chosen step ``at_step`` or continuously (``at_step=None``). Conventions of
+  :class:`torch.optim.swa_utils.AveragedModel`: ``avg.module``, ``avg.update_parameters(model)`` after every
+  optimizer step, ``use_buffers``, works with :func:`torch.optim.swa_utils.update_bn`.
+* :class:`EquivalentScheduleLR` -- a :class:`torch.optim.lr_scheduler.LRScheduler` whose last iterate equals
+  that average when each batch's gradient is constant (Lemma 2): the step :math:`r` steps before :math:`T` gets
+  the base lr times :math:`\sum_{m<r}\mu_m` (:func:`quadsgd.equivalent_schedule`).
 
-Indexing (both classes)
------------------------
-:math:`\theta_s` is the model when the object is built (``start_step`` s, default 0; for the scheduler
-the base scheduler's ``last_epoch``); optimizer step :math:`i` (1-based) maps :math:`\theta_{i-1}` to
-:math:`\theta_i`, and the k-th ``update_parameters`` call sees :math:`\theta_{s+k}`. Iterates before
-:math:`\theta_s` are never needed: a finite kernel must fit, ``support - 1 <= at_step - start_step``
-(``TwoPoint(T)`` at ``at_step=T`` is :math:`(\theta_0+\theta_T)/2`), and an EMA starts at
-:math:`e_s = \theta_s` (its tail weight :math:`(1-a)^{T-s}` sits on :math:`\theta_s`, as in
-:func:`quadsgd.simulate` and timm's ``ModelEmaV3``; ``AveragedModel`` instead starts at the first
-update, which is this class built one step later). With that convention the average at ``T`` and the
-equivalent schedule over steps ``s+1..T`` agree exactly under Lemma 2, for every kernel.
+Indexing: :math:`\theta_s` is the model when the object is built (``start_step`` s, default 0; for the scheduler
+the base scheduler's ``last_epoch``); the k-th ``update_parameters`` call sees :math:`\theta_{s+k}`. A finite
+kernel must fit, ``support - 1 <= at_step - start_step``; an EMA starts at :math:`e_s = \theta_s`. With these
+conventions the average at ``T`` and the equivalent schedule over steps ``s+1..T`` agree exactly under Lemma 2.
 
-How each kernel is kept (from ``kernel.tracking()``; the code never asks for a concrete class)
----------------------------------------------------------------------------------------------------
-P = the number of averaged elements (parameters, plus floating buffers with ``use_buffers``).
-
-* ``last``: a copy (at call T, or every call); no extra memory.
-* ``geometric`` (EMA): :math:`e \leftarrow \mathrm{lerp}(e, \theta, a)` every call
-  (``torch._foreach_lerp_``), with or without ``at_step``; no extra memory.
-* ``points`` (n points at lags 0, s, ..., (n-1)s), ``at_step=T``: the running weighted mean of the n
-  points is built in ``avg.module`` itself, updated only at the n point times: no extra memory, bit-equal
-  to ``AveragedModel``'s default average for uniform weights.
-* ``points``, ``at_step=None``: a ring of the last (n-1)s iterates ((n-1)s·P extra elements; n foreach
-  updates per call); a uniform stride-1 window W (SWA): a ring of W iterates plus a float64 running sum
-  (W·P + P extra elements, O(1) work per call).
-
-The running mean adds point k with :math:`\hat\theta \mathrel{+}= (\theta-\hat\theta)/d_k`,
-:math:`d_k = (\sum_{j\le k} w_j)/w_k` (:math:`d_k = k` for uniform weights), exactly the arithmetic of
-``AveragedModel``'s default (SWA) average on CPU; the sliding ring recomputes its n-point mean every call
-with the in-place :math:`\mathrm{lerp}(\hat\theta, \theta, 1/d_k)` (no temporaries). The sliding SWA window keeps
-:math:`S=\sum\theta` in float64 (no cancellation problem for float32/16 parameters), updated by adding
-the newest and subtracting the stored oldest iterate, and recomputed from the ring every W calls, so
-rounding never accumulates beyond one window. Before a sliding window is full it is padded with
-:math:`\theta_s`. Extra memory above ``memory_limit`` bytes is refused with a ValueError (use
-``at_step``, which needs none). Integer buffers (``num_batches_tracked``) are always copied, never
-averaged; with ``use_buffers=False`` all buffers are copied from the model on every call.
-
-``state_dict()`` is complete -- the averaged module, the ring and running sum, and an extra state
-with the number of calls, the kernel spec, ``at_step``, ``start_step`` and ``use_buffers`` -- so a run
-resumed from it continues bit-identically; it loads with ``torch.load(..., weights_only=True)``.
+Memory (P = averaged elements): none extra for ``last``, EMA and points with ``at_step``; with ``at_step=None``
+a ring of (n-1)s iterates for n points at stride s, W iterates plus a float64 sum for an SWA window W. Extra
+memory above ``memory_limit`` bytes raises ValueError. Integer buffers are copied, never averaged.
+``state_dict()`` is complete (a resumed run continues bit-identically) and loads with ``weights_only=True``.
+How each kernel is kept and the arithmetic: ``docs/averaging-api.md``.
 """
 from __future__ import annotations
 

@@ -1,83 +1,28 @@
 r"""Hessian-vector products of a network's training loss and Lanczos for its top eigenpairs.
 
-Layout
-------
-* :class:`ParamLayout` -- which tensors form the flat parameter vector :math:`\theta\in\mathbb R^P`
-  and how to cut a flat vector back into them;
+* :class:`ParamLayout` -- the flat parameter vector :math:`\theta\in\mathbb R^P`: ``model.named_parameters()``
+  with ``requires_grad`` in registration order (what ``torch.optim.SGD(model.parameters())`` updates; BatchNorm
+  running statistics are buffers, never differentiated or changed), and how to cut a flat vector back;
 * :class:`FlatModel` -- a private copy of a model as a function of flat parameters: ``loss(x, y, theta)``,
   ``grad(x, y, theta)``, ``hvp(x, y, v, theta, method)`` on one batch;
-* :class:`SampleLoss` -- the training loss on a *fixed sample* of training data, evaluated in chunks
-  (memory bound): ``value``, ``gradient``, ``hvp``, and ``operator()`` for :func:`lanczos`;
-* :func:`lanczos` -- top-k eigenpairs (largest algebraic eigenvalues, descending) of a symmetric operator
-  given by matrix-vector products: Lanczos with full reorthogonalisation and thick restarts
-  (symmetric Krylov-Schur), convergence by Ritz residual norms; :class:`LanczosResult`;
-* :func:`projected_gradients` -- :math:`V g_B` for many mini-batches (the gradient-noise measurement);
-* :func:`rayleigh_quotients` -- :math:`v_i^\top H_Bv_i` on fresh batches (curvature along fixed directions,
-  free of the upward selection bias of top eigenvalues of a finite sample's Hessian);
-* :func:`residual_norms` -- :math:`\|Hv_i - \kappa_i v_i\|` by explicit HVPs (checks).
+* :class:`SampleLoss` -- :math:`L(\theta) = n^{-1}\sum_{x\in\text{sample}}\ell(f_\theta(x), y)` (cross-entropy
+  with the run's label smoothing unless ``loss_fn``) on a fixed sample, accumulated over chunks of
+  ``chunk_size`` (memory of one chunk): ``value``, ``gradient``, ``hvp``, ``operator()`` for :func:`lanczos`;
+* :func:`lanczos` -> :class:`LanczosResult` -- top-k eigenpairs (largest algebraic, descending) of a symmetric
+  operator: full reorthogonalisation, thick restarts, convergence by relative Ritz residual;
+* :func:`projected_gradients` -- :math:`V g_B` for many mini-batches, shape (n_batches, k);
+* :func:`rayleigh_quotients` -- :math:`v_i^\top H_Bv_i` on fresh batches, shape (n_batches, k);
+* :func:`residual_norms` -- :math:`\|Hv_i - \kappa_i v_i\|` by explicit HVPs.
 
-Conventions
------------
-**Parameters.** :math:`\theta` concatenates ``model.named_parameters()`` with ``requires_grad`` in
-registration order (for ResNets: every conv / linear weight and bias and every BatchNorm weight and
-bias) -- exactly the tensors ``torch.optim.SGD(model.parameters())`` updates. BatchNorm running
-statistics are buffers, not parameters: never differentiated, never changed.
+``bn_mode``: ``"batch"`` (default) -- each chunk is normalised by its own statistics as in training, running
+statistics neither read nor changed; the chunk is the BatchNorm batch (set ``chunk_size`` to the run's per-device
+batch size), and the Hessian estimates :math:`E_B[\nabla^2L_B]`, the drift matrix A of eq. 14. ``"eval"`` --
+eval-mode BN with the running statistics (PyHessian's convention; for comparison only). Dropout is in eval mode.
+HVPs are of L only: the curvature the optimizer feels is eigenvalue + weight decay
+(:func:`quadsgd.fitting.curvatures`). Autocast is always disabled; ``dtype`` casts the copy (float64 in tests).
+``method``: ``"double_backward"`` (two reverse passes) or ``"func"`` (forward-over-reverse); same vector.
 
-**The loss.** :math:`L(\theta) = n^{-1}\sum_{x\in\text{sample}}\ell(f_\theta(x), y)` with
-:math:`\ell` the cross-entropy (with the run's label smoothing) unless ``loss_fn`` is given. The sample
-is cut into chunks of ``chunk_size``; gradients and HVPs are accumulated chunk by chunk
-(:math:`\sum_c \nabla^2 L_c v`), so memory is that of one chunk.
-
-**BatchNorm** (``bn_mode``):
-
-* ``"batch"`` (default): BatchNorm normalises each chunk with the chunk's own statistics, exactly as in
-  training (``model.train()``), without reading or updating the running statistics (the private copy
-  has them removed, as :func:`torch.func.replace_all_batch_norm_modules_` does). The chunk is then the
-  BatchNorm batch: set ``chunk_size`` to the run's per-device batch size and the sample to a whole
-  number of chunks (under DDP without ``sync_bn`` BatchNorm normalises per rank: the chunk is the
-  per-rank batch, ``batch_size / world_size``). :math:`L` is then the mean over a fixed set of batches
-  of the very mini-batch loss SGD differentiates, and its Hessian estimates :math:`E_B[\nabla^2L_B]`,
-  the drift matrix A of the linear model :math:`g_B \approx A\theta + b_B` (eq. 14). Deterministic in
-  :math:`\theta` for a fixed sample and chunking.
-* ``"eval"``: eval-mode BatchNorm with the checkpoint's running statistics (PyHessian's convention: it
-  calls ``model.eval()``): BN is a fixed affine map, every example's loss is independent of the others
-  and the chunk is only a memory bound. This is the Hessian of the test-time network, not of the
-  function SGD descends: it ignores that the normalisation moves with the weights (a conv weight w
-  followed by train-mode BN is scale invariant, :math:`L(cw) = L(w)`, so the train-mode Hessian has
-  :math:`Hw = -\nabla L`, flat along w up to the gradient; the eval-mode one has no such structure).
-
-Both are deterministic functions of the parameters; the choice is which function. Measured on the quick
-validation checkpoint (digits, ResNet-20 width 16, batch 32, lr 0.05, step 100 of 150;
-``benchmarks/bench_hessian.py --part bn``, sample of 512 training examples), top-5 eigenvalues:
-eval mode 147.4, 75.1, 31.5, 25.0, 16.1 -- batch mode 2.90, 2.10, 1.79, 1.45, 1.37. The curvature SGD
-actually feels along each vector (finite difference of the mean train-mode-BN gradient over 200 fresh
-batches of 32) is 0.39, 0.18, 0.11, 0.22, 0.37 (+- 0.03-0.09) along the eval-mode eigenvectors -- 400x
-below their eval-mode eigenvalues and equal, within errors, to their batch-mode Rayleigh quotients
-(0.37, 0.17, 0.14, 0.18, 0.39) -- and 2.02, 1.77, 1.86, 0.80, 1.37 (+- 0.08-0.20) along the batch-mode
-eigenvectors. The two eigenbases are nearly orthogonal (|cos| <= 0.36). The eval-mode spectrum would put
-the top direction at lr kappa = 7.4, beyond the heavy-ball stability edge 2(1 + 0.9) = 3.8, for a run that
-is stable: it does not describe the trajectory, so ``batch`` is the default and the only mode the
-linear-model fit should use. The remaining gap between the batch-mode eigenvalues of the 512-example
-sample and the fresh-batch curvature (2.90 vs 2.02 +- 0.20 for the top one) is consistent with the upward
-bias of the top eigenvalues of a finite sample's Hessian (the largest of noisy quotients is selected);
-:func:`rayleigh_quotients` on independent batches is free of it.
-
-Dropout (none in realnet's models) is put in eval mode in both modes.
-
-**Weight decay.** The run's coupled L2 term adds ``weight_decay * I`` to the Hessian of the optimised
-objective :math:`L + \tfrac{wd}2\|\theta\|^2`. The HVPs here are of :math:`L` only; the eigenvectors are
-the same and the curvature the optimizer feels is ``eigenvalue + weight_decay``
-(:func:`quadsgd.fitting.curvatures` adds it; the linear model uses it).
-
-**Precision.** Everything runs with autocast disabled (no bf16 in HVPs), in the model's dtype or in
-``dtype`` (float64 for tests: the private copy and the inputs are cast).
-
-**HVP methods** (``method``): ``"double_backward"`` -- :math:`\nabla(\nabla L\cdot v)` by two reverse
-passes (``create_graph=True``; PyHessian's way); ``"func"`` -- forward-over-reverse
-``torch.func.jvp(torch.func.grad(L), (theta,), (v,))``. Both give the same vector (tests: 1e-12 relative
-in float64, also on ResNet-20 with train-mode BN). Do not swap the nesting: reverse-over-forward,
-``grad(lambda t: jvp(L, (t,), (v,))[1])``, is wrong through train-mode BatchNorm in torch 2.14 (measured:
-26 % relative error on a width-2 ResNet-20 in float64, exact in eval mode).
+Why train-mode BN, and the numerics: ``docs/hessian-and-lanczos.md``.
 """
 from __future__ import annotations
 
@@ -544,8 +489,8 @@ def rayleigh_quotients(loss: SampleLoss | FlatModel, batches: Iterable, directio
 
     Their mean over batches independent of those that chose the directions is an unbiased estimate of
     the curvature :math:`v_i^\top E_B[\nabla^2L_B]v_i`; the top eigenvalues of a finite sample's Hessian are
-    biased upwards (measured on the quick digits checkpoint: 2.90 from 512 examples against 2.02 +- 0.20
-    felt by SGD on fresh batches, ``benchmarks/bench_hessian.py --part bn``). Cost: k HVPs per batch.
+    biased upwards (quick digits checkpoint: ``benchmarks/results/bench_hessian_2026-12-01.json``, section
+    ``bn``, batch-mode ``eigenvalues`` against ``sgd_felt_curvature``). Cost: k HVPs per batch.
     loss: :class:`SampleLoss` or :class:`FlatModel` (its BN mode and loss). batches: iterable of (x, y).
     """
     flat = loss.flat if isinstance(loss, SampleLoss) else loss

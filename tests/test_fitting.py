@@ -154,7 +154,7 @@ def test_jackknife_intervals_cover_at_the_nominal_rate(lr, kappa, beta, N):
     known variance, autocorrelation, integrated time and kernel variance ratios: 300 independent replicates,
     nominal 95 % t-intervals (19 dof). Each of the 7 coverages must lie in the binomial(300, 0.95)
     acceptance region at a family-wise false-alarm rate of 1e-3 (two-sided, Bonferroni over 2 x 7 checks).
-    Measured with 1000 replicates at these sizes: 93-96 % (module docstring)."""
+    Coverages measured earlier with 1000 replicates: benchmarks/results/2026-12-07-numbers-from-docstrings.md."""
     kernels = ("ema:0.1", "twopoint:20", "swa:20")
     lags, R, nb = 5, 300, 20
     N = N or lf.min_steps(lags, kernels, nb)

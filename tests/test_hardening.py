@@ -139,7 +139,8 @@ def mp_ar2_ema_var(kappa, lr, beta, a, dps=60):
 
 # ============================================================================ 1. the Lyapunov path
 # Before: scipy.linalg.solve_discrete_lyapunov on M (its bilinear transform forms M - I by cancellation):
-# ~100 % off on slow coordinates. Now: the Stein equation in E = I - M, Schur form, refinement.
+# wrong by the whole value on slow coordinates (benchmarks/results/2026-12-07-numbers-from-docstrings.md).
+# Now: the Stein equation in E = I - M, Schur form, refinement.
 
 def test_lyapunov_method_on_the_audit_example():
     k = np.array([1e-8, 1e-6, 1e-3, 0.37, 1.0, 7.3, 1e4])
@@ -187,7 +188,7 @@ def test_defective_omega_against_a_50_digit_stein_solve(k, frac, beta, kernel, r
 def test_lyapunov_path_is_accurate_or_says_so(beta, eps):
     # below lr * kappa ~ 1e-16 the Schur form's absolute accuracy cannot resolve a slow mode with momentum:
     # then the result is approximate and an AccuracyWarning states the estimated error (it was silently
-    # ~100 % off before); silence must mean accuracy
+    # wrong by the whole value before); silence must mean accuracy
     m = qs.LinearModel(np.array([eps, 1.0]), lr=1.0, momentum=beta)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -299,7 +300,8 @@ def test_the_bound_is_exact_at_the_boundary(omega, beta):
 
 
 # ============================================================================ 3. averages at the fast edge
-# Before: SWA with momentum 0.99 at (1 - 1e-7) x the bound was 5e-4 off (W = 1e6): the companion form
+# Before: SWA with momentum 0.99 just below the bound was visibly off (the error:
+# benchmarks/results/2026-12-07-numbers-from-docstrings.md): the companion form
 # multiplied a stationary covariance ~ 1/(1 + z_lo) by a generating function that is almost 0 along that
 # mode. Now: the eigen-root form (and closed forms of the kernels near -1).
 

@@ -23,7 +23,7 @@ from realnet.trainer import train_step
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: these tiny ops are dominated by thread synchronisation, which on a shared 2-core
-    machine costs 30-50x (measured: an HVP of the tiny net takes 1.0 s with 2 threads under load, 0.03 s with 1)."""
+    machine costs far more than the work (timings: benchmarks/results/2026-12-07-numbers-from-docstrings.md)."""
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

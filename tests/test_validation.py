@@ -108,7 +108,7 @@ def test_cli_synthetic_subset(tmp_path, capsys):
 
 
 def test_premises_rules_and_round_trip():
-    """Each premise is met exactly on its side of the issue's thresholds, survives the verdict's JSON, and a
+    """Each premise is met exactly on its side of the stated thresholds, survives the verdict's JSON, and a
     failing premise is reported "not met" without changing the verdict's own rule."""
     from realnet.regime import FixedBatchChange, Memorisation, Plateau
     from validation import premises as pm

@@ -23,11 +23,7 @@ Groups: :class:`State` (u, b, ema, acc), :class:`Model` (omega / Om, h / H), :cl
 :class:`~._jit.Outputs`. State arrays are float32 or float64 (arithmetic inside a step is float64,
 stored in the state dtype; losses are float64).
 
-Groups cross the Python -> Numba boundary and the prange body; inside :func:`_chain_steps` they are
-unpacked once per chain and segment, and the per-step inline helpers (the sweeps, :func:`_apply_events`)
-take plain arrays and scalars: a NamedTuple handed to an inline helper, or a field read from it inside
-the step loop, costs reference-count updates of every array in it at every step. The sweeps take the
-stream state as four scalars ``s0..s3`` (registers, see :mod:`._rng`) besides at most 10 arguments.
+Why the groups are unpacked once per chain and segment: ``docs/simulator.md``.
 """
 from __future__ import annotations
 

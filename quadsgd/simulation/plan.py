@@ -1,43 +1,20 @@
 r"""The kernel plan: how each averaging kernel is tracked by the compiled loops, and its event lists.
 
-The plan is built from what each kernel declares, :meth:`~quadsgd.kernels.AveragingKernel.tracking`
-(:class:`~quadsgd.kernels.Tracking`); it never asks for a kernel's class. The Numba loops read a kernel
-through an integer *type code* (the one place where kinds of kernels become numbers):
+:func:`make_plan` -> :class:`Plan` (with a :class:`SlotSpec` per kernel) is built from what each kernel declares,
+:meth:`~quadsgd.kernels.AveragingKernel.tracking` (:class:`~quadsgd.kernels.Tracking`), never from its class.
+The Numba loops read a kernel through an integer type code (the one place where kinds become numbers):
+``"last"`` -> :data:`LAST` = 0 (the iterate u), ``"geometric"`` -> :data:`GEOMETRIC` = 1 (an EMA tracker
+:math:`e\leftarrow(1-a)e+au`), ``"points"`` -> :data:`SLOTS` = 2 (an accumulator slot, reused round robin).
 
-=================  ==========================  ==============================================
-``tracking.kind``  type code                   state read at a record
-=================  ==========================  ==============================================
-``"last"``         :data:`LAST` = 0            the iterate u
-``"geometric"``    :data:`GEOMETRIC` = 1       an EMA tracker :math:`e\leftarrow(1-a)e+au`
-``"points"``       :data:`SLOTS` = 2           an accumulator slot (round robin, see below)
-=================  ==========================  ==============================================
+Finite kernels are tracked without a history: each pending record owns an accumulator slot that is
+initialised (INIT) and receives weighted iterates (ADD) at event times, and holds :math:`\hat u_{\tau_r}` exactly
+at the record time; memory is ``n_slots`` copies of the state, ``n_slots`` = the largest number of records inside
+one kernel window. For ``method="exact"`` uniform stride-1 windows W >= 3 use block sums instead. The plan itself
+is O(number of records) whatever the kernels' supports.
 
-How averages with finite kernels are tracked without a history
----------------------------------------------------------------
-A kernel with non-zero weights :math:`w_j` at lags :math:`j s` (j < n; ``tracking().weight_array()``
-and ``tracking().stride``) is only needed at the record times :math:`\tau_r`. Each pending record owns
-an *accumulator slot* (one state-sized array per chain): at time :math:`\max(0, \tau_r-(n-1)s)` it is set
-to :math:`(\sum_{j:\tau_r-js\le0}w_j)\,u0`, and at each time :math:`t = \tau_r - js \ge 1` it gets
-:math:`w_j u_t` added; at :math:`\tau_r` it holds :math:`\hat u_{\tau_r}` exactly (summed in time
-order). Slots are reused round-robin, so the memory is ``n_slots`` copies of the state, with
-``n_slots`` = the largest number of records inside any window of :math:`(n-1)s+1` steps:
-1 or 2 when ``record_every`` >= the kernel's support (a TwoPoint with delta 1e5 or an SWA of window 1e5
-over 1e3 chains x 1e3 coordinates then costs one or two extra copies of the state), about
-``support / record_every`` otherwise. If the slots of all kernels together would exceed
-``memory_limit`` bytes, :func:`make_plan` raises a ValueError naming the kernel, ``record_every`` and
-the memory needed (no silent fallback). The extra work is one multiply-add per coordinate per event.
-
-For ``method="exact"`` a uniform stride-1 kernel of window W >= 3 (``tracking().uniform_window``: SWA,
-and any such kernel) is tracked by *block sums*: the interval sum S of u is a state component, and
-the slot gets :math:`S/W` added at every event time inside the window (INIT at :math:`\tau_r - W`).
-
-Memory of the plan itself
--------------------------
-The plan is O(number of records) whatever the kernels' supports: uniform-weight kernels (``weights``
-None in their tracking) with more than :data:`_UNIFORM_DENSE_MAX` points keep no weight array (their
-weights are 1/n and the suffix sums (n - j)/n in closed form), so e.g. ``SWA(10**9)`` costs O(1) here.
-Up to that size the weights and their suffix sums are materialised as arrays (``np.cumsum``), which is
-what earlier versions did: results stay bit-identical (the closed form may differ in the last bit).
+Errors: ValueError naming the kernel, ``record_every`` and the memory needed when the slots of all kernels would
+exceed ``memory_limit`` bytes (no silent fallback).
+Derivation of the slots, the block sums and the plan's memory: ``docs/simulator.md``.
 """
 from __future__ import annotations
 

@@ -1,23 +1,10 @@
-r"""The sweep engine: ``sweep(fn, grid, executor)`` -> one tidy table, computed in parallel, resumable.
+"""The sweep engine: ``sweep(fn, grid, executor)`` -> one tidy table, computed in parallel, resumable.
 
-Layout of this module (top to bottom):
+``executor``: ``None`` (a local forkserver process pool), ``"serial"``, any ``concurrent.futures`` executor or a
+Dask ``distributed.Client``. The arguments, the grid and every point's id, seed and validity are checked before
+any file is touched; a failing point's traceback is reported.
 
-* executors -- :func:`_prepare_executor` turns ``None`` (a local forkserver process pool), ``"serial"``,
-  any ``concurrent.futures`` executor or a Dask ``distributed.Client`` into an :class:`_Executor`;
-* the worker side -- :func:`_run_batch` computes a batch of points and returns their outputs as columns
-  (:func:`_columnar`), or each failing point's traceback;
-* the plan -- :func:`_plan` checks the arguments and the grid and fixes every point's id, seed and
-  validity *before* any file is touched (:class:`_Plan`);
-* the run -- :class:`_Run` (the plan, the function, the store, the ``run.json`` record and the tables
-  computed so far) and plain functions over it, called in this order by :func:`sweep`: :func:`_open`
-  (record with provenance, lock the store), :func:`_begin` (config files, first run.json, the points
-  still to compute), :func:`_compute` (skipped points, then the batches through :func:`_completed`,
-  which keeps a bounded window of tasks in flight), :func:`_finish` (assemble the table, write
-  ``results.parquet``, compact the store, record the run) or :func:`_record_failure`.
-
-Results directory (``out``)
----------------------------
-::
+Results directory (``out``)::
 
     DIR/results.parquet   the table of the current grid (written atomically at the end of a run,
                           with the run metadata in the Parquet key-value metadata "quadsgd.sweep")
@@ -26,22 +13,15 @@ Results directory (``out``)
     DIR/spec.toml         (run_spec) a copy of the spec
     DIR/parts/*.parquet   the durable store (:mod:`quadsgd.sweeps.store`)
 
-Every point has a stable id, ``point_id = sha256("quadsgd-sweep-v1", fingerprint, canonical JSON of
-the parameters)[:16]`` (the fingerprint identifies the computation: the function and the sweep seed).
-A re-run computes only the points whose id is not in the store (resume); each point appears exactly
-once in the table however often the run was interrupted. A directory is locked while a sweep writes to it
-and carries the ownership marker of :func:`sgdtraj.outputs.claim_output` (kind ``"sweep"``): ``sweep(fn,
-grid, out=DIR)`` uses DIR as a shared store any sweep may add points to (identity None), while
-:func:`quadsgd.sweeps.run_spec` claims DIR for one spec (see :mod:`quadsgd.sweeps.spec`); a directory
-holding anything else (a realnet run, a report, other files) is refused before anything is written.
-A directory this call created is removed again when the call fails before any result was stored.
-Pool workers exit when the main process dies (:func:`_exit_with_parent`).
-
-Seeds
------
-With ``seed=s``, ``fn`` also receives ``seed=point_seed(s, point)``: 63 bits of
-``sha256("quadsgd-seed-v1", s, canonical JSON of the parameters)``, so a point's random stream depends
-on its parameters and the sweep seed only, not on the worker count, the order or the batch.
+Point ids: ``point_id = sha256("quadsgd-sweep-v1", fingerprint, canonical JSON of the parameters)[:16]`` (the
+fingerprint: the function and the sweep seed). A re-run computes only the points not in the store (resume); each
+point appears once in the table. Seeds: with ``seed=s``, ``fn`` also receives ``seed=point_seed(s, point)``, 63
+bits of ``sha256("quadsgd-seed-v1", s, canonical JSON of the parameters)`` -- independent of workers and order.
+A directory is locked while written and marked (:func:`sgdtraj.outputs.claim_output`, kind ``"sweep"``):
+``sweep(fn, grid, out=DIR)`` uses DIR as a shared store, :func:`quadsgd.sweeps.run_spec` claims it for one spec;
+a directory holding anything else is refused before anything is written, and one this call created is removed
+when it fails before any result was stored. Pool workers exit when the main process dies.
+The module's layout and the run's steps: ``docs/sweeps.md``.
 """
 from __future__ import annotations
 
@@ -103,14 +83,16 @@ def init_worker(threads: int, parent: int | None = None) -> None:
         _exit_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     # GNU OpenMP (Numba's "omp" layer) busy-waits between parallel regions: on cores shared with other
-    # processes that makes Numba's parallel code ~15x slower; passive waiting costs nothing here
+    # processes that makes Numba's parallel code much slower (benchmarks/results/2026-12-07-numbers-from-docstrings.md);
+    # passive waiting costs nothing here
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _set_threads(threads)
 
 
 def _set_threads(threads) -> None:
     """Numba threads of the calling thread (thread-local). Numba's parallel code called from a worker
-    thread of Dask or a thread pool with several threads can be >10x slower (GNU OpenMP layer)."""
+    thread of Dask or a thread pool with several threads can be much slower (GNU OpenMP layer; the measured
+    slowdown: benchmarks/results/2026-12-07-numbers-from-docstrings.md)."""
     if not threads:
         return
     try:

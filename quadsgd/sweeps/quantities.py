@@ -3,44 +3,32 @@ r"""Built-in quantities of sweep specs: the parameter schema, the kernels by nam
 A *point* is a dict of parameters (schema :data:`PARAMS`) that defines a diagonal linear model
 (paper Appendix A.1, eq. 15: :math:`u_{t+1} = u_t - \lambda(\beta b_t + \Omega u_t - \xi_t)`, loss
 :math:`\tfrac12 u^\top\Omega u`), a set of averaging kernels and the run lengths. :class:`SpecFunction`
-computes the requested quantities (:data:`QUANTITIES`) of one point and returns them as tidy
-columns ``quantity, kernel, kappa, time, value, stderr``:
+computes the requested quantities (:data:`QUANTITIES`) of one point and returns them as tidy columns
+``quantity, kernel, kappa, time, value, stderr`` (stderr: standard error, NaN for exact values); one row per:
 
-=========================== ========================= ==================================================
-quantity                    one row per               value (stderr: standard error, NaN for exact)
-=========================== ========================= ==================================================
-``stationary_loss``         kernel                    :math:`\tfrac12\mathrm{tr}(\Omega\,\mathrm{Cov}\,\hat u)`, exact (eq. 19 made exact)
-``stationary_covariance``   kernel x kappa            :math:`\mathrm{Var}\,\hat u_i` of a coordinate with :math:`\Omega_{ii}=\kappa`
-``stationary_loss_per_kappa`` kernel x kappa          :math:`\sum_{i:\Omega_{ii}=\kappa}\tfrac12\kappa\mathrm{Var}\,\hat u_i` (Fig. 11b)
-``effective_lr``            kernel x kappa            :math:`\lambda\,\mathrm{Var}\,\hat u/\mathrm{Var}\,u` exact (eq. 20 generalised)
-``effective_lr_paper``      kernel x kappa            :math:`\lambda(C_0+2\sum_\delta C_\delta\Gamma^\delta)` as printed, :math:`\Gamma=1-\lambda\kappa`
-                                                      (the kernel's ``paper_factor``: TwoPoint eq. 20; NPoint/SWA eq. 21; no momentum term)
-``expected_loss``           kernel x time             exact :math:`E\,\tfrac12\hat u_t^\top\Omega\hat u_t` from :math:`u_0` (Fig. 9 / 11a)
-``expected_loss_per_kappa`` kernel x kappa x time     the same, summed over the coordinates with :math:`\Omega_{ii}=\kappa` (Fig. 11b)
-``sim_loss``                kernel x time             mean over ``chains`` simulated chains; stderr = std / sqrt(chains)
-``sim_loss_per_kappa``      kernel x kappa (t=steps)  per-kappa loss of the simulated final iterates; stderr over chains
-=========================== ========================= ==================================================
+* ``stationary_loss`` -- kernel: :math:`\tfrac12\mathrm{tr}(\Omega\,\mathrm{Cov}\,\hat u)`, exact (eq. 19 made exact);
+* ``stationary_covariance`` -- kernel x kappa: :math:`\mathrm{Var}\,\hat u_i` of a coordinate with
+  :math:`\Omega_{ii}=\kappa`;
+* ``stationary_loss_per_kappa`` -- kernel x kappa:
+  :math:`\sum_{i:\Omega_{ii}=\kappa}\tfrac12\kappa\mathrm{Var}\,\hat u_i` (Fig. 11b);
+* ``effective_lr`` -- kernel x kappa: :math:`\lambda\,\mathrm{Var}\,\hat u/\mathrm{Var}\,u`, exact (eq. 20 generalised);
+* ``effective_lr_paper`` -- kernel x kappa: :math:`\lambda(C_0+2\sum_\delta C_\delta\Gamma^\delta)` as printed,
+  :math:`\Gamma=1-\lambda\kappa` (the kernel's ``paper_factor``: TwoPoint eq. 20, NPoint/SWA eq. 21; no momentum);
+* ``expected_loss`` -- kernel x time: exact :math:`E\,\tfrac12\hat u_t^\top\Omega\hat u_t` from :math:`u_0`
+  (Fig. 9, 11a);
+* ``expected_loss_per_kappa`` -- kernel x kappa x time: the same over the coordinates with
+  :math:`\Omega_{ii}=\kappa` (Fig. 11b);
+* ``sim_loss`` -- kernel x time: mean over ``chains`` simulated chains; stderr = std / sqrt(chains);
+* ``sim_loss_per_kappa`` -- kernel x kappa (t = steps): per-kappa loss of the simulated final iterates.
 
-``kappa`` is an eigenvalue :math:`\kappa = \Omega_{ii}` (rows sorted by kappa), ``time`` a step index
-(log- or linearly spaced records, see ``records`` / ``record_spacing``); both are NaN where they do not
-apply. ``kernel`` is the class name (``Last``, ``TwoPoint``, ``NPoint``, ``SWA``, ``EMA``, ``Kernel``); the
-kernel's own parameters (its ``params``: ``delta``, ``n``, ``window``, ``decay``, ``weights``) are columns
-of the point.
+``kappa`` is an eigenvalue :math:`\Omega_{ii}` (rows sorted by kappa), ``time`` a step index (``records`` /
+``record_spacing``); both NaN where they do not apply. ``kernel`` is the class name (``Last``, ``TwoPoint``,
+``NPoint``, ``SWA``, ``EMA``, ``Kernel``); the kernel's ``params`` (``delta``, ``n``, ``window``, ``decay``,
+``weights``) are columns of the point.
 
-Layout
-------
-* :class:`Param` and :data:`PARAMS` -- the schema of a point (type, range, default, description);
-* kernels by name -- derived from the kernel registry (:func:`quadsgd.kernels.kernel_classes`): a spec
-  names a kernel by its class name, spec name or an alias (:func:`canonical_kernel`); its parameters are
-  the class's ``params``; a kernel class registered anywhere works in specs without editing this module
-  (a parameter not in :data:`PARAMS` gets a generic schema entry, its range checked by the kernel);
-* :data:`QUANTITIES` -- the registry ``name -> Quantity(doc, needs, simulation, curve, function)``; each
-  quantity's ``function(point_data, j) -> Block`` computes its rows for the j-th kernel of the point from
-  a :class:`PointData` (model, kernels, distinct eigenvalues, record times, simulation); add one with
-  the :func:`quantity` decorator;
-* builders and checks of a point (:func:`point_model`, :func:`build_kernels`, :func:`record_schedule`,
-  :func:`complete_point`, :func:`check_point`, :func:`check_stable`) and :class:`SpecFunction`, the
-  picklable point function the engine runs.
+Also: kernels by name (:func:`canonical_kernel`), the :func:`quantity` decorator, the point builders and checks
+(:func:`point_model`, :func:`build_kernels`, :func:`record_schedule`, :func:`complete_point`, :func:`check_point`,
+:func:`check_stable`). Details: ``docs/sweeps.md``.
 """
 from __future__ import annotations
 

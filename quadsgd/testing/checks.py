@@ -169,7 +169,7 @@ def check_stationary(predicted, model, kernel=Last(), *, chains=20000, alpha=1e-
     predicted : float, (d,) or (d, d) array -- or a list of them, one per kernel
         (d, d): the stationary covariance of the averaged iterate (exact Wishart test);
         (d,): its diagonal (per-coordinate chi-square); scalar: the stationary mean of
-        ``quantity`` (z-test). See the :mod:`quadsgd.testing` docstring for the statistics.
+        ``quantity`` (z-test). Statistics: docs/testing-formulas.md.
     model : LinearModel
     kernel : averaging kernel or a sequence of them (one simulation; p-values Bonferroni-combined
         over kernels, rate <= alpha)
@@ -242,7 +242,7 @@ def assert_stationary_matches(predicted, model, kernel=Last(), *, chains=20000, 
                               combine="sidak") -> CheckResult:
     r"""Assert that ``predicted`` is the stationary covariance / variances / mean of the averaged iterate.
 
-    Same arguments as :func:`check_stationary` (statistics in the :mod:`quadsgd.testing` docstring: the
+    Same arguments as :func:`check_stationary` (statistics in docs/testing-formulas.md: the
     (d, d) test is an exact Wishart test whose false-alarm rate is exactly ``alpha``). Raises
     AssertionError stating the test, the statistic, the p-value, the model (omega, lr, momentum,
     and a reproducer line), the kernel and the largest discrepancy (entry, predicted, simulated,

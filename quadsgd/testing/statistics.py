@@ -1,36 +1,23 @@
 r"""The statistical tests of :mod:`quadsgd.testing` and of the ``validation`` verdicts, written once.
 
-Every function takes numbers and returns numbers (typed results for the composite tests); the text
-of a failure report is :mod:`quadsgd.testing.messages`'s job. ``scipy.stats`` is imported on first
-use (``import quadsgd`` stays light).
+Numbers in, numbers (or typed results) out; the failure text is :mod:`quadsgd.testing.messages`'s job.
+``scipy.stats`` is imported on first use (``import quadsgd`` stays light).
 
-p-values and combinations
--------------------------
-* :func:`two_sided_chi2_p` -- :math:`p = \min(1, 2\min(F_{\chi^2_k}(q), 1-F_{\chi^2_k}(q)))`;
-* :func:`two_sided_normal_p` -- :math:`p = 2(1-\Phi(|z|))`;
-* :func:`sidak` -- the smallest of n independent p-values, :math:`1-(1-p_{\min})^n` (exactly
-  uniform for independent uniform p-values);
-* :func:`fisher` -- :math:`X = -2\sum_k\log p_k\sim\chi^2_{2n}` (independent p-values);
-* :func:`bonferroni` -- :math:`\min(1, n\,p_{\min})`, valid for any dependence (rate <= alpha).
+* p-values and combinations: :func:`two_sided_chi2_p` (:math:`\min(1, 2\min(F_{\chi^2_k}(q), 1-F_{\chi^2_k}(q)))`),
+  :func:`two_sided_normal_p` (:math:`2(1-\Phi(|z|))`), :func:`sidak` (:math:`1-(1-p_{\min})^n`, independent
+  p-values), :func:`fisher` (:math:`-2\sum_k\log p_k\sim\chi^2_{2n}`), :func:`bonferroni`
+  (:math:`\min(1, n\,p_{\min})`, any dependence);
+* zero-mean Gaussian samples (N i.i.d. rows, mean known to be 0): :func:`wishart_test` (exact test of
+  :math:`\mathrm{Cov} = \Sigma_0` by Bartlett's decomposition, :class:`WishartTest`), :func:`variance_chi2_pvalues`
+  / :func:`variance_test` (per coordinate :math:`\sum_c x_{c,i}^2/\sigma_i^2\sim\chi^2_N`, :class:`VarianceTest`),
+  :func:`covariance_zscores` / :func:`second_moment_zscores` (:math:`\mathrm{Var}\,s_{ij} = (\Sigma_{ii}\Sigma_{jj}
+  + \Sigma_{ij}^2)/N`);
+* means: :func:`mean_z_test` (two-sided, sample standard deviation, :class:`ZTest`), :func:`hotelling`
+  (one-sample :math:`T^2` of a zero mean vector, :class:`HotellingTest`);
+* estimates: :func:`slope_with_ci` (least-squares slope, t interval), :func:`bootstrap_se` (rows resampled
+  jointly, fixed seed).
 
-Tests of zero-mean Gaussian samples (mean known to be 0; N i.i.d. rows)
------------------------------------------------------------------------
-* :func:`wishart_test` -- the exact test of :math:`\mathrm{Cov} = \Sigma_0` by Bartlett's
-  decomposition of the whitened scatter matrix (:class:`WishartTest`);
-* :func:`variance_chi2_pvalues` / :func:`variance_test` -- per coordinate
-  :math:`\sum_c x_{c,i}^2/\sigma_i^2\sim\chi^2_N`, two-sided (:class:`VarianceTest`);
-* :func:`covariance_zscores` / :func:`second_moment_zscores` -- z-scores of the sample second
-  moments, :math:`\mathrm{Var}\,s_{ij} = (\Sigma_{ii}\Sigma_{jj} + \Sigma_{ij}^2)/N`.
-
-Tests of means
---------------
-* :func:`mean_z_test` -- two-sided z-test of a mean with the sample standard deviation (:class:`ZTest`);
-* :func:`hotelling` -- Hotelling's one-sample :math:`T^2` test of a zero mean vector (:class:`HotellingTest`).
-
-Estimates
----------
-* :func:`slope_with_ci` -- least-squares slope with its t confidence interval;
-* :func:`bootstrap_se` -- bootstrap standard error of a statistic (rows resampled jointly, fixed seed).
+Exactness and power of each test: ``docs/testing-formulas.md``.
 """
 from __future__ import annotations
 

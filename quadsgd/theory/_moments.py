@@ -308,7 +308,7 @@ def _hb_step(u, b, lm, beta, lr, nb):
         bc = beta * b[c] + lm[c] * u[c]
         uc = u[c] - lr * bc
         # flush means below 1e-150 to zero: their squares (< 1e-300) cannot change any loss, and
-        # subnormal arithmetic is ~100x slower
+        # subnormal arithmetic is far slower (benchmarks/results/2026-12-07-numbers-from-docstrings.md)
         if abs(uc) < _TINY and abs(bc) < _TINY:
             uc = 0.0
             bc = 0.0

@@ -1,38 +1,18 @@
 r"""The stationary state covariance :math:`P = MPM^\top + Q` (a Stein / discrete Lyapunov equation), solved
 without cancellation for slow directions, with iterative refinement and an error estimate.
 
-Why not ``scipy.linalg.solve_discrete_lyapunov``: it works with :math:`M` itself (its bilinear transform
-forms :math:`M - I`, and the direct method :math:`I - M\otimes M`). For a slow direction
-(:math:`\epsilon = \lambda\kappa \ll 1`) the eigenvalue of :math:`M` is :math:`1 - O(\epsilon)`, so
-:math:`1 - m_im_j` is formed by cancellation: with :math:`\epsilon = 10^{-12}` all digits are gone (the
-audit saw 100 % errors on the two slowest coordinates of a 7-coordinate model).
+* :func:`solve_stein` ``(E, Q, max_refine=8)`` -> :class:`SteinSolution` -- P with
+  :math:`EP + PE^\top - EPE^\top = Q`, written in :math:`E = I - M` (formed without cancellation by
+  :func:`quadsgd._heavy_ball.i_minus_m`); E (n, n) real with every eigenvalue of :math:`M = I - E` strictly inside
+  the unit disk, Q (n, n) symmetric positive semi-definite. Complex Schur form of E, column-by-column triangular
+  solves, 1-4 refinement steps; cost :math:`O(n^3)` per solve.
+* :class:`SteinSolution` -- P, the last correction dP, its scaled size ``error`` (an estimate of the remaining
+  relative error of P, :func:`scaled_error`) and the number of refinement steps.
+* :class:`AccuracyWarning` -- emitted by the stationary theory when a result cannot be certified to the
+  documented tolerance.
 
-Here the equation is written in :math:`E = I - M`, which the model gives without cancellation
-(:func:`quadsgd._heavy_ball.i_minus_m`: :math:`\lambda\Omega` and :math:`\beta, 1-\beta` blocks):
-
-.. math:: EP + PE^\top - EPE^\top = Q .
-
-With the complex Schur form :math:`E = UTU^H` (T upper triangular, U unitary -- it exists and is
-well conditioned for any E, defective or not) and :math:`Y = U^HPU`, :math:`C = U^HQU`, the equation
-:math:`TY + YT^H - TYT^H = C` is solved column by column from the last (:func:`_schur_solve`):
-column j solves the triangular system
-
-.. math:: \big[(1-\bar t_{jj})T + \bar t_{jj}I\big]\,y_j = c_j - (I - T)\,g_j,\qquad
-          g_j = \sum_{l>j} y_l\,\bar t_{jl},
-
-whose diagonal :math:`t_{ii} + \bar t_{jj} - t_{ii}\bar t_{jj}` (:math:`= 1 - m_i\bar m_j`) does not cancel
-for small :math:`t`. (A Cayley transform to a continuous Lyapunov equation,
-:math:`A = -E(2I-E)^{-1}` and Bartels-Stewart, also avoids the cancellation, but blows up eigenvalues of
-:math:`M` near -1 -- a fast coordinate at the stability edge makes :math:`\|A\|\sim10^7` and the absolute
-Schur errors then swamp the slow eigenvalues: it fails on the audit's example.)
-
-The Schur form has absolute errors :math:`\sim\epsilon_{mach}\|E\|` (:math:`\|E\|\le 4` in the scaled
-heavy-ball basis), i.e. a relative error :math:`\epsilon_{mach}\|E\|/\epsilon` on a slow eigenvalue: the first
-solve is accurate to about that, and **iterative refinement** (residual :math:`Q - (EP + PE^\top - EPE^\top)`
-computed in the E form, correction by the same Schur solve) converges at that rate per step to the
-rounding floor of the residual. The size of the last correction, :math:`\max_{ij}|\Delta P_{ij}|/\sqrt{P_{ii}P_{jj}}`
-(the scale of a covariance entry), estimates the remaining error (:class:`SteinSolution`).
-Cost: one complex Schur form, :math:`O(n^3)` per solve, 1-4 refinement steps.
+Why not ``scipy.linalg.solve_discrete_lyapunov``, the derivation of the solve and its accuracy:
+``docs/stein-solver.md``.
 """
 from __future__ import annotations
 
@@ -99,7 +79,7 @@ def solve_stein(E: np.ndarray, Q: np.ndarray, max_refine: int = 8) -> SteinSolut
     r"""P with :math:`EP + PE^\top - EPE^\top = Q` (i.e. :math:`P = (I-E)P(I-E)^\top + Q`), refined; see the module.
 
     E: (n, n) real, :math:`I - M` formed without cancellation, all eigenvalues of :math:`M = I - E`
-    strictly inside the unit disk. Q: (n, n) symmetric positive semi-definite.
+    strictly inside the unit disk. Q: (n, n) symmetric positive semi-definite. Derivation: docs/stein-solver.md.
     """
     T, U = sla.schur(np.asarray(E, dtype=np.complex128), output="complex")
     Uh = U.conj().T

@@ -200,7 +200,7 @@ def stationary_covariance(m, kernel: AveragingKernel = Last(), method: str = "ex
       momentum: 2x2 companion form of the AR(2) per coordinate; at the fast stability edge (both roots
       of the AR(2) negative and well separated, :func:`_fast_edge_modes`) the eigen-root form
       :func:`_root_cov`, which does not cancel where the average removes most of a stationary variance
-      :math:`\propto 1/(1+z_{lo})` (SWA with momentum 0.99 at 1 - 1e-7 of the bound: 5e-4 -> 3e-9 relative);
+      :math:`\propto 1/(1+z_{lo})` (accuracy: docs/stationary-theory.md);
     * dense diagonalizable :math:`\Omega = V\Lambda V^{-1}`: one eigendecomposition; in eigen-coordinates
       the noise has covariance :math:`\Sigma' = V^{-1}V^{-H}` and
       :math:`\mathrm{Cov}'_{ij} = \Sigma'_{ij}\,[\Psi_i p_{ij} + \Psi_{i,01} r_{ij} + \bar\Psi_j p_{ij} + \bar\Psi_{j,01} q_{ij}]`

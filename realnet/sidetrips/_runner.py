@@ -1,38 +1,23 @@
 """The one side-trip runner, the run context and branches shared by every side-trip.
 
-:func:`run_sidetrip` is what every public side-trip function calls; it
+:func:`run_sidetrip` is what every public side-trip function calls; in this order it
 
-1. builds the options (dataclass defaults < ``options`` < keyword overrides; unknown keys refused) and
-   validates them (``options.validate(step)``, :class:`ConfigError` naming the key);
-2. checks the run (a realnet run directory), refuses an output directory inside it (side-trips never
-   modify their parent run) and checks that every checkpoint the side-trip needs exists -- all before
-   anything is written;
-3. claims the output directory (:func:`sgdtraj.outputs.claim_output`, kind ``sidetrip``, identity =
-   :func:`sidetrip_identity`: name, run, step and the options but :data:`RUNTIME_OPTIONS`): a file, a path
-   under a file, an unwritable path, another process's directory, a run, a sweep, a report or a side-trip of
-   another job is refused, naming ``--out``; a side-trip of the same identity that finished is read back
-   (:meth:`SideTripResult.load`) instead of being recomputed, one that was interrupted is resumed;
-4. opens the run (:class:`RunContext`: config, data, batch order, device, resume state) under the
-   side-trip's thread count and determinism setting;
-5. writes ``config.json`` (side-trip name, run, step, options, run config) and ``run_info.json``
-   (provenance: time, command, seed, versions, ``git``/``git_dirty``, device, precision; a resumed
-   side-trip appends its session's provenance to ``resumed``);
-6. times the side-trip's computation (``trip.compute(ctx, step, options)``, which shows its progress with
-   :meth:`RunContext.bar` and returns a typed result), saves the result into the output directory and
-   removes the resume state.
+1. builds the options (dataclass defaults < ``options`` < keyword overrides) and validates them
+   (:class:`ConfigError` naming the key; unknown keys refused);
+2. checks the run directory and every checkpoint the side-trip needs, and refuses an output directory inside
+   the run -- before anything is written;
+3. claims the output directory (:func:`sgdtraj.outputs.claim_output`, kind ``sidetrip``, identity
+   :func:`sidetrip_identity`: name, run, step, options but :data:`RUNTIME_OPTIONS`): anything else there is
+   refused naming ``--out``; the same side-trip finished is read back (:meth:`SideTripResult.load`),
+   interrupted is resumed;
+4. opens the run (:class:`RunContext`) under the side-trip's thread count and determinism setting;
+5. writes ``config.json`` and ``run_info.json`` (a resumed side-trip appends its provenance to ``resumed``);
+6. times ``trip.compute(ctx, step, options)``, saves the typed result and removes the resume state.
 
-When the side-trip fails, a directory it created is removed again (unless a resume state was saved: an
-interrupted side-trip resumes); when SGD diverges (:class:`realnet.trainer.DivergenceError` from
-:meth:`Branch.sgd_step`: the message names the step, the loss and the lr) it is removed even then.
-
-Resume: long side-trips save their state with :meth:`ResumeState.save` (``ctx.state``) -- the branches'
-models and optimizers (:meth:`Branch.state_dict`), averages, partial records and the position -- at most
-every ``save_every_s`` seconds, atomically, into ``OUT/.resume-state.pt`` (the checksummed realnet checkpoint
-format). A re-run of the same command loads it (:meth:`ResumeState.load`) and continues; the result is
-bit-identical to an uninterrupted run's on CPU (deterministic algorithms, same thread count).
-
-A side-trip is described by a :class:`SideTrip` (name, options class, compute function, result class,
-one-line doc); :data:`realnet.sidetrips.SIDETRIPS` lists them.
+On failure a directory it created is removed unless a resume state was saved; on divergence
+(:class:`realnet.trainer.DivergenceError` from :meth:`Branch.sgd_step`) it is removed even then.
+Resume state: ``OUT/.resume-state.pt`` (:class:`ResumeState`, written atomically at most every ``save_every_s``
+seconds); a resumed run is bit-identical to an uninterrupted one on CPU. Details: ``docs/side-trips.md``.
 """
 from __future__ import annotations
 

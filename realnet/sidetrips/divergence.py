@@ -1,6 +1,7 @@
-r"""``divergence`` (Fig. 6, 8): from ``S`` three side-trips of ``steps`` = K updates: ``A`` (main batch
+"""``divergence`` (Fig. 6, 8, eq. 13): from ``S`` three side-trips of ``steps`` = K updates: ``A`` (main batch
 order, lr), ``B`` (batch order with data seed ``other_seed``, lr) and ``H`` (main order, lr/2); lr is
-constant (``schedule=constant``) or the run's own schedule (``schedule=run``).
+constant (``schedule=constant``) or the run's own schedule (``schedule=run``). Optionally a fixed held-out batch
+along them (Lemma 2's premise) and pairs of batch orders at ``lr * f`` (eq. 13); details: ``docs/side-trips.md``.
 
 Outputs (:class:`DivergenceResult`):
 
@@ -9,28 +10,19 @@ Outputs (:class:`DivergenceResult`):
   ``dist_A_start``, ``dist_B_start``, ``dist_H_start``, ``dist_twopoint_start``.
 * ``divergence_losses.csv`` (:class:`DivergenceEvaluations`): ``t``, ``model`` (A | B | H | twopoint),
   ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` at ``eval_steps``.
-* ``endpoint_distances.csv`` (:class:`EndpointDistances`): ``t``, ``step``, ``dist_to_B_end``,
-  ``dist_to_A_end`` for snapshots of A (the trajectory's points vs an independently trained end point, Fig. 8).
-* ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's own checkpoints),
-  ``dist_to_B_end``, ``dist_to_A_end``.
+* ``endpoint_distances.csv`` (:class:`EndpointDistances`): ``t``, ``step``, ``dist_to_B_end``, ``dist_to_A_end``.
+* ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's checkpoints), ``dist_to_B_end``,
+  ``dist_to_A_end``.
 * ``divergence_fixed_batch.csv`` (:class:`DivergenceFixedBatch`, when ``fixed_batch_every`` > 0): ``t``, ``model``
-  (A | B | H), ``loss``, ``grad_norm`` of one fixed held-out batch (seed ``fixed_batch_seed``, batch-statistics
-  BN, running statistics untouched) along the three side-trips: Lemma 2's premise (the batch is not fit, its
-  gradient norm changes little); ``summary.json`` ``fixed_batch`` holds its
-  :class:`realnet.regime.FixedBatchChange` per model.
-* ``pair_distances.csv`` (:class:`PairDistances`, when ``pair_factors`` is not empty): pairs of side-trips with
-  the main and the other batch order at ``lr * f`` (Lemma 1 / eq. 13: their distance against lr) for ``f`` = 1
-  (A, B) and every ``f`` in ``pair_factors`` (``f = 0.5`` reuses H as the main-order member; other factors run
-  two more side-trips, ``H'`` = other order at lr/2 is the only extra one for 0.5): ``t``, ``factor``, ``lr``,
-  ``dist`` (weights), ``dist_function`` (rms over ``function_samples`` held-out examples of the L2 difference of
-  the two members' log-probabilities, batch-statistics BN; computed at ``function_points`` log-spaced steps and
-  K, NaN elsewhere). ``summary.json``: ``pairs_end`` (end distance per factor), ``pair_train_loss_quarters``
-  (mean training-batch loss of the two members per quarter of the side-trip: has the loss re-equilibrated?).
-* ``summary.json``: final distances, ``twopoint_to_half_vs_A_B`` ratio and the losses at the last eval step;
-  ``timing`` (wall and CPU seconds of the phases ``pairs`` and ``fixed_batch``, :class:`sgdtraj.timing.Stopwatch`).
+  (A | B | H), ``loss``, ``grad_norm`` of one fixed held-out batch (seed ``fixed_batch_seed``).
+* ``pair_distances.csv`` (:class:`PairDistances`, when ``pair_factors`` is not empty): ``t``, ``factor``, ``lr``,
+  ``dist`` (weights), ``dist_function`` (rms L2 difference of log-probabilities on ``function_samples`` held-out
+  examples; NaN off the ``function_points`` steps).
+* ``summary.json``: final distances, ``twopoint_to_half_vs_A_B``, the losses at the last eval step,
+  ``fixed_batch`` (:class:`realnet.regime.FixedBatchChange` per model), ``pairs_end``,
+  ``pair_train_loss_quarters``, ``timing`` (wall and CPU seconds of ``pairs`` and ``fixed_batch``).
 
-Resumable: the branches (A, B, H and the extra pairs' members), the records and the snapshots so far are saved
-in the resume state (``save_every_s``).
+Resumable (``save_every_s``): the branches (A, B, H and the pairs' members), the records and the snapshots.
 """
 from __future__ import annotations
 

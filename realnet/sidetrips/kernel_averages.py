@@ -1,46 +1,30 @@
-r"""``averaging`` (Fig. 1, 5, 10, 14): continue the main trajectory from ``S`` for ``steps`` = K updates at a
+"""``averaging`` (Fig. 1, 5, 10, 14): continue the main trajectory from ``S`` for ``steps`` = K updates at a
 constant ``lr`` while tracking averages of it; for every kernel and reported step ``k`` an equivalent side-trip
 from ``S`` with the same batches and the schedule ``quadsgd.equivalent_schedule(kernel, [lr]*k)`` (Table 1:
 update ``S+i`` gets ``lr * sum_{m<k-i} mu_m``).
 
-Kernel specs (``kernels``) use quadsgd's grammar (:func:`quadsgd.kernels.parse_kernel`); for a reported step
-``k`` (offsets from ``S``; ``theta_S`` is offset 0) the templates take ``k`` as their length:
-
-* ``swa``: ``SWA(window=k)`` -- mean of ``theta_{S+1..S+k}`` (Table 1's ``lr (k+1-i)/k``);
-  ``swa:W``: the last ``W`` iterates (``W <= k+1``).
-* ``ema:a``: EMA with weight ``a`` on the newest iterate, started at ``theta_S``
-  (``qs.EMA(a)``; PyTorch's ``get_ema_multi_avg_fn(decay=1-a)``); schedule ``lr (1-(1-a)^r)``.
-* ``twopoint``: ``(theta_S + theta_{S+k}) / 2`` (``TwoPoint(delta=k)``, schedule ``lr/2``);
-  ``twopoint:D``: ``(theta_{S+k-D} + theta_{S+k}) / 2``.
-* ``npoint:n``: ``n`` points spaced ``k // (n-1)`` ending at ``S+k``; ``npoint:n:D``: spacing ``D``.
-* also ``last`` and ``kernel:w0,w1,...`` (any finite kernel).
-
-A kernel fits at ``k`` when it needs no iterate before the checkpoint: ``kernel.tracking().kind ==
-"geometric"`` (an EMA started at ``theta_S``) or ``kernel.support <= k + 1``; otherwise ``k`` is skipped.
-The averages are :class:`realnet.averaging.KernelAveragedModel` instances (the public averaging API, kept
-from ``kernel.tracking()``: a geometric recursion or weighted points at a stride), held by
-:class:`_TrajectoryAverages`.
+``kernels``: quadsgd specs (:func:`quadsgd.kernels.parse_kernel`); ``swa``, ``twopoint`` and ``npoint:n`` take
+the reported step ``k`` as their length; also ``swa:W``, ``twopoint:D``, ``npoint:n:D``, ``ema:a`` (started at
+``theta_S``), ``last``, ``kernel:w0,w1,...``. A step ``k`` at which a kernel would need an iterate before ``S``
+is skipped. Averages are :class:`realnet.averaging.KernelAveragedModel` instances. Templates and the fit rule:
+``docs/side-trips.md``.
 
 Outputs (:class:`AveragingResult`):
 
-* ``averaging.csv`` (:class:`AveragingTable`, long format): ``kernel`` (the spec, or ``trajectory`` for the
-  main trajectory point ``theta_{S+k}``), ``kernel_repr`` (e.g. ``SWA(window=10)``), ``k``, ``model``
-  (``average`` | ``sidetrip`` | ``trajectory``), ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
-  ``l2_to_partner`` (average <-> its equivalent side-trip end point; empty for the trajectory),
-  ``l2_from_start`` (``||theta - theta_S||``).
-* ``trajectory.csv`` (:class:`TrajectoryLosses`): ``step`` (absolute), ``offset`` (from S), ``lr``,
-  ``train_loss`` -- the batch losses of the continued main trajectory.
-* ``schedules.csv`` (:class:`ScheduleTable`): ``kernel``, ``k``, ``offset`` i (update ``S+i``), ``lr`` -- the
-  equivalent schedules.
-* ``summary.json``: ``step``, ``lr``, ``steps``, ``report_steps``, ``bn_recompute``,
-  ``trajectory`` = [{``k``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``l2_from_start``}, ...] and
-  ``kernels`` = {spec: {``spec``, ``results``: [{``k``, ``kernel``, ``average``: {``train_loss``,
-  ``train_acc``, ``val_loss``, ``val_acc``}, ``sidetrip``: {same keys}, ``l2_distance``,
-  ``l2_average_from_start``, ``l2_sidetrip_from_start``, ``relative_l2``}, ...], ``skipped``: [k, ...]}},
-  ``sidetrip_runs``, ``sidetrip_updates``.
+* ``averaging.csv`` (:class:`AveragingTable`, long format): ``kernel`` (spec, or ``trajectory``), ``kernel_repr``,
+  ``k``, ``model`` (``average`` | ``sidetrip`` | ``trajectory``), ``train_loss``, ``train_acc``, ``val_loss``,
+  ``val_acc``, ``l2_to_partner`` (average <-> its side-trip; empty for the trajectory), ``l2_from_start``.
+* ``trajectory.csv`` (:class:`TrajectoryLosses`): ``step``, ``offset`` (from S), ``lr``, ``train_loss``.
+* ``schedules.csv`` (:class:`ScheduleTable`): ``kernel``, ``k``, ``offset`` i (update ``S+i``), ``lr``.
+* ``summary.json``: ``step``, ``lr``, ``steps``, ``report_steps``, ``bn_recompute``, ``trajectory`` = [{``k``,
+  ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``l2_from_start``}, ...], ``kernels`` = {spec:
+  {``spec``, ``results``: [{``k``, ``kernel``, ``average``: {``train_loss``, ``train_acc``, ``val_loss``,
+  ``val_acc``}, ``sidetrip``: {same keys}, ``l2_distance``, ``l2_average_from_start``,
+  ``l2_sidetrip_from_start``, ``relative_l2``}, ...], ``skipped``: [k, ...]}}, ``sidetrip_runs``,
+  ``sidetrip_updates``.
 
-Resumable: the main branch, the averages (``KernelAveragedModel.state_dict``), the records, then the position
-among the equivalent side-trips and their results are saved in the resume state (``save_every_s``).
+Resumable (``save_every_s``): the main branch, the averages, the records, the position among the equivalent
+side-trips and their results.
 """
 from __future__ import annotations
 

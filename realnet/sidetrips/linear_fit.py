@@ -1,94 +1,43 @@
 r"""``linear-fit`` (paper App. A.1, eq. 14-16): fit the paper's linear model to a real trajectory at checkpoint
 ``S``, predict, measure, compare -- per top Hessian direction.
 
-Python: ``realnet.fit_linear_model(run_dir, S, out_dir, k=10, steps=N, ...)`` (the side-trip; the name avoids
-the module :mod:`quadsgd.fitting`, whose pure functions it uses) and :func:`fit_model` (the same computation
-on any ``nn.Module`` with any batches and update function -- what the side-trip calls, and what the tests run
-on a synthetic quadratic "network" of known Hessian and noise).
+Python: ``realnet.fit_linear_model(run_dir, S, out_dir, k=10, steps=N, ...)`` (the side-trip) and :func:`fit_model`
+(the same computation on any ``nn.Module`` with any batches and update function).
 CLI: ``python -m realnet sidetrip linear-fit --run DIR --step S --out OUT [--k K] [--steps N] [--key=value ...]``.
+Steps: top-``k`` Hessian eigenpairs at :math:`\theta_S` (:func:`realnet.hessian.lanczos`, train-mode BN by default),
+curvature :math:`\kappa_i` (Rayleigh quotient on fresh batches, or the eigenvalue, + weight decay), noise
+:math:`\sigma_i`, predictions (:func:`quadsgd.fitting.predict`), a constant-lr continuation of ``burn_in + steps``
+updates recording :math:`p_{i,t} = v_i^\top(\theta_{S+t} - \theta_S)`, measurement and comparison
+(:mod:`quadsgd.fitting`). ``steps`` must be >= ``quadsgd.fitting.min_steps(lags, kernels, n_blocks)`` (ConfigError
+naming ``steps``); ``steps = 0`` means that minimum. Method and reasoning: ``docs/linear-model-fit.md``.
 
-What it does, in order (B = the run's batch size, P = trainable parameters; every random draw from ``seed``)
-------------------------------------------------------------------------------------------------------------
-1. **Hessian.** Top-``k`` eigenpairs :math:`(\lambda_i, v_i)` of the training loss at :math:`\theta_S` on a fixed
-   sample of ``sample_size`` training examples (:class:`realnet.hessian.SampleLoss`, chunks of B), by
-   :func:`realnet.hessian.lanczos` (full reorthogonalisation, thick restarts, relative Ritz residual
-   ``lanczos_tol``) on double-backward HVPs (``hvp_method``). **BatchNorm** (``bn_mode="batch"``, the
-   default): each chunk of B examples is normalised by its own statistics, as in the update SGD takes
-   (running statistics neither read nor changed); this is the function SGD descends. Eval-mode BN
-   (``"eval"``, PyHessian's convention) was measured 50-400x off the curvature SGD feels on the quick
-   checkpoint (:mod:`realnet.hessian`'s module docstring) and is offered only for comparison. HVPs always
-   run with autocast disabled (fp32 on CUDA too: no bf16 in second derivatives), whatever ``precision``
-   says; ``precision`` applies to the continuation (step 4), as in the run.
-2. **Curvature along** :math:`v_i` (two estimates, both reported): the Lanczos eigenvalue :math:`\lambda_i`, and
-   the Rayleigh quotient :math:`r_i = \overline{v_i^\top\nabla^2L_B v_i}` over ``curvature_batches`` fresh
-   batches of B (:func:`realnet.hessian.rayleigh_quotients`), with its standard error. Fresh batches come
-   from the training examples *not* in the Hessian sample (``independent_pool``; the whole split only when
-   fewer than B examples remain). ``kappa_source="rayleigh"`` (default) uses :math:`r_i`: the top eigenvalues
-   of a finite sample's Hessian are biased upwards by selection (measured on the quick digits checkpoint:
-   ``benchmarks/results/2026-12-01-regime-measurements.md``). The curvature of the optimised
-   objective adds the run's coupled weight decay: :math:`\kappa_i = r_i + wd` (or :math:`\lambda_i + wd`).
-3. **Noise.** :math:`\sigma_i = \mathrm{sd}_B(v_i^\top g_B)` over ``noise_batches`` fresh batches of B from the
-   same pool (:func:`realnet.hessian.projected_gradients`: the gradient the optimizer sees, train-mode BN over
-   the batch, the run's label smoothing; the deterministic weight-decay term adds no variance).
-4. **Predictions** (:func:`quadsgd.fitting.predict`): per direction the scalar heavy-ball process
-   :math:`p_{t+1} = p_t - \lambda m_{t+1}`, :math:`m_{t+1} = \beta m_t + \kappa_ip_t + v_i^\top b_t`, i.e.
-   ``quadsgd.LinearModel([kappa_i], lr, momentum)`` in whitened coordinates :math:`p = \sigma_iu`
-   (PyTorch momentum convention, loss weight :math:`\kappa_i\sigma_i^2`): stationary variance, autocorrelation
-   at lags 1..``lags``, integrated time, each kernel's variance ratio and loss reduction. Directions with
-   :math:`\kappa_i \le 0` or :math:`\lambda\kappa_i \ge 2(1+\beta)` (the heavy-ball stability edge) are not
-   modelled (NaN, ``stable`` 0). Uncertainties of the predictions are propagated (delta method, central
-   differences) from the standard errors of :math:`\sigma_i` and of the Rayleigh quotient (the sampling
-   uncertainty of the curvature along :math:`v_i`; also with ``kappa_source="lanczos"``, whose sample bias
-   is not a standard error).
-5. **Continuation.** From the checkpoint (parameters and momentum buffers; the parent run is never touched),
-   ``burn_in + steps`` SGD updates at the constant ``lr`` (None: the run's lr at S) on the main batch order
-   (the batches of updates S, S+1, ...), recording :math:`p_{i,t} = v_i^\top(\theta_{S+t} - \theta_S)` in
-   float64 at t = ``burn_in`` .. ``burn_in + steps`` (k dot products per step).
-6. **Measurement and comparison** (:func:`quadsgd.fitting.measure` / ``compare``): the same quantities from
-   the recorded series with delete-one-block jackknife errors over ``n_blocks`` blocks; the statistic of
-   the ``linear-model-fit`` verdict, median over (direction, kernel) of
-   :math:`|\log(\hat K / K)|` with a bootstrap over directions, and the same on the variances (the noise
-   model's check); both also with the other kappa estimate (``alternative_*``).
+Outputs (:class:`LinearFitResult`; column meanings in each table class):
 
-Length rule (a priori, in the options): ``steps >= quadsgd.fitting.min_steps(lags, kernels, n_blocks)`` (blocks
-at least 5x the longest lag / kernel span after the EMA burn-in); ``steps = 0`` means exactly that minimum
-(10,341 for the default lags 10, kernels ema:0.02, twopoint:100, swa:100, 20 blocks).
-
-Outputs (:class:`LinearFitResult`)
-----------------------------------
-* ``directions.csv`` (:class:`DirectionTable`, one row per direction i, Lanczos order): ``direction``,
-  ``eigenvalue`` (Lanczos, of the loss), ``residual`` (relative Ritz residual), ``rayleigh``, ``rayleigh_se``,
-  ``kappa`` (used: the chosen estimate + weight decay), ``kappa_se``, ``lr_kappa``, ``edge_fraction``
-  (:math:`\lambda\kappa/2(1+\beta)`; 1 = stability edge), ``stable``, ``sigma``, ``sigma_se``, ``drift``
-  and ``drift_se`` (mean projected gradient at S), ``predicted_variance`` (``_se``), ``measured_variance``
-  (``_se``), ``log_variance`` (log measured / predicted), ``z_variance`` ((measured - predicted) / combined se),
+* ``directions.csv`` (:class:`DirectionTable`, per direction, Lanczos order): ``direction``, ``eigenvalue``,
+  ``residual``, ``rayleigh``, ``rayleigh_se``, ``kappa``, ``kappa_se``, ``lr_kappa``, ``edge_fraction``
+  (:math:`\lambda\kappa/2(1+\beta)`), ``stable``, ``sigma``, ``sigma_se``, ``drift``, ``drift_se``,
+  ``predicted_variance`` (``_se``), ``measured_variance`` (``_se``), ``log_variance``, ``z_variance``,
   ``predicted_integrated_time`` (``_se``), ``measured_integrated_time`` (``_se``), ``window``, ``window_ok``,
-  ``correlation_time``, ``block_ok``, ``predicted_loss`` (:math:`\tfrac12\kappa\,\mathrm{Var}\,p`, ``_se``),
-  ``measured_loss``, ``trend`` (least-squares slope of p over the series x its length / measured sd: the
-  drift over the continuation in standard deviations; ~0 for a stationary series),
-  ``median_abs_log_ratio`` (over kernels).
-* ``kernels.csv`` (:class:`KernelTable`, one row per (direction, kernel)): ``direction``, ``kernel``,
-  ``predicted_ratio`` (``_se``), ``measured_ratio`` (``_se``), ``log_ratio``, ``z_ratio``,
-  ``predicted_loss_reduction`` (``_se``), ``measured_loss_reduction`` (``_se``) -- the loss reduction
-  :math:`\tfrac12\kappa(\mathrm{Var}\,p - \mathrm{Var}\,\hat p)` of the average in that direction.
-* ``autocorrelation.csv`` (:class:`AutocorrelationTable`, one row per (direction, lag)): ``direction``,
-  ``lag``, ``predicted`` (``_se``), ``measured`` (``_se``), ``z``.
-* ``spectrum.csv`` (:class:`SpectrumTable`): ``index``, ``eigenvalue``, ``residual``, ``converged``,
-  ``rayleigh``, ``rayleigh_se``.
+  ``correlation_time``, ``block_ok``, ``predicted_loss`` (``_se``), ``measured_loss``, ``trend``,
+  ``median_abs_log_ratio``.
+* ``kernels.csv`` (:class:`KernelTable`, per (direction, kernel)): ``direction``, ``kernel``, ``predicted_ratio``
+  (``_se``), ``measured_ratio`` (``_se``), ``log_ratio``, ``z_ratio``, ``predicted_loss_reduction`` (``_se``),
+  ``measured_loss_reduction`` (``_se``).
+* ``autocorrelation.csv`` (:class:`AutocorrelationTable`, per (direction, lag)): ``direction``, ``lag``,
+  ``predicted`` (``_se``), ``measured`` (``_se``), ``z``.
+* ``spectrum.csv`` (:class:`SpectrumTable`): ``index``, ``eigenvalue``, ``residual``, ``converged``, ``rayleigh``,
+  ``rayleigh_se``.
 * ``projections.csv`` (:class:`ProjectionTable`, long format): ``t`` (updates since S), ``direction``,
-  ``projection`` (:math:`v_i^\top(\theta_{S+t} - \theta_S)`); ``result.projections`` is the (N+1, k) array.
-* ``continuation.csv`` (:class:`ContinuationTable`): ``t``, ``step`` (absolute), ``lr``, ``train_loss``
-  (the batch loss of update S+t, before it).
-* ``summary.json``: ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``parameters``, sizes and choices
-  (``k``, ``sample_size``, ``bn_mode``, ``hvp_method``, ``kappa_source``, ``noise_batches``,
-  ``curvature_batches``, ``steps``, ``burn_in``, ``lags``, ``kernels``, ``n_blocks``, ``block_length``,
-  ``independent_pool``), ``eigenvalues`` (descending), ``noise_std`` (:math:`\sigma_i`, same order),
-  ``noise_std_se``, ``rayleigh``, ``rayleigh_se``, ``kappa``, ``stable``, ``lanczos`` (matvecs, restarts,
-  residuals, convergence), ``statistic`` / ``variance_statistic`` (:class:`quadsgd.fitting.FitStatistic`: value, se,
-  bootstrap CI, threshold log 1.5, passed, counts), ``alternative_kappa_source``, ``alternative_statistic``,
-  ``alternative_variance_statistic``, ``subspace_loss_reduction`` (per kernel, summed over the modelled
-  directions: predicted, measured, measured_se), ``timing`` (wall and CPU seconds per phase:
-  sample, lanczos, curvature, noise, continuation, analysis), ``provenance`` (time, command, host, seed, config, versions, git).
+  ``projection``; ``result.projections`` is the (N+1, k) array.
+* ``continuation.csv`` (:class:`ContinuationTable`): ``t``, ``step``, ``lr``, ``train_loss`` (of update S+t).
+* ``summary.json``: ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``parameters``, ``k``, ``sample_size``,
+  ``bn_mode``, ``hvp_method``, ``kappa_source``, ``noise_batches``, ``curvature_batches``, ``steps``, ``burn_in``,
+  ``lags``, ``kernels``, ``n_blocks``, ``block_length``, ``independent_pool``, ``eigenvalues``, ``noise_std``,
+  ``noise_std_se``, ``rayleigh``, ``rayleigh_se``, ``kappa``, ``stable``, ``lanczos``, ``statistic``,
+  ``variance_statistic`` (:class:`quadsgd.fitting.FitStatistic`), ``alternative_kappa_source``,
+  ``alternative_statistic``, ``alternative_variance_statistic``, ``subspace_loss_reduction`` (per kernel:
+  predicted, measured, measured_se), ``timing`` (per phase: sample, lanczos, curvature, noise, continuation,
+  analysis), ``provenance``.
 """
 from __future__ import annotations
 
