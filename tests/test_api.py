@@ -8,6 +8,7 @@ import pytest
 PUBLIC = {
     "quadsgd": {
         "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "LinearModel", "stability_bound",
+        "kernel_for_schedule",
         "simulate", "SimulationResult", "sweep", "testing", "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate",
         "effective_lr", "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
     },
