@@ -299,7 +299,7 @@ LOCK_NAME = ".lock"
 MARKER_FORMAT = "sgd-trajectories-output-v1"
 #: the kinds of output directories, and how messages name them
 KINDS = {"run": "a realnet run", "sidetrip": "a realnet side-trip", "sweep": "a quadsgd sweep",
-         "report": "a validation report"}
+         "report": "a validation report", "posthoc": "a realnet post-hoc merge"}
 
 
 class OutputError(ValueError):

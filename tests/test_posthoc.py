@@ -226,3 +226,154 @@ def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(ImportError, match=r"needs the safetensors package: pip install"):
         read_state_dict(p)
+
+
+# ============================================================================ the posthoc command
+TINY = dict(dataset="digits", model="resnet20", width=4, steps=30, batch_size=16, lr=0.1, checkpoint_every=5,
+            eval_every=0, eval_samples=32, progress=False, threads=1)
+MERGE = dict(progress=False, threads=1, val_samples=64, bn_batches=2, fresh_batches=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """ResNet-20 (width 4) trained 30 steps on digits; checkpoints every 5 steps."""
+    from realnet import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("posthoc") / "run"
+    train(TrainConfig(**TINY), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_run, tmp_path_factory):
+    from realnet.posthoc_run import evaluate_merges
+
+    out = tmp_path_factory.mktemp("merged") / "m"
+    kernels = ["twopoint:10", "npoint:3:5", "cooldown:1-sqrt:10", "ema:0.1"]
+    return out, evaluate_merges(tiny_run, 30, out, kernels=kernels, **MERGE)
+
+
+def test_command_outputs(merged, tiny_run):
+    import csv
+    import json
+
+    out, res = merged
+    with open(out / "candidates.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["kernel"] for r in rows] == ["last", "twopoint:10", "npoint:3:5", "cooldown:1-sqrt:10", "ema:0.1"]
+    two = res.row("twopoint:10")
+    assert two["weights"] == "20:0.5;30:0.5" and two["residual"] == 0.0 and two["window"] == 10
+    assert res.row("last")["gain"] == 0.0 and res.row("last")["weights"] == "30:1"
+    assert 0 < res.row("cooldown:1-sqrt:10")["residual"] <= 0.25
+    for r in res.rows:  # the gain is the paired difference of the per-example losses: its mean is exact
+        assert r["gain"] == pytest.approx(res.row("last")["val_loss"] - r["val_loss"], abs=1e-12)
+        assert np.isfinite(r["val_loss_se"]) and r["val_loss_se"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoints"] == [0, 5, 10, 15, 20, 25, 30] and len(summary["candidates"]) == 5
+    assert (out / "posthoc.png").stat().st_size > 10_000
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["git"] and "torch" in info["versions"]
+
+
+def test_merged_model_is_the_weighted_average_evaluated(merged, tiny_run):
+    """The two-point row's validation loss is that of (theta_20 + theta_30)/2 after update_bn, recomputed here."""
+    from torch.optim.swa_utils import update_bn
+
+    from realnet.checkpoint import checkpoint_path
+    from realnet.posthoc_run import MergeOptions, _per_example
+    from realnet.sidetrips._runner import RunContext
+    from realnet.trainer import build_model, deterministic_mode
+
+    out, res = merged
+    opts = MergeOptions(**MERGE)
+    with deterministic_mode(True, 1):
+        ctx = RunContext(tiny_run, opts)
+        model = build_model(ctx.cfg, ctx.data.num_classes)
+        a, b = (read_state_dict(checkpoint_path(tiny_run, s)) for s in (20, 30))
+        model.load_state_dict({k: (0.5 * a[k].double() + 0.5 * b[k].double()).to(a[k].dtype)
+                               if a[k].is_floating_point() else b[k] for k in a})
+        update_bn(ctx.bn_batches(2, 0), model)
+        vl, _ = _per_example(model, ctx.data.eval_batches("val", 64, opts.eval_batch_size, ctx.rt.device), ctx.rt)
+    assert float(vl.mean()) == pytest.approx(res.row("twopoint:10")["val_loss"], rel=1e-6)
+
+
+def test_default_candidates_fit_the_grid():
+    from realnet.posthoc_run import default_candidates
+
+    c = default_candidates(2400, range(0, 2401, 100))
+    assert c[:4] == ["last", "twopoint:100", "twopoint:200", "twopoint:400"]
+    assert {"npoint:3:100", "npoint:5:100", "cooldown:linear:200", "cooldown:1-sqrt:400", "swa:800"} <= set(c)
+    assert any(s.startswith("ema:") for s in c)
+    assert default_candidates(10, [10]) == ["last"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--at-step", "33"], r"--at-step 33 has no checkpoint in run .*checkpointed steps: 0, 5, 10"),
+    (["--at-step", "30", "--kernels", "bogus:3"], r"--kernels: unknown kernel 'bogus'"),
+    (["--at-step", "30", "--kernels", "cooldown:wiggle:10"], r"--kernels: bad kernel spec 'cooldown:wiggle:10'"),
+    (["--at-step", "30", "--kernels", "swa:7"], r"--kernels swa:7: its grid residual 0.\d+ exceeds --max-residual 0.1"),
+    (["--at-step", "x"], r"--at-step must be an integer"),
+    (["--at-step", "30", "--max-residual", "-1"], r"max_residual must be a finite number >= 0"),
+])
+def test_command_errors_are_one_line_and_write_nothing(tiny_run, tmp_path, capsys, argv, match):
+    import re
+
+    from realnet.cli import main
+
+    out = tmp_path / "o"
+    rc = main(["posthoc", "--run", str(tiny_run), "--out", str(out), "--max-residual", "0.1", "--progress", "false",
+               *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not out.exists()
+
+
+def test_mixed_architectures_are_refused_naming_the_file(tiny_run, tmp_path):
+    import shutil
+
+    from realnet import TrainConfig, train
+    from realnet.posthoc_run import evaluate_merges
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = tmp_path / "other"
+    train(TrainConfig(**{**TINY, "width": 8, "steps": 5, "checkpoint_every": 5}), other)
+    shutil.copy(other / "checkpoints" / "step_000000005.pt", run / "checkpoints" / "step_000000020.pt")
+    with pytest.raises(ValueError, match=r"shape .* in '.*step_000000020.pt'.*different architectures"):
+        evaluate_merges(run, 30, tmp_path / "o", kernels=["twopoint:10"], **MERGE)
+
+
+def test_killed_command_keeps_finished_candidates(merged, tiny_run, tmp_path):
+    """SIGKILL after the first candidates finished; the re-run computes only the rest and its table equals the
+    uninterrupted one (same numbers bit for bit)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "realnet", "posthoc", "--run", str(tiny_run), "--at-step", "30", "--out", str(out),
+            "--kernels", "twopoint:10,npoint:3:5,cooldown:1-sqrt:10,ema:0.1", "--progress", "false", "--threads", "1",
+            "--val-samples", "64", "--bn-batches", "2", "--fresh-batches", "2"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / ".resume-state.pt"
+    t0 = time.monotonic()
+    while not state.exists() and proc.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (out / "summary.json").exists(), "the command was not killed midway"
+    from realnet.checkpoint import load_checkpoint
+
+    done = set(load_checkpoint(state)["state"]["rows"])
+    assert "last" in done
+    again = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    info = json.loads((out / "run_info.json").read_text())
+    assert len(info["resumed"]) == 1 and not state.exists()
+    ref = (merged[0] / "candidates.csv").read_text()
+    assert (out / "candidates.csv").read_text() == ref
