@@ -25,7 +25,7 @@ constant lr with checkpoints can therefore be "cooled down" after the fact by me
   :func:`quadsgd.cooldown`: linear, 1-sqrt, cosine, exp), turned into its kernel by
   :func:`quadsgd.kernel_for_schedule`.
 
-The command ``python -m realnet posthoc`` (:mod:`realnet.posthoc_cli`) evaluates many candidates on a run.
+The command ``python -m realnet posthoc`` (:mod:`realnet.posthoc_run`) evaluates many candidates on a run.
 Derivation of the projection and the residual: ``docs/posthoc.md``.
 """
 from __future__ import annotations

@@ -173,13 +173,15 @@ def _predictions(fit, realisations: dict[str, GridRealisation]) -> dict[str, tup
     """(variance ratio, loss gain) of each realised kernel in the fitted model's top-k directions."""
     from .linear_fit import predict
 
-    specs = list(realisations)
-    kernels = [realisations[s].realised_kernel() for s in specs]
-    p = predict(fit.kappa, fit.noise_std, fit.lr, fit.momentum, kernels=kernels)
+    kernels = {s: r.realised_kernel() for s, r in realisations.items()}
+    out = {s: (1.0, 0.0) for s, k in kernels.items() if k.is_last}  # the last iterate: nothing to predict
+    specs = [s for s in kernels if s not in out]
+    if not specs:
+        return out
+    p = predict(fit.kappa, fit.noise_std, fit.lr, fit.momentum, kernels=[kernels[s] for s in specs])
     ok = np.asarray(p.stable, bool)
-    out = {}
+    var = np.nansum(p.variance[ok])
     for j, s in enumerate(specs):
-        var = np.nansum(p.variance[ok])
         ratio = float(np.nansum(p.averaged_variance[ok, j]) / var) if var > 0 else math.nan
         out[s] = (ratio, float(np.nansum(p.loss_reduction[ok, j])))
     return out

@@ -377,3 +377,29 @@ def test_killed_command_keeps_finished_candidates(merged, tiny_run, tmp_path):
     assert len(info["resumed"]) == 1 and not state.exists()
     ref = (merged[0] / "candidates.csv").read_text()
     assert (out / "candidates.csv").read_text() == ref
+
+
+def test_predict_reads_the_linear_fit(tiny_run, tmp_path):
+    """--predict: the gains of the fitted linear model for the realised kernels (here exact: the kernels
+    themselves), equal to realnet.linear_fit.predict of the same kernels."""
+    from realnet import fit_linear_model
+    from realnet.linear_fit import predict
+    from realnet.posthoc_run import evaluate_merges
+
+    fit = fit_linear_model(tiny_run, 30, tmp_path / "lf", k=3, steps=84, lags=2, kernels=["twopoint:2"], n_blocks=5,
+                           sample_size=32, curvature_batches=4, noise_batches=8, n_boot=200, threads=1,
+                           progress=False)
+    res = evaluate_merges(tiny_run, 30, tmp_path / "m", kernels=["twopoint:10", "npoint:3:5"], predict=True,
+                          linear_fit=str(tmp_path / "lf"), **MERGE)
+    p = predict(fit.kappa, fit.noise_std, fit.lr, fit.momentum, kernels=["twopoint:10", "npoint:3:5"])
+    ok = np.asarray(p.stable, bool)
+    for j, spec in enumerate(["twopoint:10", "npoint:3:5"]):
+        row = res.row(spec)
+        assert row["predicted_variance_ratio"] == pytest.approx(
+            np.nansum(p.averaged_variance[ok, j]) / np.nansum(p.variance[ok]), rel=1e-12)
+        assert row["predicted_loss_gain"] == pytest.approx(np.nansum(p.loss_reduction[ok, j]), rel=1e-12, abs=1e-15)
+    assert res.row("last")["predicted_variance_ratio"] == 1.0 and res.row("last")["predicted_loss_gain"] == 0.0
+    assert 0 < res.row("npoint:3:5")["predicted_variance_ratio"] < 1
+    with pytest.raises(ValueError, match="--linear-fit .* fitted at step 30, not at --at-step 25"):
+        evaluate_merges(tiny_run, 25, tmp_path / "m2", kernels=["twopoint:10"], predict=True,
+                        linear_fit=str(tmp_path / "lf"), **MERGE)
