@@ -19,7 +19,8 @@ constant lr with checkpoints can therefore be "cooled down" after the fact by me
   state_dict files or ``.safetensors`` files, read one file at a time into a float64 accumulator (memory: the
   accumulator plus one checkpoint; safetensors and state_dict files are read tensor by tensor / memory-mapped).
   Integer buffers (``num_batches_tracked``) come from the last file; every tensor is returned in that file's
-  dtype. :func:`save_state_dict` writes the result atomically (``.safetensors`` or ``torch.save``).
+  dtype. :func:`save_state_dict` writes the result atomically (``.safetensors`` or ``torch.save``),
+  :func:`save_merged_checkpoint` as a realnet checkpoint (when the inputs are realnet checkpoints).
 * :func:`parse_candidate` -- a candidate spec: a quadsgd kernel spec (``twopoint:400``, ``npoint:4:200``,
   ``swa:800``, ``ema:0.002``, ``last``) or a cooldown ``cooldown:SHAPE:L[:final]`` (shapes of
   :func:`quadsgd.cooldown`: linear, 1-sqrt, cosine, exp), turned into its kernel by
@@ -45,10 +46,10 @@ from quadsgd._checks import check_array, check_int, check_size
 from quadsgd._files import atomic_output
 from quadsgd.kernels import AveragingKernel, parse_kernel
 
-from .checkpoint import MAGIC, CheckpointError
+from .checkpoint import MAGIC, CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["GridRealisation", "realise", "grid_weights", "average_checkpoints", "read_state_dict", "save_state_dict",
-           "parse_candidate", "WEIGHT_SUM_TOL", "EMA_TAIL"]
+           "save_merged_checkpoint", "parse_candidate", "WEIGHT_SUM_TOL", "EMA_TAIL"]
 
 #: |sum of the weights - 1| allowed by :func:`average_checkpoints`
 WEIGHT_SUM_TOL = 1e-6
@@ -387,3 +388,14 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path) -> Path:
         else:
             torch.save(state_dict, tmp)
     return path
+
+
+def save_merged_checkpoint(path, state_dict: dict[str, torch.Tensor], template, merge: dict) -> Path:
+    """Write a merged model as a realnet checkpoint: the payload of the realnet checkpoint ``template`` (the newest
+    merged one: its step, config, optimizer momentum and RNG states, so side-trips can branch from the merge) with
+    ``model`` replaced by ``state_dict`` and ``posthoc`` = ``merge`` (e.g. kernel, steps, weights, residual)."""
+    payload = load_checkpoint(template)
+    payload.pop("format", None)
+    payload["model"] = state_dict
+    payload["posthoc"] = merge
+    return save_checkpoint(path, payload)

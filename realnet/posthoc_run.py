@@ -28,7 +28,8 @@ Outputs: ``candidates.csv`` (one row per kernel: ``kernel``, ``kernel_repr``, ``
 ``gain_se`` (val loss of the last iterate minus the candidate's, paired), and with ``predict``
 ``predicted_variance_ratio``, ``predicted_loss_gain``), ``summary.json`` (the same rows, the grid, the best
 candidate), ``posthoc.png`` (gain against effective averaging length; the realised schedules), ``config.json``,
-``run_info.json`` and the output marker (kind ``posthoc``). Killed or interrupted, a re-run of the same command
+``run_info.json``, the output marker (kind ``posthoc``) and with ``save_models`` every merge as a realnet
+checkpoint ``models/<kernel>.pt`` (:func:`realnet.posthoc.save_merged_checkpoint`). Killed or interrupted, a re-run of the same command
 keeps the finished candidates (``.resume-state.pt``, saved after each) and computes only the rest.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ from quadsgd._files import claim_output, provenance, read_json, write_csv, write
 
 from .checkpoint import checkpoint_path, list_checkpoints
 from .config import ConfigError, check_int
-from .posthoc import GridRealisation, average_checkpoints, parse_candidate, realise
+from .posthoc import GridRealisation, average_checkpoints, parse_candidate, realise, save_merged_checkpoint
 from .sidetrips._runner import ResumeState, RunContext, SideTripOptions
 from .trainer import build_model, deterministic_mode, load_config
 
@@ -73,6 +74,7 @@ class MergeOptions(SideTripOptions):
     fresh_batches: int = 10  # fresh training batches (updates T, T+1, ...) evaluated
     predict: bool = False  # predict each candidate's gain from the linear model fitted at T
     linear_fit: str | None = None  # a finished linear-fit side-trip of this run at T (None: run it into OUT/linear-fit)
+    save_models: bool = False  # write each merge as a realnet checkpoint OUT/models/<kernel>.pt
 
     def validate(self, step: int) -> None:
         check_int("bn_batches", self.bn_batches, 1)
@@ -163,6 +165,11 @@ def _per_example(model, batches, rt) -> tuple[np.ndarray, np.ndarray]:
             losses.append(F.cross_entropy(out.float(), y, reduction="none").double().cpu())
             correct.append((out.argmax(1) == y).double().cpu())
     return torch.cat(losses).numpy(), torch.cat(correct).numpy()
+
+
+def _file_name(spec: str) -> str:
+    """A kernel spec as a file name (``cooldown:1-sqrt:400`` -> ``cooldown_1-sqrt_400``)."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in spec)
 
 
 def _se(x: np.ndarray) -> float:
@@ -270,6 +277,10 @@ def _evaluate_claimed(run: Path, T: int, out: Path, opts: MergeOptions, plan, st
                 use = r.weights != 0
                 paths = [checkpoint_path(run, int(s)) for s in r.steps[use]]
                 sd = average_checkpoints(paths, r.weights[use])
+                if opts.save_models:
+                    save_merged_checkpoint(out / "models" / f"{_file_name(spec)}.pt", sd, checkpoint_path(run, T),
+                                           {"kernel": spec, "steps": [int(s) for s in r.steps[use]],
+                                            "weights": [float(w) for w in r.weights[use]], "residual": r.residual})
                 model.load_state_dict(sd)
                 del sd
                 update_bn(bn, model)

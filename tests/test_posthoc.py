@@ -250,7 +250,7 @@ def merged(tiny_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("merged") / "m"
     kernels = ["twopoint:10", "npoint:3:5", "cooldown:1-sqrt:10", "ema:0.1"]
-    return out, evaluate_merges(tiny_run, 30, out, kernels=kernels, **MERGE)
+    return out, evaluate_merges(tiny_run, 30, out, kernels=kernels, save_models=True, **MERGE)
 
 
 def test_command_outputs(merged, tiny_run):
@@ -295,6 +295,17 @@ def test_merged_model_is_the_weighted_average_evaluated(merged, tiny_run):
         update_bn(ctx.bn_batches(2, 0), model)
         vl, _ = _per_example(model, ctx.data.eval_batches("val", 64, opts.eval_batch_size, ctx.rt.device), ctx.rt)
     assert float(vl.mean()) == pytest.approx(res.row("twopoint:10")["val_loss"], rel=1e-6)
+
+
+def test_saved_merges_are_realnet_checkpoints(merged, tiny_run):
+    from realnet.checkpoint import checkpoint_path, load_checkpoint
+
+    out, res = merged
+    ck = load_checkpoint(out / "models" / "twopoint_10.pt")
+    a, b = (read_state_dict(checkpoint_path(tiny_run, s)) for s in (20, 30))
+    assert torch.equal(ck["model"]["fc.weight"], (0.5 * a["fc.weight"].double() + 0.5 * b["fc.weight"].double()).float())
+    assert ck["step"] == 30 and ck["posthoc"]["weights"] == [0.5, 0.5] and "optimizer" in ck
+    assert (out / "models" / "cooldown_1-sqrt_10.pt").is_file()
 
 
 def test_default_candidates_fit_the_grid():
