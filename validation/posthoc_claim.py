@@ -26,7 +26,8 @@ per-example differences (n - 1 degrees of freedom; the comparison is paired by c
 same batches, same validation examples -- so batch-order (seed) variation does not enter the difference; it is not
 measured here).
 
-Premises (``premises``: {name, value, rule, met}; a premise not met makes the verdict NOT DECIDED):
+Premises (``premises``: {name, value, rule, met}; a premise not met makes the verdict NOT DECIDED; the regime
+premises of every real-network claim, :mod:`validation.premises` (a) plateau and (b) not memorised, come first):
 
 * ``lemma2-window``: the window lies inside Lemma 2's validity window -- along the run's checkpoints in [S0, T] a
   fixed held-out batch is not fit (loss end / start >= :data:`validation.premises.FIT_MIN`) and its gradient norm
@@ -129,9 +130,30 @@ def judge(loss_last, loss_merge, loss_side, *, fixed_batch_loss_ratio: float, fi
         details=dict(details or {}, merge_minus_side=st.merge_minus_side, last_minus_side=st.last_minus_side,
                      last_minus_side_se=st.last_minus_side_se, n_examples=st.n),
         premises=ps)
-    met = all(p["met"] for p in ps)
-    v.state = ("PASS" if v.passed else "FAIL") if met else "NOT DECIDED"
+    premises.attach(v, [premises.Premise(  # also in the report's premise table
+        id=p["name"], title=p["description"], applies_to=CLAIM_ID,
+        conditions=(premises.Condition(p["name"], p["description"], p["value"], comparison, float(threshold)),))
+        for p in ps for comparison, threshold in [p["rule"].split(" ", 1)]])
+    return _decide(v)
+
+
+def _decide(v: Verdict) -> Verdict:
+    """``state``: PASS / FAIL by the rule when every premise is met, else NOT DECIDED."""
+    v.state = ("PASS" if v.passed else "FAIL") if all(p["met"] for p in v.premises) else "NOT DECIDED"
     return v
+
+
+def _regime_premises(cfg, out: Path) -> list[dict]:
+    """The regime premises every real-network claim carries (plateau, not memorised), as {name, value, rule, met}."""
+    from .realclaims import _ctx
+
+    try:
+        regime = _ctx(cfg, out).regime()
+    except Exception as exc:  # noqa: BLE001 - unmeasured: the premise is not met, the error is named
+        return [{"name": "regime", "value": math.nan, "rule": "measured", "description": f"{type(exc).__name__}: {exc}",
+                 "met": False}]
+    return [{"name": f"{p.id}: {c.name}", "value": float(c.value), "rule": f"{c.comparison} {c.threshold:g}",
+             "description": c.description, "met": c.met} for p in regime for c in p.conditions]
 
 
 # ======================================================================================= the real measurement
@@ -270,6 +292,8 @@ def claim(cfg, out: Path) -> Verdict:
     details["val_loss"] = {k: float(np.mean(m[k])) for k in ("loss_last", "loss_merge", "loss_side", "loss_requested")}
     details["requested_gap"] = float(abs(np.mean(m["loss_merge"]) - req.mean()) /
                                      abs(np.mean(m["loss_last"]) - req.mean()))
-    return judge(m["loss_last"], m["loss_merge"], m["loss_side"], fixed_batch_loss_ratio=m["fixed_batch_loss_ratio"],
-                 fixed_batch_gradnorm_change=m["fixed_batch_gradnorm_change"], lr_ratio=m["lr_ratio"],
-                 details=json.loads(json.dumps(details)), figure=fig)
+    v = judge(m["loss_last"], m["loss_merge"], m["loss_side"], fixed_batch_loss_ratio=m["fixed_batch_loss_ratio"],
+              fixed_batch_gradnorm_change=m["fixed_batch_gradnorm_change"], lr_ratio=m["lr_ratio"],
+              details=json.loads(json.dumps(details)), figure=fig)
+    v.premises = _regime_premises(cfg, out) + v.premises
+    return _decide(v)
