@@ -371,7 +371,12 @@ def average_checkpoints(paths, weights) -> dict[str, torch.Tensor]:
             missing = sorted(set(meta) - seen)[:3]
             raise ValueError(f"{str(p)!r} lacks tensors {missing} that {str(first)!r} has: checkpoints of "
                              f"different architectures cannot be averaged")
-    return {name: (t.to(meta[name][1]) if t.dtype != meta[name][1] else t) for name, t in acc.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name in list(acc):  # cast back one tensor at a time: the float64 accumulator shrinks as the result grows
+        t = acc.pop(name)
+        out[name] = t.to(meta[name][1]) if t.dtype != meta[name][1] else t
+        del t
+    return out
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path) -> Path:
