@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
-from quadsgd._files import claim_output, provenance, read_json, write_csv, write_json
+from quadsgd._files import atomic_output, claim_output, provenance, read_json, write_csv, write_json
 
 from .checkpoint import checkpoint_path, list_checkpoints
 from .config import ConfigError, check_int
@@ -366,8 +366,6 @@ def _figure(result: MergeResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from quadsgd._files import atomic_output
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     draw_posthoc(axes, result)
