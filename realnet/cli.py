@@ -1,8 +1,9 @@
-"""Command line: ``python -m realnet train ...`` and ``python -m realnet sidetrip NAME ...``.
+"""Command line: ``python -m realnet train ...``, ``python -m realnet sidetrip NAME ...`` and ``python -m realnet posthoc ...``.
 
     python -m realnet train --dataset digits --out runs/d0 [--model resnet20] [--steps 600] [--lr 0.1]
         [--batch-size 32] [--seed 0] [--checkpoint-every 100] [--config file.toml] [--key=value ...]
     python -m realnet sidetrip lr-sweep --run runs/d0 --step 500 --out runs/d0-sweep [--key=value ...]
+    python -m realnet posthoc --run runs/d0 --at-step 600 --out runs/d0-merges [--kernels SPEC,SPEC,...] [--predict]
 
 Every key of :class:`realnet.config.TrainConfig` (or of the side-trip's options dataclass) can be given
 as ``--key=value`` / ``--key value`` (dashes or underscores) or in the TOML file; unknown keys are
@@ -44,7 +45,9 @@ def _usage() -> str:
   python -m realnet train --out DIR [--dataset digits] [--config file.toml] [--key=value ...]
   python -m realnet sidetrip {{{','.join(SIDETRIPS)}}} --run DIR --step S --out OUT
         [--config file.toml] [--key=value ...]
-  python -m realnet train --help | python -m realnet sidetrip NAME --help   (list the keys)
+  python -m realnet posthoc --run DIR --at-step T --out OUT [--kernels SPEC,SPEC,...] [--predict]
+        [--config file.toml] [--key=value ...]   (merge the run's checkpoints after the fact)
+  python -m realnet train --help | python -m realnet sidetrip NAME --help | python -m realnet posthoc --help
 """
 
 
@@ -136,6 +139,27 @@ def _sidetrip(argv: list[str]) -> int:
     return 0
 
 
+def _posthoc(argv: list[str]) -> int:
+    from .posthoc_run import MergeOptions, evaluate_merges
+    if any(a in ("-h", "--help") for a in argv):
+        print(_usage() + "\nposthoc keys (MergeOptions):\n" + _describe(MergeOptions))
+        return 0
+    reserved, over = parse_overrides(argv, reserved=("run", "at_step", "out", "config"))
+    missing = [k for k in ("run", "at_step", "out") if k not in reserved]
+    if missing:
+        raise ConfigError("posthoc needs " + ", ".join(f"--{k.replace('_', '-')}" for k in missing))
+    try:
+        step = int(reserved["at_step"])
+    except ValueError:
+        raise ConfigError(f"--at-step must be an integer; got {reserved['at_step']!r}") from None
+    opts = build_options(MergeOptions, reserved.get("config"), over)
+    _INTERRUPTED["message"] = lambda: (f"interrupted; posthoc in {reserved['out']!r} keeps its finished candidates: "
+                                       f"re-run the same command to resume")
+    result = evaluate_merges(reserved["run"], step, reserved["out"], opts)
+    _print_json(result.headline())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -151,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(rest)
         if cmd == "sidetrip":
             return _sidetrip(rest)
-        raise ConfigError(f"unknown command {cmd!r}; use 'train' or 'sidetrip'")
+        if cmd == "posthoc":
+            return _posthoc(rest)
+        raise ConfigError(f"unknown command {cmd!r}; use 'train', 'sidetrip' or 'posthoc'")
 
     def interrupted() -> str:
         msg = _INTERRUPTED.get("message")

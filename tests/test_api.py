@@ -8,6 +8,7 @@ import pytest
 PUBLIC = {
     "quadsgd": {
         "AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "LinearModel", "stability_bound",
+        "kernel_for_schedule",
         "simulate", "SimulationResult", "sweep", "testing", "stationary_covariance", "stationary_loss", "stationary_loss_per_coordinate",
         "effective_lr", "equivalent_schedule", "expected_loss", "kernel_variance_ratio", "stationary_radius",
     },
@@ -36,4 +37,5 @@ def test_contract_claim_ids():
         "fig9-ema-fast-slow", "fig11-per-coordinate", "eq13-radius-sqrt-lr", "eq20-two-point", "eq21-n-point",
         "table1-equivalent-schedule-linear", "eq19-non-normal-gap", "fig2-single-step", "fig3-same-basin",
         "fig5-averaging-equals-schedule", "fig6-two-point-half-lr", "fig7-gradient-alignment",
-        "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit", "eq13-real-sqrt-lr"]
+        "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit", "eq13-real-sqrt-lr",
+        "posthoc-merge-equals-cooldown"]

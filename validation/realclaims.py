@@ -30,7 +30,7 @@ import numpy as np
 from sgdtraj.outputs import OutputError, delegate_env, held_output
 from sgdtraj.files import atomic_write_text, read_json, write_json
 
-from . import eq13real, linearfit, plots, premises, timings
+from . import eq13real, linearfit, plots, posthoc_claim, premises, timings
 from .verdict import Verdict
 
 __all__ = ["RealConfig", "REAL_CLAIMS"]
@@ -710,4 +710,5 @@ REAL_CLAIMS = {cid: _with_regime(fn) for cid, fn in {
     "fig13-batch-size": claim_fig13,
     "linear-model-fit": linearfit.claim_linear_fit,
     "eq13-real-sqrt-lr": eq13real.claim_eq13_real,
+    posthoc_claim.CLAIM_ID: posthoc_claim.claim,
 }.items()}

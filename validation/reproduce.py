@@ -55,6 +55,7 @@ def _real_claims():
 CLAIM_IDS = list(SYNTHETIC_CLAIMS) + [
     "fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
     "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit", "eq13-real-sqrt-lr",
+    "posthoc-merge-equals-cooldown",
 ]
 
 

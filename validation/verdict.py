@@ -33,6 +33,8 @@ class Verdict:
     not applicable). passed: the rule's outcome AND all ``checks``. figure: PNG file name (relative to
     the report). checks: further named sub-tests ``{name: {"value", "comparison", "threshold", "passed"}}``.
     details: numbers behind the verdict (theory and measurement). source: "theory+simulation" or "realnet".
+    premises, state: for claims that state their premises: ``[{name, value, rule, met}]`` and "PASS" | "FAIL" |
+    "NOT DECIDED" (a premise not met); empty / None for the others.
     """
 
     id: str
@@ -48,6 +50,8 @@ class Verdict:
     source: str = "theory+simulation"
     passed: bool = field(default=False)
     error: str | None = None
+    premises: list = field(default_factory=list)
+    state: str | None = None
 
     def __post_init__(self):
         self.value = _num(self.value)

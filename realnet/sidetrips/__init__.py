@@ -33,7 +33,8 @@ from typing import Any, Mapping
 from . import alignment, divergence, fixed_batch, kernel_averages, linear_fit, lr_sweep
 from ._losses import batch_losses
 from ._results import Metrics, SideTripResult, Table
-from ._runner import BN_SEED, HELDOUT_SEED, Branch, RunContext, SideTrip, SideTripOptions, run_sidetrip
+from ._runner import (BN_SEED, HELDOUT_SEED, Branch, ResumeState, RunContext, SideTrip, SideTripOptions, prepare_out,
+                      resolve_options, run_sidetrip)
 from .alignment import AlignmentOptions, AlignmentRecords, AlignmentResult, DifferentBatches
 from .kernel_averages import (AveragingOptions, AveragingResult, AveragingTable, KernelPoint, KernelResults, KernelSpec,
                         ScheduleTable, TrajectoryLosses, TrajectoryPoint, averaging_sidetrip, kernel_at, parse_kernel)
@@ -46,7 +47,7 @@ from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResul
 __all__ = [
     "SideTripOptions", "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions",
     "DivergenceOptions", "averaging_sidetrip", "fit_linear_model", "SIDETRIPS",
-    "SideTrip", "run_sidetrip", "RunContext", "Branch", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses",
+    "SideTrip", "run_sidetrip", "RunContext", "Branch", "ResumeState", "prepare_out", "resolve_options", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses",
     "headline", "BN_SEED", "HELDOUT_SEED",
     # results
     "SideTripResult", "Table", "Metrics", "LrSweepResult", "LrSweepCurve", "LrSweepHeldout", "FixedBatchResult",
