@@ -146,14 +146,27 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def _host(t: Any, what: str) -> torch.Tensor:
+    """``t`` as a CPU tensor (RNG states are host data wherever the checkpoint was mapped)."""
+    if not isinstance(t, torch.Tensor):
+        return torch.as_tensor(t)
+    if t.device.type == "meta":
+        raise CheckpointError(f"the {what} RNG state was loaded on the meta device and holds no values; "
+                              f"load the checkpoint with map_location='cpu' to resume from it")
+    return t.detach().cpu()
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
+    """Set the torch CPU (+ CUDA, when the device count matches), numpy and python RNGs from
+    :func:`capture_rng_state`'s dict. The tensors may live on any device (a checkpoint loaded with
+    ``map_location='cuda'``): they are read through the host. :class:`CheckpointError` for meta tensors."""
+    torch.set_rng_state(_host(state["torch"], "torch").to(torch.uint8))
     npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
+    key = _host(npst["key"], "numpy").numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"])))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
+    if "cuda" in state and torch.cuda.is_available():  # pragma: no cover - needs a GPU
+        cuda = [_host(s, "cuda").to(torch.uint8) for s in state["cuda"]]
         if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+            torch.cuda.set_rng_state_all(cuda)

@@ -95,6 +95,29 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
     assert _rows(ref / "metrics.csv") == _rows(ext / "metrics.csv")
 
 
+def test_resume_reads_rng_states_from_device_tensors(tmp_path, monkeypatch):
+    """Resume loads through the host and restores RNG states that come back as accelerator tensors."""
+    from tests.test_realnet_checkpoint import ForeignDevice, on_foreign_device
+
+    cfg = dict(**TINY, steps=4, checkpoint_every=2, eval_every=0)
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    realnet.train(TrainConfig(**cfg), ref)
+    realnet.train(TrainConfig(**{**cfg, "steps": 2}), res)
+    real_load, seen = trainer.load_run_checkpoint, []
+
+    def device_mapped(run_dir, step, map_location="cpu", use=""):
+        seen.append(str(map_location))
+        ckpt = real_load(run_dir, step, map_location=map_location, use=use)
+        return {**ckpt, "rng": on_foreign_device(ckpt["rng"])}
+
+    monkeypatch.setattr(trainer, "load_run_checkpoint", device_mapped)
+    realnet.train(TrainConfig(**cfg), res)
+    assert seen == ["cpu"]
+    assert isinstance(on_foreign_device(torch.zeros(1)), ForeignDevice)
+    _assert_same_state(checkpoint_path(ref, 4), checkpoint_path(res, 4))
+    assert _rows(ref / "metrics.csv") == _rows(res / "metrics.csv")
+
+
 def test_different_config_and_bad_states_are_refused(tmp_path):
     out = tmp_path / "run"
     realnet.train(TrainConfig(**TINY, steps=4, checkpoint_every=2, lr_schedule="linear"), out)
