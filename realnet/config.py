@@ -14,6 +14,7 @@ resolved values (see :data:`RUNTIME_FIELDS` for the keys allowed to differ).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from quadsgd import _checks
 
 from .models import MODEL_NAMES
+from .pipeline import auto_workers
 
 try:
     import tomllib
@@ -88,7 +90,10 @@ class TrainConfig:
     channels_last: bool | None = None  # None = auto (on cuda)
     compile: bool = False  # torch.compile the training module (checkpoints hold the uncompiled one)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
-    num_workers: int = 4  # DataLoader workers for file datasets (digits lives in memory)
+    num_workers: int | None = None  # loader workers per rank for file datasets (None = auto: the cores left after
+    #   one main process per rank, at least 1; digits lives in memory)
+    decode: str | None = None  # imagenet JPEG decode: None = libjpeg-turbo in the workers | cuda = nvjpeg on the
+    #   device (other pixels: part of the run's definition; needs a CUDA device)
     threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
     progress: bool = True  # tqdm progress bar
 
@@ -144,6 +149,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         c.heldout_size = d["heldout_size"]
     if c.data_seed is None:
         c.data_seed = c.seed
+    if c.num_workers is None:
+        c.num_workers = auto_workers(int(os.environ.get("WORLD_SIZE", "1") or 1))
+    if c.decode is not None:
+        check_choice("decode", c.decode, ("cuda",))
+        if c.dataset != "imagenet" or c.device == "cpu":
+            raise ConfigError(f"decode='cuda' needs dataset 'imagenet' on a CUDA device; got dataset={c.dataset!r}, "
+                              f"device={c.device!r} (leave decode unset for libjpeg-turbo on the CPU)")
     if c.seed < 0 or c.data_seed < 0:
         raise ConfigError(f"seed and data_seed must be integers >= 0; got seed={c.seed}, data_seed={c.data_seed}")
     check_choice("lr_schedule", c.lr_schedule, SCHEDULES)
