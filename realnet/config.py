@@ -80,6 +80,11 @@ class TrainConfig:
     # ---- checkpoints, evaluation, logging ---------------------------------------------------
     checkpoint_every: int = 100  # write a checkpoint every K steps (step 0 and the last step always)
     checkpoint_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint (e.g. 75000)
+    checkpoint_keep_every: int = 0  # keep only the checkpoints at multiples of K steps (plus step 0, the last,
+    #   checkpoint_steps and the branch windows); the others are removed once a later one is on disk (0 = keep all)
+    branch_steps: list[int] = field(default_factory=list)  # steps side-trips will branch from: checkpointed, kept
+    branch_window: int = 0  # keep every checkpoint within this many steps of a branch step (side-trip horizons)
+    background_save: bool = True  # write checkpoints in a background thread (snapshot to host memory first)
     eval_every: int = 100  # validation loss/accuracy every K steps into evals.csv (0 = only at the end)
     eval_samples: int = 10000  # cap on validation examples per evaluation
     eval_batch_size: int = 256  # batch size for evaluation passes
@@ -103,7 +108,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({
     "steps", "data_dir", "device", "channels_last", "compile", "num_workers", "threads", "progress",
     "checkpoint_every", "checkpoint_steps", "eval_every", "eval_samples", "eval_batch_size", "log_every",
-    "deterministic",
+    "deterministic", "checkpoint_keep_every", "branch_steps", "branch_window", "background_save",
 })
 
 _DATASET_DEFAULTS = {
@@ -135,7 +140,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
     Raises :class:`ConfigError` naming the key and the allowed range for any invalid value.
     """
-    c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)))
+    c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)),
+                            branch_steps=sorted(set(int(s) for s in cfg.branch_steps)))
     check_choice("dataset", c.dataset, DATASETS)
     d = _DATASET_DEFAULTS[c.dataset]
     if c.model == "auto":
@@ -165,7 +171,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name in positive_int:
         check_int(name, getattr(c, name), 1)
     for name in ["checkpoint_every", "eval_every", "warmup_steps", "schedule_steps", "lr_step_size",
-                 "num_workers", "threads"]:
+                 "num_workers", "threads", "checkpoint_keep_every", "branch_window"]:
         check_int(name, getattr(c, name), 0)
     if not (c.lr > 0.0) or c.lr != c.lr or c.lr == float("inf"):
         raise ConfigError(f"lr must be a finite number > 0; got {c.lr!r}")
@@ -181,6 +187,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lr_gamma must be in (0, 1]; got {c.lr_gamma!r}")
     if any(s < 0 for s in c.checkpoint_steps):
         raise ConfigError(f"checkpoint_steps must be >= 0; got {c.checkpoint_steps!r}")
+    _check_retention(c)
     if not (0.0 <= c.augment_strength <= 4.0):
         raise ConfigError(f"augment_strength must be in [0, 4]; got {c.augment_strength!r}")
     if c.augment_strength > 0 and c.dataset != "digits":
@@ -201,6 +208,19 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         else:
             c.lr_step_size = 0
     return c
+
+
+def _check_retention(c: TrainConfig) -> None:
+    """The retention rule keeps what it declares and every checkpoint a requested side-trip branches from."""
+    if c.checkpoint_keep_every and not (c.checkpoint_every and c.checkpoint_keep_every % c.checkpoint_every == 0):
+        raise ConfigError(f"checkpoint_keep_every={c.checkpoint_keep_every} must be a multiple of checkpoint_every="
+                          f"{c.checkpoint_every} (> 0): the checkpoints it keeps would never be written")
+    if any(b < 0 for b in c.branch_steps):
+        raise ConfigError(f"branch_steps must be >= 0; got {c.branch_steps!r}")
+    if c.branch_window and not c.branch_steps:
+        raise ConfigError(f"branch_window={c.branch_window} needs branch_steps (the steps side-trips branch from)")
+    if c.branch_window and c.checkpoint_keep_every and not c.checkpoint_every:  # pragma: no cover - checked above
+        raise ConfigError("branch_window needs checkpoint_every > 0")
 
 
 def config_diff(old: dict, new: dict, ignore=RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ from tqdm import tqdm
 from quadsgd._files import (OutputError, atomic_write_text, claim_output, describe_diff, provenance, read_json,
                             write_json)
 
-from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_run_checkpoint,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import (CheckpointWriter, RetentionRule, capture_rng_state, checkpoint_path, list_checkpoints,
+                         load_run_checkpoint, plan_disk, restore_rng_state, save_checkpoint)
 from .config import RUNTIME_FIELDS, ConfigError, TrainConfig, build_options, config_diff, resolve_config
 from .data import BatchOrder, build_data
 from .models import create_model
@@ -61,6 +62,7 @@ __all__ = [
     "Runtime", "make_runtime", "lr_at", "lr_schedule_array", "build_model", "build_optimizer",
     "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
     "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS", "DivergenceError", "run_identity", "all_finite",
+    "retention_rule", "checkpoint_size_estimate",
 ]
 
 METRICS_COLUMNS = ["step", "epoch", "lr", "train_loss", "train_acc", "time_s"]
@@ -304,6 +306,21 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return build_options(TrainConfig, overrides=read_json(p))
 
 
+def retention_rule(cfg: TrainConfig) -> RetentionRule:
+    """The config's :class:`~realnet.checkpoint.RetentionRule` (checkpoint_every, checkpoint_keep_every,
+    checkpoint_steps, branch_steps, branch_window, steps)."""
+    return RetentionRule(cfg.checkpoint_every, cfg.checkpoint_keep_every, frozenset(cfg.checkpoint_steps),
+                         frozenset(cfg.branch_steps), cfg.branch_window, cfg.steps)
+
+
+def checkpoint_size_estimate(model: nn.Module) -> int:
+    """Bytes of one checkpoint of ``model``: its state (weights, BatchNorm buffers), one momentum buffer per
+    parameter and 64 KiB of the rest (config, RNG states, schedule)."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(state + momentum + 65536)
+
+
 # ---------------------------------------------------------------------------------------------
 # the runner
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +471,8 @@ class _Session:
     train_module: nn.Module  # what the updates run through (SyncBN / DDP / compile wrapped ``model``)
     start: int  # the first update of this session
     resumed: bool  # continued from a checkpoint
+    rule: RetentionRule  # which checkpoints are written and kept
+    writer: CheckpointWriter | None = None  # rank 0's checkpoint writer (None on the other ranks)
     t0: float = 0.0  # perf_counter at the start of the training loop
 
     @property
@@ -506,14 +525,52 @@ def _build_session(cfg: TrainConfig, out: Path, rt: Runtime, start: int | None) 
         train_module = DDP(train_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.compile:
         train_module = torch.compile(train_module)
-    return _Session(cfg, out, rt, data, order, model, optimizer, train_module, start if resumed else 0, resumed)
+    writer = CheckpointWriter(out, retention_rule(cfg), background=cfg.background_save) if rt.is_main else None
+    return _Session(cfg, out, rt, data, order, model, optimizer, train_module, start if resumed else 0, resumed,
+                    retention_rule(cfg), writer)
+
+
+def _checkpoint_plan(s: _Session) -> tuple[str | None, str]:
+    """Rank 0's check of the retention rule against the run directory and of the projected disk use against
+    the free space: (refusal or None, the plan's one-line description)."""
+    cfg, rule = s.cfg, s.rule
+    have = set(list_checkpoints(s.out))
+    for b in sorted(cfg.branch_steps):
+        if b > s.start:
+            continue
+        lost = [t for t in range(max(0, b - cfg.branch_window), min(s.start, b + cfg.branch_window) + 1)
+                if rule.writes(t) and t not in have]
+        if lost:
+            shown = ", ".join(map(str, lost[:8])) + (" ..." if len(lost) > 8 else "")
+            return (f"branch_steps: step {b} (window {cfg.branch_window}) needs checkpoints {shown}, which this run "
+                    f"no longer has (removed by an earlier retention rule or never written); a side-trip could not "
+                    f"branch there: choose branch steps after {s.start} or among the kept steps"), ""
+    size = checkpoint_size_estimate(s.model)
+    plan = plan_disk(rule, s.start, cfg.steps, size, s.out)
+    if not s.resumed:  # the step-0 checkpoint comes on top
+        plan = plan._replace(written=plan.written + 1, kept=plan.kept + 1, peak_bytes=plan.peak_bytes + size)
+    line = plan.line(s.out)
+    if plan.peak_bytes > plan.free_bytes:
+        return (f"not enough disk for the checkpoints: {line}; raise checkpoint_keep_every (now "
+                f"{cfg.checkpoint_keep_every}) or checkpoint_every (now {cfg.checkpoint_every}), narrow branch_window, "
+                f"or use an --out with more free space"), line
+    return None, line
 
 
 def _open_session(s: _Session, claim) -> None:
     """Rank 0 records the session (run_info.json, config.json), trims the logs to ``s.start`` and writes the
     step-0 checkpoint of a fresh run; every rank waits for it."""
     cfg, out, rt = s.cfg, s.out, s.rt
+    box = list(_checkpoint_plan(s)) if rt.is_main else [None, ""]
+    if rt.world > 1:
+        import torch.distributed as dist
+        dist.broadcast_object_list(box, src=0)
+    refusal, plan_line = box
+    if refusal is not None:
+        raise ConfigError(refusal)
     if rt.is_main:
+        if cfg.progress:  # beside the progress bar; run_info.json records it in any case
+            print(plan_line, file=sys.stderr)
         cfg_path = out / "config.json"
         stored = read_json(cfg_path) if cfg_path.is_file() else None
         changes = config_diff(stored, dataclasses.asdict(cfg), ignore=()) if stored is not None else {}
@@ -523,6 +580,7 @@ def _open_session(s: _Session, claim) -> None:
                              resumed_from=s.start if s.resumed else None, device=str(rt.device), world_size=rt.world,
                              precision="bf16" if rt.amp_dtype else "fp32",
                              deterministic=torch.are_deterministic_algorithms_enabled())
+        session["checkpoint_plan"] = plan_line
         if changes:  # the history of the recorded config: what this session changed (runtime fields only)
             session["config_changes"] = {k: [a, b] for k, (a, b) in changes.items()}
         info["sessions"].append(session)
@@ -585,6 +643,7 @@ class _MetricsLog:
                     fh.write(f"{p.step},{p.epoch},{p.lr!r},{l!r},{c / s.cfg.batch_size!r},{p.time_s:.3f}\n")
         if bad is not None:
             p = pending[bad]
+            _settle(s)
             raise _diverged(s.out, f"training diverged at step {p.step}: train_loss = {losses[bad]!r} "
                                    f"(lr = {p.lr:g})")
         self.last_loss = losses[-1]
@@ -595,19 +654,24 @@ def _save_step(s: _Session, log: _MetricsLog, done: int, lr: float) -> None:
     """Checkpoint after ``done`` updates: flush the log, check the parameters are finite, rank 0 writes."""
     log.flush()
     if not all_finite(s.model):
+        _settle(s)
         raise _diverged(s.out, f"training diverged: the parameters are not finite after update {done - 1} "
                                f"(train_loss = {log.last_loss!r}, lr = {lr:g})")
-    if s.rt.is_main:
-        save_checkpoint(checkpoint_path(s.out, done),
-                        checkpoint_payload(done, s.cfg, s.model, s.optimizer, s.order, s.rt.world))
+    if s.writer is not None:
+        s.writer.submit(done, checkpoint_payload(done, s.cfg, s.model, s.optimizer, s.order, s.rt.world))
     _barrier(s.rt)
+
+
+def _settle(s: _Session) -> None:
+    """Let the checkpoint in flight reach the disk (before a message names the last checkpoint)."""
+    if s.writer is not None:
+        s.writer.close(raise_errors=False)
 
 
 def _train_loop(s: _Session) -> float:
     """Updates ``s.start .. cfg.steps - 1`` with evaluations, logging and checkpoints; returns the last
     flushed training loss (NaN when this session trained nothing)."""
     cfg, rt = s.cfg, s.rt
-    ckpt_steps = set(cfg.checkpoint_steps) | {cfg.steps}
     log = _MetricsLog(s)
     s.t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=s.start, desc=f"train {s.out.name}",
@@ -624,12 +688,15 @@ def _train_loop(s: _Session) -> float:
             if len(log) >= cfg.log_every:
                 log.flush()
                 bar.set_postfix(loss=f"{log.last_loss:.4f}", lr=f"{lr:.4g}", refresh=False)
-            if done in ckpt_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            if s.rule.writes(done):
                 _save_step(s, log, done, lr)
             bar.update(1)
         log.flush()
+        if s.writer is not None:
+            s.writer.close()
     finally:
         bar.close()
+        _settle(s)  # a checkpoint in flight when training failed is completed: it is a good one
     return log.last_loss
 
 
