@@ -17,8 +17,7 @@ Each configuration: steady-state images/s of a pass over all images (the first b
 includes worker start-up, is not counted), the median of ``--repeats`` passes, passes of the two pipelines
 interleaved. Prints a table and the ratios realnet_uint8 / reference and realnet / reference at each worker
 count (the same cores, so a ratio is per CPU core), and writes ``bench_loader_<date>.json`` into ``--out``. A
-per-image breakdown of the
-main costs (decode, crop + resize, float conversion) in one process explains the ratio.
+per-image breakdown of the main costs (decode, crop + resize, float conversion) in one process explains the ratio.
 """
 from __future__ import annotations
 

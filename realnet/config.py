@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from quadsgd import _checks
 
@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pypr
 __all__ = [
     "ConfigError", "TrainConfig", "RUNTIME_FIELDS", "resolve_config", "config_diff",
     "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES", "check_int", "check_choice", "FLAG",
+    "SidetripSizes", "sidetrip_sizes",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
@@ -221,6 +222,29 @@ def _check_retention(c: TrainConfig) -> None:
         raise ConfigError(f"branch_window={c.branch_window} needs branch_steps (the steps side-trips branch from)")
     if c.branch_window and c.checkpoint_keep_every and not c.checkpoint_every:  # pragma: no cover - checked above
         raise ConfigError("branch_window needs checkpoint_every > 0")
+
+
+class SidetripSizes(NamedTuple):
+    """Side-trip sizes taken from a run's own config (validating a run trained elsewhere, e.g. on ImageNet)."""
+
+    dataset: str  # the run's data set
+    model: str  # the run's model
+    image_size: int  # the run's input side, pixels
+    batch_size: int  # the run's global batch: side-trip batches and the lr-sweep batch (the paper sweeps at it)
+    lr: float  # the run's peak learning rate
+    sweep_batch_sizes: list[int]  # Fig. 13: batch / 4, batch, 4 x batch (capped by the held-out split)
+    eval_samples: int  # examples per evaluation: the run's, at most its held-out split
+    threads: int  # torch threads: 0 (torch's default, every core) off digits, 1 on the small digits model
+    num_workers: int  # loader workers per process from the cores (realnet.pipeline.auto_workers)
+
+
+def sidetrip_sizes(cfg: TrainConfig) -> SidetripSizes:
+    """:class:`SidetripSizes` of a resolved run config (``load_config(run_dir)``)."""
+    b = int(cfg.batch_size)
+    held = int(cfg.heldout_size)
+    fig13 = sorted({max(1, min(held, v)) for v in (b // 4, b, 4 * b)})
+    return SidetripSizes(cfg.dataset, cfg.model, int(cfg.image_size), b, float(cfg.lr), fig13,
+                         int(min(cfg.eval_samples, held)), 1 if cfg.dataset == "digits" else 0, auto_workers(1))
 
 
 def config_diff(old: dict, new: dict, ignore=RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
