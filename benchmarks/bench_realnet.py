@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import realnet  # noqa: E402
-from sgdtraj.provenance import package_versions# noqa: E402
-from sgdtraj.files import write_json# noqa: E402
+from sgdtraj.provenance import package_versions  # noqa: E402
+from sgdtraj.files import write_json  # noqa: E402
 from realnet import sidetrips  # noqa: E402
 from realnet.config import TrainConfig  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402

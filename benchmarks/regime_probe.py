@@ -58,8 +58,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgdtraj.provenance import provenance# noqa: E402
-from sgdtraj.files import read_csv# noqa: E402
+from sgdtraj.provenance import provenance  # noqa: E402
+from sgdtraj.files import read_csv  # noqa: E402
 from realnet.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from realnet.config import TrainConfig, build_options, resolve_config  # noqa: E402
 from realnet.data import BatchOrder, build_data  # noqa: E402

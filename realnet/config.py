@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sgdtraj import arguments
 
 from .models import MODEL_NAMES
+from .pipeline import auto_workers
 
 try:
     import tomllib
@@ -33,6 +35,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pypr
 __all__ = [
     "ConfigError", "TrainConfig", "RUNTIME_FIELDS", "resolve_config", "config_diff",
     "parse_overrides", "build_options", "DATASETS", "MODELS", "SCHEDULES", "check_int", "check_choice", "FLAG",
+    "SidetripSizes", "sidetrip_sizes",
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
@@ -79,6 +82,11 @@ class TrainConfig:
     # ---- checkpoints, evaluation, logging ---------------------------------------------------
     checkpoint_every: int = 100  # write a checkpoint every K steps (step 0 and the last step always)
     checkpoint_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint (e.g. 75000)
+    checkpoint_keep_every: int = 0  # keep only the checkpoints at multiples of K steps (plus step 0, the last,
+    #   checkpoint_steps and the branch windows); the others are removed once a later one is on disk (0 = keep all)
+    branch_steps: list[int] = field(default_factory=list)  # steps side-trips will branch from: checkpointed, kept
+    branch_window: int = 0  # keep every checkpoint within this many steps of a branch step (side-trip horizons)
+    background_save: bool = True  # write checkpoints in a background thread (snapshot to host memory first)
     eval_every: int = 100  # validation loss/accuracy every K steps into evals.csv (0 = only at the end)
     eval_samples: int = 10000  # cap on validation examples per evaluation
     eval_batch_size: int = 256  # batch size for evaluation passes
@@ -89,7 +97,10 @@ class TrainConfig:
     channels_last: bool | None = None  # None = auto (on cuda)
     compile: bool = False  # torch.compile the training module (checkpoints hold the uncompiled one)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
-    num_workers: int = 4  # DataLoader workers for file datasets (digits lives in memory)
+    num_workers: int | None = None  # loader workers per rank for file datasets (None = auto: the cores left after
+    #   one main process per rank, at least 1; digits lives in memory)
+    decode: str | None = None  # imagenet JPEG decode: None = libjpeg-turbo in the workers | cuda = nvjpeg on the
+    #   device (other pixels: part of the run's definition; needs a CUDA device)
     threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
     progress: bool = True  # tqdm progress bar
 
@@ -99,7 +110,7 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({
     "steps", "data_dir", "device", "channels_last", "compile", "num_workers", "threads", "progress",
     "checkpoint_every", "checkpoint_steps", "eval_every", "eval_samples", "eval_batch_size", "log_every",
-    "deterministic",
+    "deterministic", "checkpoint_keep_every", "branch_steps", "branch_window", "background_save",
 })
 
 _DATASET_DEFAULTS = {
@@ -123,7 +134,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
     Raises :class:`ConfigError` naming the key and the allowed range for any invalid value.
     """
-    c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)))
+    c = dataclasses.replace(cfg, checkpoint_steps=sorted(set(int(s) for s in cfg.checkpoint_steps)),
+                            branch_steps=sorted(set(int(s) for s in cfg.branch_steps)))
     check_choice("dataset", c.dataset, DATASETS)
     d = _DATASET_DEFAULTS[c.dataset]
     if c.model == "auto":
@@ -137,6 +149,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         c.heldout_size = d["heldout_size"]
     if c.data_seed is None:
         c.data_seed = c.seed
+    if c.num_workers is None:
+        c.num_workers = auto_workers(int(os.environ.get("WORLD_SIZE", "1") or 1))
+    if c.decode is not None:
+        check_choice("decode", c.decode, ("cuda",))
+        if c.dataset != "imagenet" or c.device == "cpu":
+            raise ConfigError(f"decode='cuda' needs dataset 'imagenet' on a CUDA device; got dataset={c.dataset!r}, "
+                              f"device={c.device!r} (leave decode unset for libjpeg-turbo on the CPU)")
     if c.seed < 0 or c.data_seed < 0:
         raise ConfigError(f"seed and data_seed must be integers >= 0; got seed={c.seed}, data_seed={c.data_seed}")
     check_choice("lr_schedule", c.lr_schedule, SCHEDULES)
@@ -146,7 +165,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for name in positive_int:
         check_int(name, getattr(c, name), 1)
     for name in ["checkpoint_every", "eval_every", "warmup_steps", "schedule_steps", "lr_step_size",
-                 "num_workers", "threads"]:
+                 "num_workers", "threads", "checkpoint_keep_every", "branch_window"]:
         check_int(name, getattr(c, name), 0)
     if not (c.lr > 0.0) or c.lr != c.lr or c.lr == float("inf"):
         raise ConfigError(f"lr must be a finite number > 0; got {c.lr!r}")
@@ -162,6 +181,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lr_gamma must be in (0, 1]; got {c.lr_gamma!r}")
     if any(s < 0 for s in c.checkpoint_steps):
         raise ConfigError(f"checkpoint_steps must be >= 0; got {c.checkpoint_steps!r}")
+    _check_retention(c)
     if not (0.0 <= c.augment_strength <= 4.0):
         raise ConfigError(f"augment_strength must be in [0, 4]; got {c.augment_strength!r}")
     if c.augment_strength > 0 and c.dataset != "digits":
@@ -182,6 +202,42 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         else:
             c.lr_step_size = 0
     return c
+
+
+def _check_retention(c: TrainConfig) -> None:
+    """The retention rule keeps what it declares and every checkpoint a requested side-trip branches from."""
+    if c.checkpoint_keep_every and not (c.checkpoint_every and c.checkpoint_keep_every % c.checkpoint_every == 0):
+        raise ConfigError(f"checkpoint_keep_every={c.checkpoint_keep_every} must be a multiple of checkpoint_every="
+                          f"{c.checkpoint_every} (> 0): the checkpoints it keeps would never be written")
+    if any(b < 0 for b in c.branch_steps):
+        raise ConfigError(f"branch_steps must be >= 0; got {c.branch_steps!r}")
+    if c.branch_window and not c.branch_steps:
+        raise ConfigError(f"branch_window={c.branch_window} needs branch_steps (the steps side-trips branch from)")
+    if c.branch_window and c.checkpoint_keep_every and not c.checkpoint_every:  # pragma: no cover - checked above
+        raise ConfigError("branch_window needs checkpoint_every > 0")
+
+
+class SidetripSizes(NamedTuple):
+    """Side-trip sizes taken from a run's own config (validating a run trained elsewhere, e.g. on ImageNet)."""
+
+    dataset: str  # the run's data set
+    model: str  # the run's model
+    image_size: int  # the run's input side, pixels
+    batch_size: int  # the run's global batch: side-trip batches and the lr-sweep batch (the paper sweeps at it)
+    lr: float  # the run's peak learning rate
+    sweep_batch_sizes: list[int]  # Fig. 13: batch / 4, batch, 4 x batch (capped by the held-out split)
+    eval_samples: int  # examples per evaluation: the run's, at most its held-out split
+    threads: int  # torch threads: 0 (torch's default, every core) off digits, 1 on the small digits model
+    num_workers: int  # loader workers per process from the cores (realnet.pipeline.auto_workers)
+
+
+def sidetrip_sizes(cfg: TrainConfig) -> SidetripSizes:
+    """:class:`SidetripSizes` of a resolved run config (``load_config(run_dir)``)."""
+    b = int(cfg.batch_size)
+    held = int(cfg.heldout_size)
+    fig13 = sorted({max(1, min(held, v)) for v in (b // 4, b, 4 * b)})
+    return SidetripSizes(cfg.dataset, cfg.model, int(cfg.image_size), b, float(cfg.lr), fig13,
+                         int(min(cfg.eval_samples, held)), 1 if cfg.dataset == "digits" else 0, auto_workers(1))
 
 
 def config_diff(old: dict, new: dict, ignore=RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:

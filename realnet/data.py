@@ -13,9 +13,10 @@ Data sets (``TrainConfig.dataset``):
   ``cifar-100-python/``), ``download=False``. Held-out = a fixed subset of the official training set,
   validation = the official test set. Training batches: random crop (pad 4) + horizontal flip.
 * ``imagenet``: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (torchvision ``ImageFolder``
-  layout; with a ``meta.bin`` present, ``torchvision.datasets.ImageNet`` is used). Held-out = a fixed
-  subset of the training folder; validation = ``val``. Training: RandomResizedCrop + flip; evaluation:
-  resize to 256/224 of ``image_size`` + centre crop.
+  layout; with a ``meta.bin`` present, ``torchvision.datasets.ImageNet``'s file list is used). Held-out = a
+  fixed subset of the training folder; validation = ``val``. Read by :mod:`realnet.pipeline` (uint8 decode
+  and views in persistent workers, normalised on the device): training RandomResizedCrop + flip from the
+  sample seed; evaluation resize to 256/224 of ``image_size`` + centre crop. Unreadable images are refused.
 
 Batch order (:class:`BatchOrder`): epoch ``e`` is ``torch.randperm(n)`` from a CPU generator seeded with
 ``SeedSequence([data_seed, e])``; the batch at step ``t`` is slot ``t % steps_per_epoch`` of epoch
@@ -42,6 +43,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .pipeline import ImageFolderSplit
 
 __all__ = ["BatchOrder", "TensorSplit", "FileSplit", "DataBundle", "DigitsAugment", "build_data",
            "digits_split_indices", "DIGITS_VAL_SIZE"]
@@ -360,7 +363,7 @@ class DataBundle:
         else:
             idx = [torch.randperm(n, generator=g)[:batch_size] for _ in range(n_batches)]
         seeds = [[int(v) for v in _seed_words(seed, 2, i, n=batch_size) >> np.uint64(1)] for i in range(n_batches)]
-        return list(s.iterate(zip(idx, seeds), train=augment, device=device, num_workers=0))
+        return list(s.iterate(zip(idx, seeds), train=augment, device=device, num_workers=self.num_workers))
 
     def eval_batches(self, split: str, max_samples: int, batch_size: int, device):
         """Batches covering a fixed subset of at most ``max_samples`` examples of ``split`` (no augmentation)."""
@@ -469,9 +472,9 @@ def _cifar(dataset: str, data_dir, image_size: int, heldout_size: int, augment: 
                       FileSplit(val_base, np.arange(len(val_base)), None, eval_tf), num_workers)
 
 
-def _imagenet(data_dir, image_size: int, heldout_size: int, augment: bool, num_workers: int):
+def _imagenet(data_dir, image_size: int, heldout_size: int, augment: bool, num_workers: int,
+              decode: str | None = None):
     from torchvision import datasets
-    from torchvision import transforms as T
     layout = ("DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image> (ImageFolder layout, same class "
               "folders in both; optionally torchvision ImageNet's meta.bin in DATA_DIR)")
     root = _require_dir(data_dir, "imagenet", layout)
@@ -490,15 +493,14 @@ def _imagenet(data_dir, image_size: int, heldout_size: int, augment: bool, num_w
     if train_base.classes != val_base.classes:
         raise FileNotFoundError(f"imagenet under {str(root)!r}: train/ and val/ have different class folders; "
                                 f"expected layout: {layout}")
-    norm = T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)
-    resize = int(round(image_size * 256 / 224))
-    eval_tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
-    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) \
-        if augment else None
     tr, he = _heldout_split(len(train_base), heldout_size, "imagenet")
-    return DataBundle("imagenet", len(train_base.classes), image_size, FileSplit(train_base, tr, train_tf, eval_tf),
-                      FileSplit(train_base, he, None, eval_tf),
-                      FileSplit(val_base, np.arange(len(val_base)), None, eval_tf), num_workers)
+
+    def split(base, idx, train_aug):
+        return ImageFolderSplit(base.samples, idx, image_size, _IMAGENET_MEAN, _IMAGENET_STD, train_aug=train_aug,
+                                decode=decode)
+
+    return DataBundle("imagenet", len(train_base.classes), image_size, split(train_base, tr, augment),
+                      split(train_base, he, False), split(val_base, np.arange(len(val_base)), False), num_workers)
 
 
 def build_data(cfg) -> DataBundle:
@@ -510,5 +512,6 @@ def build_data(cfg) -> DataBundle:
     if cfg.dataset in ("cifar10", "cifar100"):
         return _cifar(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.heldout_size, cfg.augment, cfg.num_workers)
     if cfg.dataset == "imagenet":
-        return _imagenet(cfg.data_dir, cfg.image_size, cfg.heldout_size, cfg.augment, cfg.num_workers)
+        return _imagenet(cfg.data_dir, cfg.image_size, cfg.heldout_size, cfg.augment, cfg.num_workers,
+                         getattr(cfg, "decode", None))
     raise ValueError(f"unknown dataset {cfg.dataset!r}; choose digits, cifar10, cifar100 or imagenet")

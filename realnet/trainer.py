@@ -38,10 +38,11 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,8 @@ from sgdtraj.outputs import register_kind, OutputError, claim_output, describe_d
 from sgdtraj.files import atomic_write_text, read_json, write_json
 from sgdtraj.provenance import provenance
 
-from .checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_run_checkpoint,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import (CheckpointWriter, RetentionRule, capture_rng_state, checkpoint_path, list_checkpoints,
+                         load_run_checkpoint, plan_disk, restore_rng_state, save_checkpoint)
 from .config import RUNTIME_FIELDS, ConfigError, TrainConfig, build_options, config_diff, resolve_config
 from .data import BatchOrder, build_data
 from .models import create_model
@@ -62,6 +63,7 @@ __all__ = [
     "Runtime", "make_runtime", "lr_at", "lr_schedule_array", "build_model", "build_optimizer",
     "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
     "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS", "DivergenceError", "run_identity", "all_finite",
+    "retention_rule", "checkpoint_size_estimate",
 ]
 
 #: the output-directory kind of a run (``realnet train --out``)
@@ -308,6 +310,21 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return build_options(TrainConfig, overrides=read_json(p))
 
 
+def retention_rule(cfg: TrainConfig) -> RetentionRule:
+    """The config's :class:`~realnet.checkpoint.RetentionRule` (checkpoint_every, checkpoint_keep_every,
+    checkpoint_steps, branch_steps, branch_window, steps)."""
+    return RetentionRule(cfg.checkpoint_every, cfg.checkpoint_keep_every, frozenset(cfg.checkpoint_steps),
+                         frozenset(cfg.branch_steps), cfg.branch_window, cfg.steps)
+
+
+def checkpoint_size_estimate(model: nn.Module) -> int:
+    """Bytes of one checkpoint of ``model``: its state (weights, BatchNorm buffers), one momentum buffer per
+    parameter and 64 KiB of the rest (config, RNG states, schedule)."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(state + momentum + 65536)
+
+
 # ---------------------------------------------------------------------------------------------
 # the runner
 # ---------------------------------------------------------------------------------------------
@@ -421,18 +438,70 @@ def _finished_summary(cfg: TrainConfig, out: Path, start: int | None) -> dict[st
     return summary if isinstance(summary, dict) and summary.get("steps") == cfg.steps else None
 
 
-def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str, Any]:
-    start = finished = None
+class _Start(NamedTuple):
+    """Where this session starts, as rank 0 found the run directory (broadcast to every rank)."""
+
+    step: int | None  # the checkpoint step to resume from (None: a fresh run)
+    finished: dict[str, Any] | None  # the stored summary of a run already trained to ``cfg.steps``
+
+
+class _Pending(NamedTuple):
+    """One update whose loss and accuracy are still on the device (written at the next flush)."""
+
+    step: int  # 0-based update index
+    epoch: int  # step // steps_per_epoch
+    lr: float  # the learning rate the update used
+    loss: torch.Tensor  # 0-d, this rank's batch loss at the parameters before the update
+    correct: torch.Tensor  # 0-d, this rank's number of correct predictions
+    time_s: float  # session wall time when the update was queued, seconds
+
+
+@dataclass
+class _Session:
+    """Everything one training session works on (built by :func:`_build_session`)."""
+
+    cfg: TrainConfig  # the resolved config
+    out: Path  # the run directory
+    rt: Runtime  # device, precision, ranks
+    data: Any  # the DataBundle, on the device
+    order: BatchOrder  # the batch order of the main trajectory
+    model: nn.Module  # the plain model (what checkpoints hold)
+    optimizer: torch.optim.Optimizer  # SGD with momentum over ``model``'s parameters
+    train_module: nn.Module  # what the updates run through (SyncBN / DDP / compile wrapped ``model``)
+    start: int  # the first update of this session
+    resumed: bool  # continued from a checkpoint
+    rule: RetentionRule  # which checkpoints are written and kept
+    writer: CheckpointWriter | None = None  # rank 0's checkpoint writer (None on the other ranks)
+    t0: float = 0.0  # perf_counter at the start of the training loop
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.csv"
+
+    @property
+    def evals_path(self) -> Path:
+        return self.out / "evals.csv"
+
+
+def _agree_start(cfg: TrainConfig, out: Path, rt: Runtime) -> _Start:
+    """Rank 0 checks the run directory (resume step, finished run); every rank gets its answer."""
+    start = _Start(None, None)
     if rt.is_main:
-        start = _prepare_run_dir(cfg, out)
-        finished = _finished_summary(cfg, out, start)
+        step = _prepare_run_dir(cfg, out)
+        start = _Start(step, _finished_summary(cfg, out, step))
     if rt.world > 1:
         import torch.distributed as dist
-        box = [start, finished]
+        box = list(start)
         dist.broadcast_object_list(box, src=0)
-        start, finished = box
-    if finished is not None:  # nothing to train: the run stays exactly as it is
-        return finished
+        start = _Start(*box)
+    return start
+
+
+def _build_session(cfg: TrainConfig, out: Path, rt: Runtime, start: int | None) -> _Session:
+    """Data, model and optimizer on the device, restored from the checkpoint at ``start`` if given.
+
+    The checkpoint is read into host memory (``map_location='cpu'``): ``load_state_dict`` copies the tensors
+    to the model's and the optimizer's device and the RNG states are host data on every device."""
     data = build_data(cfg)
     order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
     data = data.to(rt.device)
@@ -442,13 +511,11 @@ def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str,
     optimizer = build_optimizer(model, cfg)
     resumed = start is not None
     if resumed:
-        ckpt = load_run_checkpoint(out, start, map_location=rt.device,
+        ckpt = load_run_checkpoint(out, start, map_location="cpu",
                                    use="move the damaged file away (e.g. mv {path} {path}.damaged) and re-run to "
                                        "resume from step {step}")
         restore_checkpoint(ckpt, model, optimizer, rng=True)
         del ckpt
-    else:
-        start = 0
     train_module: nn.Module = model
     if cfg.sync_bn and rt.world > 1:
         train_module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -457,109 +524,215 @@ def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str,
         train_module = DDP(train_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.compile:
         train_module = torch.compile(train_module)
+    writer = CheckpointWriter(out, retention_rule(cfg), background=cfg.background_save) if rt.is_main else None
+    return _Session(cfg, out, rt, data, order, model, optimizer, train_module, start if resumed else 0, resumed,
+                    retention_rule(cfg), writer)
 
-    ckpt_steps = set(cfg.checkpoint_steps) | {cfg.steps}
-    metrics_path, evals_path = out / "metrics.csv", out / "evals.csv"
+
+def _checkpoint_plan(s: _Session) -> tuple[str | None, str]:
+    """Rank 0's check of the retention rule against the run directory and of the projected disk use against
+    the free space: (refusal or None, the plan's one-line description)."""
+    cfg, rule = s.cfg, s.rule
+    have = set(list_checkpoints(s.out))
+    for b in sorted(cfg.branch_steps):
+        if b > s.start:
+            continue
+        lost = [t for t in range(max(0, b - cfg.branch_window), min(s.start, b + cfg.branch_window) + 1)
+                if rule.writes(t) and t not in have]
+        if lost:
+            shown = ", ".join(map(str, lost[:8])) + (" ..." if len(lost) > 8 else "")
+            return (f"branch_steps: step {b} (window {cfg.branch_window}) needs checkpoints {shown}, which this run "
+                    f"no longer has (removed by an earlier retention rule or never written); a side-trip could not "
+                    f"branch there: choose branch steps after {s.start} or among the kept steps"), ""
+    size = checkpoint_size_estimate(s.model)
+    plan = plan_disk(rule, s.start, cfg.steps, size, s.out)
+    if not s.resumed:  # the step-0 checkpoint comes on top
+        plan = plan._replace(written=plan.written + 1, kept=plan.kept + 1, peak_bytes=plan.peak_bytes + size)
+    line = plan.line(s.out)
+    if plan.peak_bytes > plan.free_bytes:
+        return (f"not enough disk for the checkpoints: {line}; raise checkpoint_keep_every (now "
+                f"{cfg.checkpoint_keep_every}) or checkpoint_every (now {cfg.checkpoint_every}), narrow branch_window, "
+                f"or use an --out with more free space"), line
+    return None, line
+
+
+def _open_session(s: _Session, claim) -> None:
+    """Rank 0 records the session (run_info.json, config.json), trims the logs to ``s.start`` and writes the
+    step-0 checkpoint of a fresh run; every rank waits for it."""
+    cfg, out, rt = s.cfg, s.out, s.rt
+    box = list(_checkpoint_plan(s)) if rt.is_main else [None, ""]
+    if rt.world > 1:
+        import torch.distributed as dist
+        dist.broadcast_object_list(box, src=0)
+    refusal, plan_line = box
+    if refusal is not None:
+        raise ConfigError(refusal)
     if rt.is_main:
+        if cfg.progress:  # beside the progress bar; run_info.json records it in any case
+            print(plan_line, file=sys.stderr)
         cfg_path = out / "config.json"
         stored = read_json(cfg_path) if cfg_path.is_file() else None
         changes = config_diff(stored, dataclasses.asdict(cfg), ignore=()) if stored is not None else {}
         info_path = out / "run_info.json"
-        info = read_json(info_path) if (resumed and info_path.is_file()) else {"sessions": []}
+        info = read_json(info_path) if (s.resumed and info_path.is_file()) else {"sessions": []}
         session = provenance(seed=cfg.seed, config=cfg, data_seed=cfg.data_seed,
-                             resumed_from=start if resumed else None, device=str(rt.device), world_size=rt.world,
+                             resumed_from=s.start if s.resumed else None, device=str(rt.device), world_size=rt.world,
                              precision="bf16" if rt.amp_dtype else "fp32",
                              deterministic=torch.are_deterministic_algorithms_enabled())
+        session["checkpoint_plan"] = plan_line
         if changes:  # the history of the recorded config: what this session changed (runtime fields only)
             session["config_changes"] = {k: [a, b] for k, (a, b) in changes.items()}
         info["sessions"].append(session)
         write_json(info_path, info)
         if stored is None or changes:
             write_json(cfg_path, dataclasses.asdict(cfg))
-        _truncate_csv(metrics_path, METRICS_COLUMNS, lambda s: s < start)
-        _truncate_csv(evals_path, EVAL_COLUMNS, lambda s: s < start)
-        if not resumed:
-            save_checkpoint(checkpoint_path(out, 0), checkpoint_payload(0, cfg, model, optimizer, order, rt.world))
+        _truncate_csv(s.metrics_path, METRICS_COLUMNS, lambda step: step < s.start)
+        _truncate_csv(s.evals_path, EVAL_COLUMNS, lambda step: step < s.start)
+        if not s.resumed:
+            payload = checkpoint_payload(0, cfg, s.model, s.optimizer, s.order, rt.world)
+            save_checkpoint(checkpoint_path(out, 0), payload)
         if claim is not None:
             claim.keep()  # a checkpoint exists: the directory stays even if training fails later
     _barrier(rt)
 
-    def run_eval(step: int) -> dict[str, float] | None:
-        res = None
-        if rt.is_main:
-            res = evaluate(model, data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, rt.device), rt)
-            with open(evals_path, "a", encoding="utf-8") as fh:
-                fh.write(f"{step},{res['loss']!r},{res['acc']!r}\n")
-        _barrier(rt)
-        return res
 
-    t0 = time.perf_counter()
-    pending: list[tuple[int, int, float, torch.Tensor, torch.Tensor, float]] = []
-    last_loss = float("nan")
+def _run_eval(s: _Session, step: int) -> dict[str, float] | None:
+    """Validation loss/accuracy after ``step`` updates (rank 0 evaluates and appends to evals.csv)."""
+    res = None
+    if s.rt.is_main:
+        cfg = s.cfg
+        res = evaluate(s.model, s.data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, s.rt.device), s.rt)
+        with open(s.evals_path, "a", encoding="utf-8") as fh:
+            fh.write(f"{step},{res['loss']!r},{res['acc']!r}\n")
+    _barrier(s.rt)
+    return res
 
-    def flush():
-        nonlocal last_loss
+
+class _MetricsLog:
+    """Queued updates (:class:`_Pending`) brought to the host and appended to metrics.csv in blocks."""
+
+    def __init__(self, s: _Session):
+        self.s = s
+        self.pending: list[_Pending] = []
+        self.last_loss = float("nan")  # the global-batch loss of the last flushed update
+
+    def add(self, rec: _Pending) -> None:
+        self.pending.append(rec)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def flush(self) -> None:
+        """Write the queued rows (global-batch loss and accuracy); :class:`DivergenceError` at the first
+        non-finite loss, after writing the rows before it."""
+        s, pending = self.s, self.pending
         if not pending:
             return
-        stats = torch.stack([torch.stack([p[3].float(), p[4].float()]) for p in pending])  # (n, 2)
-        if rt.world > 1:  # global-batch loss (mean of equal shares) and accuracy
+        stats = torch.stack([torch.stack([p.loss.float(), p.correct.float()]) for p in pending])  # (n, 2)
+        if s.rt.world > 1:  # global-batch loss (mean of equal shares) and accuracy
             import torch.distributed as dist
             dist.all_reduce(stats)
-            stats[:, 0] /= rt.world
+            stats[:, 0] /= s.rt.world
         losses, corrects = stats[:, 0].cpu().tolist(), stats[:, 1].cpu().tolist()
         bad = next((i for i, l in enumerate(losses) if not math.isfinite(l)), None)
         good = len(losses) if bad is None else bad
-        if rt.is_main:
-            with open(metrics_path, "a", encoding="utf-8") as fh:
-                for (s, ep, lr, _, _, ts), l, c in zip(pending[:good], losses[:good], corrects[:good]):
-                    fh.write(f"{s},{ep},{lr!r},{l!r},{c / cfg.batch_size!r},{ts:.3f}\n")
+        if s.rt.is_main:
+            with open(s.metrics_path, "a", encoding="utf-8") as fh:
+                for p, l, c in zip(pending[:good], losses[:good], corrects[:good]):
+                    fh.write(f"{p.step},{p.epoch},{p.lr!r},{l!r},{c / s.cfg.batch_size!r},{p.time_s:.3f}\n")
         if bad is not None:
-            s, _, lr = pending[bad][:3]
-            raise _diverged(out, f"training diverged at step {s}: train_loss = {losses[bad]!r} (lr = {lr:g})")
-        last_loss = losses[-1]
+            p = pending[bad]
+            _settle(s)
+            raise _diverged(s.out, f"training diverged at step {p.step}: train_loss = {losses[bad]!r} "
+                                   f"(lr = {p.lr:g})")
+        self.last_loss = losses[-1]
         pending.clear()
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not (cfg.progress and rt.is_main),
-               dynamic_ncols=True, mininterval=1.0)
-    batches = data.train_batches(order, start, cfg.steps, rt.device, rt.rank, rt.world, augment=cfg.augment)
+
+def _save_step(s: _Session, log: _MetricsLog, done: int, lr: float) -> None:
+    """Checkpoint after ``done`` updates: flush the log, check the parameters are finite, rank 0 writes."""
+    log.flush()
+    if not all_finite(s.model):
+        _settle(s)
+        raise _diverged(s.out, f"training diverged: the parameters are not finite after update {done - 1} "
+                               f"(train_loss = {log.last_loss!r}, lr = {lr:g})")
+    if s.writer is not None:
+        s.writer.submit(done, checkpoint_payload(done, s.cfg, s.model, s.optimizer, s.order, s.rt.world))
+    _barrier(s.rt)
+
+
+def _settle(s: _Session) -> None:
+    """Let the checkpoint in flight reach the disk (before a message names the last checkpoint)."""
+    if s.writer is not None:
+        s.writer.close(raise_errors=False)
+
+
+def _train_loop(s: _Session) -> float:
+    """Updates ``s.start .. cfg.steps - 1`` with evaluations, logging and checkpoints; returns the last
+    flushed training loss (NaN when this session trained nothing)."""
+    cfg, rt = s.cfg, s.rt
+    log = _MetricsLog(s)
+    s.t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=s.start, desc=f"train {s.out.name}",
+               disable=not (cfg.progress and rt.is_main), dynamic_ncols=True, mininterval=1.0)
+    batches = s.data.train_batches(s.order, s.start, cfg.steps, rt.device, rt.rank, rt.world, augment=cfg.augment)
     try:
-        for step, (x, y) in zip(range(start, cfg.steps), batches):
+        for step, (x, y) in zip(range(s.start, cfg.steps), batches):
             if cfg.eval_every and step % cfg.eval_every == 0:
-                run_eval(step)
+                _run_eval(s, step)
             lr = lr_at(cfg, step)
-            loss, correct = train_step(train_module, optimizer, x, y, lr, rt, cfg.label_smoothing)
-            pending.append((step, step // order.steps_per_epoch, lr, loss, correct, time.perf_counter() - t0))
+            loss, correct = train_step(s.train_module, s.optimizer, x, y, lr, rt, cfg.label_smoothing)
+            log.add(_Pending(step, step // s.order.steps_per_epoch, lr, loss, correct, time.perf_counter() - s.t0))
             done = step + 1
-            if len(pending) >= cfg.log_every:
-                flush()
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.4g}", refresh=False)
-            if done in ckpt_steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                flush()
-                if not all_finite(model):
-                    raise _diverged(out, f"training diverged: the parameters are not finite after update {step} "
-                                         f"(train_loss = {last_loss!r}, lr = {lr:g})")
-                if rt.is_main:
-                    save_checkpoint(checkpoint_path(out, done),
-                                    checkpoint_payload(done, cfg, model, optimizer, order, rt.world))
-                _barrier(rt)
+            if len(log) >= cfg.log_every:
+                log.flush()
+                bar.set_postfix(loss=f"{log.last_loss:.4f}", lr=f"{lr:.4g}", refresh=False)
+            if s.rule.writes(done):
+                _save_step(s, log, done, lr)
             bar.update(1)
-        flush()
+        log.flush()
+        if s.writer is not None:
+            s.writer.close()
     finally:
         bar.close()
-    final_eval = run_eval(cfg.steps)
-    if last_loss != last_loss and rt.is_main and metrics_path.is_file():  # nothing trained in this session
-        with open(metrics_path, encoding="utf-8") as fh:
-            rows = [r for r in fh.read().split("\n")[1:] if r]
-        if rows:
-            last_loss = float(rows[-1].split(",")[3])
+        _settle(s)  # a checkpoint in flight when training failed is completed: it is a good one
+    return log.last_loss
+
+
+def _last_logged_loss(s: _Session) -> float:
+    """The training loss of the last row of metrics.csv (rank 0; NaN without rows)."""
+    if not (s.rt.is_main and s.metrics_path.is_file()):
+        return float("nan")
+    with open(s.metrics_path, encoding="utf-8") as fh:
+        rows = [r for r in fh.read().split("\n")[1:] if r]
+    return float(rows[-1].split(",")[3]) if rows else float("nan")
+
+
+def _close_session(s: _Session, last_loss: float) -> dict[str, Any]:
+    """Final evaluation and summary.json (rank 0); returns the summary."""
+    cfg = s.cfg
+    final_eval = _run_eval(s, cfg.steps)
+    if last_loss != last_loss:  # nothing trained in this session
+        last_loss = _last_logged_loss(s)
+    wall = time.perf_counter() - s.t0
     summary = {
-        "steps": cfg.steps, "resumed_from": start if resumed else None, "final_train_loss": last_loss,
+        "steps": cfg.steps, "resumed_from": s.start if s.resumed else None, "final_train_loss": last_loss,
         "val_loss": final_eval["loss"] if final_eval else None, "val_acc": final_eval["acc"] if final_eval else None,
-        "checkpoints": list_checkpoints(out) if rt.is_main else None,
-        "session_wall_s": time.perf_counter() - t0,
-        "steps_per_s": (cfg.steps - start) / max(time.perf_counter() - t0, 1e-9),
+        "checkpoints": list_checkpoints(s.out) if s.rt.is_main else None,
+        "session_wall_s": wall,
+        "steps_per_s": (cfg.steps - s.start) / max(wall, 1e-9),
     }
-    if rt.is_main:
-        write_json(out / "summary.json", summary)
-    _barrier(rt)
+    if s.rt.is_main:
+        write_json(s.out / "summary.json", summary)
+    _barrier(s.rt)
     return summary
+
+
+def _train_claimed(cfg: TrainConfig, out: Path, rt: Runtime, claim) -> dict[str, Any]:
+    start = _agree_start(cfg, out, rt)
+    if start.finished is not None:  # nothing to train: the run stays exactly as it is
+        return start.finished
+    s = _build_session(cfg, out, rt, start.step)
+    _open_session(s, claim)
+    last_loss = _train_loop(s)
+    return _close_session(s, last_loss)

@@ -95,6 +95,54 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch):
     assert _rows(ref / "metrics.csv") == _rows(ext / "metrics.csv")
 
 
+def test_resume_reads_rng_states_from_device_tensors(tmp_path, monkeypatch):
+    """Resume loads through the host and restores RNG states that come back as accelerator tensors."""
+    from tests.test_realnet_checkpoint import ForeignDevice, on_foreign_device
+
+    cfg = dict(**TINY, steps=4, checkpoint_every=2, eval_every=0)
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    realnet.train(TrainConfig(**cfg), ref)
+    realnet.train(TrainConfig(**{**cfg, "steps": 2}), res)
+    real_load, seen = trainer.load_run_checkpoint, []
+
+    def device_mapped(run_dir, step, map_location="cpu", use=""):
+        seen.append(str(map_location))
+        ckpt = real_load(run_dir, step, map_location=map_location, use=use)
+        return {**ckpt, "rng": on_foreign_device(ckpt["rng"])}
+
+    monkeypatch.setattr(trainer, "load_run_checkpoint", device_mapped)
+    realnet.train(TrainConfig(**cfg), res)
+    assert seen == ["cpu"]
+    assert isinstance(on_foreign_device(torch.zeros(1)), ForeignDevice)
+    _assert_same_state(checkpoint_path(ref, 4), checkpoint_path(res, 4))
+    assert _rows(ref / "metrics.csv") == _rows(res / "metrics.csv")
+
+
+def test_retention_keeps_the_declared_checkpoints_and_refuses_what_does_not_fit(tmp_path, monkeypatch, capsys):
+    cfg = dict(**TINY, steps=12, checkpoint_every=2, eval_every=0, lr_schedule="cosine")
+    ref, kept = tmp_path / "ref", tmp_path / "kept"
+    realnet.train(TrainConfig(**cfg), ref)
+    realnet.train(TrainConfig(**{**cfg, "progress": True}, checkpoint_keep_every=6, branch_steps=[3], branch_window=2),
+                  kept)
+    assert "checkpoints: 8 written, 6 kept" in capsys.readouterr().err  # the plan, printed before training
+    assert list_checkpoints(kept) == [0, 2, 3, 4, 6, 12]
+    _assert_same_state(checkpoint_path(ref, 12), checkpoint_path(kept, 12))
+    info = json.loads((kept / "run_info.json").read_text())["sessions"][0]
+    assert info["checkpoint_plan"].startswith("checkpoints: 8 written")
+    # a branch step whose checkpoints an earlier rule removed cannot be requested any more
+    with pytest.raises(ConfigError, match=r"branch_steps: step 8 .* needs checkpoints 8, 10"):
+        realnet.train(TrainConfig(**{**cfg, "steps": 14, "schedule_steps": 12}, branch_steps=[8],
+                                      branch_window=2), kept)
+    with pytest.raises(ConfigError, match="checkpoint_keep_every=5 must be a multiple of checkpoint_every=2"):
+        realnet.train(TrainConfig(**cfg, checkpoint_keep_every=5), tmp_path / "bad")
+    # not enough disk: refused before anything is written
+    monkeypatch.setattr(realnet.checkpoint, "free_bytes", lambda path: 10_000)
+    with pytest.raises(ConfigError, match=r"not enough disk for the checkpoints: checkpoints: 7 written, 7 kept.*"
+                                          r"raise checkpoint_keep_every"):
+        realnet.train(TrainConfig(**cfg), tmp_path / "full")
+    assert not (tmp_path / "full").exists()
+
+
 def test_different_config_and_bad_states_are_refused(tmp_path):
     out = tmp_path / "run"
     realnet.train(TrainConfig(**TINY, steps=4, checkpoint_every=2, lr_schedule="linear"), out)

@@ -237,3 +237,33 @@ def test_tables_round_trip_exactly_with_blank_and_non_finite_cells(tmp_path):
     with pytest.raises(ValueError, match="has 2 rows, expected 1"):
         AveragingTable(kernel=["a"], kernel_repr=["b"], k=[1, 2], model=["m"], train_loss=[1.0], train_acc=[1.0],
                        val_loss=[1.0], val_acc=[1.0], l2_to_partner=[1.0], l2_from_start=[1.0])
+
+
+def test_sidetrip_sizes_come_from_the_run_config(tmp_path):
+    from sgdtraj.files import write_json
+    from realnet.config import sidetrip_sizes
+    from validation.__main__ import main as validation_main
+    from validation.realclaims import RealConfig
+
+    cfg = resolve_config(TrainConfig(dataset="imagenet", data_dir="/old/place", batch_size=1024, lr=0.4))
+    z = sidetrip_sizes(cfg)
+    assert (z.batch_size, z.lr, z.image_size, z.model) == (1024, 0.4, 224, "resnet34")
+    assert z.sweep_batch_sizes == [256, 1024, 4096] and z.eval_samples == 10000 and z.threads == 0
+    small = sidetrip_sizes(resolve_config(TrainConfig(dataset="imagenet", batch_size=64, heldout_size=100)))
+    assert small.sweep_batch_sizes == [16, 64, 100] and small.eval_samples == 100
+    run = tmp_path / "run"
+    run.mkdir()
+    import dataclasses
+    write_json(run / "config.json", dataclasses.asdict(cfg))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    rc = RealConfig.for_mode("quick", run=run, data_dir=moved)
+    assert (rc.dataset, rc.batch_size, rc.sweep_batch_size, rc.lr) == ("imagenet", 1024, 1024, 0.4)
+    assert rc.sweep_batch_sizes == [256, 1024, 4096] and rc.data_dir == str(moved) and rc.threads == 0
+    digits = resolve_config(TrainConfig())
+    write_json(run / "config.json", dataclasses.asdict(digits))
+    assert RealConfig.for_mode("quick", run=run) == RealConfig.for_mode("quick", run=run, data_dir=None)
+    assert RealConfig.for_mode("quick", run=run).sweep_batch_sizes == [16, 64, 256]  # digits keeps its sizes
+    # --run with --data-dir is accepted (the run needs 3 checkpoints: refused for that reason, not the pairing)
+    assert validation_main(["reproduce", "--run", str(run), "--data-dir", str(moved), "--real-only",
+                            "--out", str(tmp_path / "rep"), "--no-progress"]) == 2

@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     g.add_argument("--quick", action="store_true", help="embedded digits data, 2-core CPU (default)")
     g.add_argument("--full", action="store_true", help="larger sizes (more chains, longer runs)")
     r.add_argument("--run", help="existing realnet run directory to validate (e.g. a GPU ImageNet run)")
-    r.add_argument("--data-dir", help="train the realnet run on a local data set at this path")
+    r.add_argument("--data-dir", help="train the realnet run on a local data set at this path (with --run: where "
+                                      "the run's data set is now)")
     r.add_argument("--dataset", choices=DATASETS, help="data set name for --data-dir")
     r.add_argument("--out", required=True, help="output directory (created; re-running resumes)")
     r.add_argument("--only", nargs="+", metavar="ID", help=f"only these claims (ids: {', '.join(CLAIM_IDS)})")
@@ -37,10 +38,8 @@ def main(argv=None) -> int:
                    help="side-trips computed at once in worker processes (default: up to 2 on CPU, 1 on GPU; the "
                         "verdicts do not depend on it)")
     args = ap.parse_args(argv)
-    if args.data_dir and not args.dataset:
-        ap.error("--data-dir needs --dataset NAME")
-    if args.run and args.data_dir:
-        ap.error("give either --run (validate an existing run) or --data-dir (train one), not both")
+    if args.data_dir and not args.dataset and not args.run:  # with --run: where the run's data set lives now
+        ap.error("--data-dir needs --dataset NAME (or --run DIR)")
     if args.synthetic_only and args.real_only:
         ap.error("--synthetic-only and --real-only exclude each other")
     from .report import failing_checks

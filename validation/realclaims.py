@@ -121,12 +121,28 @@ class RealConfig:
             base = cls(**{**asdict(base), "dataset": dataset, "model": "resnet34", "batch_size": 128,
                           "steps": 20000, "lr": 0.1, "weight_decay": 1e-4, "augment_strength": 0.0, "threads": 0,
                           "sweep_batch_size": 512, "sweep_batch_sizes": [128, 512, 2048]})
+        if run:
+            base = cls(**{**asdict(base), **_run_sizes(run)})
         base.run = str(run) if run else None
         base.data_dir = str(data_dir) if data_dir else None
         return base
 
     def to_dict(self):
         return asdict(self)
+
+
+def _run_sizes(run) -> dict:
+    """RealConfig fields from an existing run's own config (realnet.config.sidetrip_sizes); digits runs keep the
+    digits defaults."""
+    from realnet.config import sidetrip_sizes
+    from realnet.trainer import load_config
+
+    z = sidetrip_sizes(load_config(run))
+    if z.dataset == "digits":
+        return {}
+    return dict(dataset=z.dataset, model=z.model, batch_size=z.batch_size, lr=z.lr, sweep_batch_size=z.batch_size,
+                sweep_batch_sizes=z.sweep_batch_sizes, eval_samples=z.eval_samples, threads=z.threads,
+                augment_strength=0.0)
 
 
 # ======================================================================================= context
@@ -221,7 +237,8 @@ class _Context:
                 import shutil
 
                 shutil.rmtree(d)  # unreadable: redo from scratch
-        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=_PROGRESS.get())
+        common = dict(device=self.cfg.device, threads=self.cfg.threads, progress=_PROGRESS.get(),
+                      **({"data_dir": self.cfg.data_dir} if self.cfg.run and self.cfg.data_dir else {}))
         with timings.timed(f"sidetrip:{key}"):
             try:  # an unfinished side-trip of the same options resumes
                 result = trip.function(self.run_dir, step, d, **common, **overrides)

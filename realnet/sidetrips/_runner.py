@@ -43,6 +43,7 @@ from sgdtraj.files import read_json, write_json
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_checkpoint, save_checkpoint
 from ..config import ConfigError, TrainConfig, build_options
 from ..data import BatchOrder, DataBundle, build_data
+from ..pipeline import auto_workers
 from ..trainer import (DivergenceError, Runtime, build_model, build_optimizer, deterministic_mode, evaluate,
                        load_config, lr_at, make_runtime, restore_checkpoint, train_step)
 from ._results import Metrics, SideTripResult
@@ -270,7 +271,7 @@ class RunContext:
         cfg = load_config(self.run_dir)
         if opts.data_dir is not None:
             cfg = dataclasses.replace(cfg, data_dir=opts.data_dir)
-        cfg = dataclasses.replace(cfg, num_workers=min(cfg.num_workers, 4))
+        cfg = dataclasses.replace(cfg, num_workers=auto_workers(1))  # this machine's cores, not the run's
         self.cfg: TrainConfig = cfg
         self.rt: Runtime = make_runtime(opts.device, opts.precision, None, distributed=False)
         data = build_data(cfg)
