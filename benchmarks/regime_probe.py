@@ -15,7 +15,7 @@ that prefix); ``probe --step S`` then branches from the prefix's 75% point if it
 --steps=2000 --lr=0.05``); ``--threads`` defaults to 1, ``--progress`` to false. ``train`` adds a
 checkpoint at 75% of the run (the branch point, the paper's 75k of 100k).
 
-What is measured (thresholds fixed in issue 11 before measuring: the constants of :mod:`validation.premises`;
+What is measured (thresholds fixed in issue 11 before measuring: the constants of :mod:`validation.real.premises`;
 the measurements (a), (b) and the summary of (c) are :mod:`realnet.regime`'s, shared with ``validation``):
 
 * (a) plateau: mean training loss of the fresh batches (``metrics.csv``: loss of the batch of update t at
@@ -66,7 +66,7 @@ from realnet.regime import fixed_batch_change, memorisation, training_plateau  #
 from realnet.sidetrips.alignment import FIXED_BATCH_SEED as FIXED_SEED  # noqa: E402  (the alignment's fixed batch)
 from realnet.trainer import (build_model, build_optimizer, deterministic_mode, load_config, lr_at,  # noqa: E402
                              restore_checkpoint, train, train_step)
-from validation.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
+from validation.real.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
 SAT_TOL = 0.10  # (e) saturated if last-quarter mean distance within 10% of the quarter before
 
 

@@ -110,7 +110,7 @@ def test_premises_rules_and_round_trip():
     """Each premise is met exactly on its side of the issue's thresholds, survives the verdict's JSON, and a
     failing premise is reported "not met" without changing the verdict's own rule."""
     from realnet.regime import FixedBatchChange, Memorisation, Plateau
-    from validation import premises as pm
+    from validation.real import premises as pm
     from validation.report import premise_note
 
     assert (pm.PLATEAU_TOL, pm.MEMORISED_MAX, pm.FIT_MIN, pm.GRADNORM_FACTOR_MAX) == (0.10, 1.5, 0.5, 2.0)
@@ -169,7 +169,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     # verdicts to mean anything: this checks the plumbing, the premises, the files and the report)
     import csv
 
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     rc = RealConfig(**TINY_REAL)
     out = tmp_path / "out"
@@ -284,12 +284,12 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
-    """The side-trips computed at once by two worker processes (validation.realclaims.prefetch) are the side-trips
+    """The side-trips computed at once by two worker processes (validation.real.prefetch) are the side-trips
     computed one after the other in this process, byte for byte, and the verdicts are the same."""
     import os
 
     from validation import timings
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     rc = RealConfig(**TINY_REAL)
     two = reproduce(tmp_path / "w2", synthetic=False, progress=False, real_config=rc, workers=2)
@@ -304,7 +304,7 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
         return {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "sidetrips").rglob("*.csv"))}
 
     assert tables(tmp_path / "w2") == tables(tmp_path / "w1") and len(tables(tmp_path / "w1")) > 10
-    from validation.realclaims import default_workers
+    from validation.real import default_workers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert default_workers(rc) == max(1, min(2, cores))  # one torch thread per side-trip
@@ -397,7 +397,7 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
     code = (f"import sys; sys.path.insert(0, {str(repo / 'tests')!r})\n"
-            "from test_validation import TINY_REAL\nfrom validation.realclaims import RealConfig\n"
+            "from test_validation import TINY_REAL\nfrom validation.real import RealConfig\n"
             "from validation.reproduce import reproduce\n"
             "cfg = RealConfig(**{**TINY_REAL, 'linear_fit_steps': 100000})\n"  # minutes: killed in the middle
             f"reproduce({str(out)!r}, synthetic=False, progress=False, real_config=cfg, workers=2)\n")
@@ -432,7 +432,7 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
             os.kill(p, signal.SIGKILL)
     assert proc.returncode != 0
     if sig == "SIGKILL":  # the dead job's lock is free again: the same report goes on
-        from validation.realclaims import RealConfig
+        from validation.real import RealConfig
 
         cfg = RealConfig(**{**TINY_REAL, "linear_fit_steps": 100000})
         v = reproduce(out, synthetic=False, progress=False, real_config=cfg, workers=2, only=["fig3-same-basin"])

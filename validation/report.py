@@ -52,7 +52,7 @@ def _git_text(env: dict) -> str:
 
 def premise_note(v: Verdict) -> str:
     """``" (premise not met: plateau, ...)"`` next to a verdict whose premises do not all hold, else ``""``."""
-    from .premises import not_met
+    from .real.premises import not_met
 
     missing = not_met(v)
     return f" (premise not met: {', '.join(missing)})" if missing else ""
@@ -60,7 +60,7 @@ def premise_note(v: Verdict) -> str:
 
 def premise_lines(v: Verdict) -> list[str]:
     """Markdown bullet lines of a verdict's premises (for its detail section)."""
-    from .premises import of_verdict
+    from .real.premises import of_verdict
 
     lines = []
     for p in of_verdict(v):
@@ -72,7 +72,7 @@ def premise_lines(v: Verdict) -> list[str]:
 
 def regime_section(verdicts: list[Verdict]) -> list[str]:
     """Markdown lines: every premise carried by the verdicts (value, rule, met / not met), before any verdict."""
-    from .premises import ALL_REAL, of_verdict
+    from .real.premises import ALL_REAL, of_verdict
 
     seen: dict[str, tuple] = {}
     for v in verdicts:
@@ -84,7 +84,7 @@ def regime_section(verdicts: list[Verdict]) -> list[str]:
     lines = ["## Regime at the branch point", "",
              f"The real-network claims test the paper only where the trajectory is in the paper's regime. Measured "
              f"at the branch point{f' (step {step})' if step is not None else ''} with rules fixed in code before "
-             f"measuring (`validation/premises.py`); a claim whose premise is not met is still judged below, and "
+             f"measuring (`validation/real/premises.py`); a claim whose premise is not met is still judged below, and "
              f"its verdict is marked *premise not met*.", "",
              "| premise | applies to | measured | rule | status |", "|---|---|---|---|---|"]
     for p, claims in seen.values():

@@ -20,7 +20,7 @@ room for what the linear model ignores on a real network (BatchNorm's scale inva
 drift of the plateau); an interval too wide to fit inside that band means the measurement cannot decide,
 which is a fail, not a pass. The synthetic ``eq13-radius-sqrt-lr`` uses 0.05 with exact stationary samples.
 
-Phase 1 of issue 11 predicted the outcome (``benchmarks/results/2026-12-01-regime-measurements.md``, (e)): the
+The regime measurements predicted the outcome (``benchmarks/results/2026-12-01-regime-measurements.md``, (e)): the
 weight-space distance does not saturate within 4,000 steps at this lr (it grows sub-diffusively, exponent 0.45
 -> 0.28), and the slope at the end of the pairs is 0.97 / 0.93 / 0.80 after 100 / 300 / 1200 steps. The
 details therefore give the slope at several times along the side-trips, the growth of each pair's distance over
@@ -31,16 +31,17 @@ level off) with its slope, and the pairs' training loss per quarter (has the los
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from quadsgd.testing.statistics import slope_with_ci
 
-from . import plots
-from .verdict import Verdict
+from .. import plots
+from ..verdict import Verdict
+from .context import RealClaim, RealContext
+from .requests import divergence_request
 
-__all__ = ["claim_eq13_real", "draw_eq13_real", "pair_slopes", "EQ13_REAL_TOL", "EQ13_REAL_SLOPE"]
+__all__ = ["claim_eq13_real", "draw_eq13_real", "pair_slopes", "EQ13_REAL_TOL", "EQ13_REAL_SLOPE", "EQ13_REAL"]
 
 EQ13_REAL_SLOPE = 0.5  # Lemma 1: d ~ sqrt(lr)
 EQ13_REAL_TOL = 0.15  # |slope - 1/2| + 95 % CI half-width must be below this (see the module docstring)
@@ -125,13 +126,11 @@ def _nearest(ts: np.ndarray, target: float) -> int:
     return int(ts[np.argmin(np.abs(ts - target))])
 
 
-def claim_eq13_real(cfg, out: Path) -> Verdict:
-    """The ``eq13-real-sqrt-lr`` verdict (``cfg``: :class:`validation.realclaims.RealConfig`)."""
-    from .realclaims import _ctx, _divergence
-
-    ctx = _ctx(cfg, out)
-    S, _ = ctx.steps
-    s = _divergence(ctx, cfg)
+def claim_eq13_real(ctx: RealContext) -> Verdict:
+    """The ``eq13-real-sqrt-lr`` verdict on the context's run."""
+    out = ctx.out
+    S = ctx.branch.step
+    s = ctx.sidetrip(*divergence_request(ctx.cfg))
     pt = s.pair_distances
     if len(pt) == 0:
         raise ValueError("the divergence side-trip recorded no lr pairs (eq13_factors is empty)")
@@ -182,3 +181,6 @@ def claim_eq13_real(cfg, out: Path) -> Verdict:
             pair_train_loss_quarters=s.pair_train_loss_quarters,
             pairs_wall_s=s.timing.get("pairs_wall_s")))
     return v
+
+
+EQ13_REAL = RealClaim("eq13-real-sqrt-lr", claim_eq13_real, lambda ctx: [divergence_request(ctx.cfg)])

@@ -1,4 +1,4 @@
-r"""The regime premises of the real-network claims (issue 11), measured at the branch point and shown with
+r"""The regime premises of the real-network claims, measured at the branch point and shown with
 every verdict.
 
 The paper's claims are about a trajectory that is quasi-stationary and has not fit its training stream
@@ -6,7 +6,7 @@ The paper's claims are about a trajectory that is quasi-stationary and has not f
 artefact, so every real-network verdict carries the premises it needs, each with its value, its rule and
 "met" / "not met"; a claim whose premise fails is still judged and shown, marked "premise not met".
 
-Premises and rules (fixed in code before any measurement; the issue's thresholds, unchanged):
+Premises and rules (fixed in code before any measurement):
 
 * ``plateau`` (a), every real-network claim: the mean fresh-batch training loss over the last quarter of the run
   is within 10 % of the mean over the quarter before: :math:`|L_{[3N/4, N)} / L_{[N/2, 3N/4)} - 1| \le 0.1`
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .verdict import Verdict, decide
+from ..verdict import Verdict, decide
 
 __all__ = ["PLATEAU_TOL", "MEMORISED_MAX", "FIT_MIN", "GRADNORM_FACTOR_MAX", "Condition", "Premise",
            "plateau_premise", "memorisation_premise", "lemma2_premise", "unmeasured", "alignment_changes",
