@@ -12,7 +12,7 @@ from validation.__main__ import main as cli_main
 from validation.reproduce import reproduce
 from validation.synthetic import SyntheticConfig
 
-REQUIRED = {"id", "claim", "statistic", "value", "threshold", "passed", "figure"}
+REQUIRED = {"id", "claim", "statistic", "value", "threshold", "passed", "figure", "state", "premises"}
 TINY = SyntheticConfig(chains_curve=200, chains_stationary=3000, steps_curve=6000, record_every=100, seed=7)
 
 
@@ -106,6 +106,94 @@ def test_cli_synthetic_subset(tmp_path, capsys):
     assert not math.isnan(data[0]["value"])
 
 
+def test_three_states():
+    """PASS: premises met, rule and sub-checks hold; FAIL: premises met, the rule or a sub-check fails; NOT DECIDED:
+    a premise not met (whatever the rule says) or an error. ``passed`` is True exactly for PASS; ``met`` is
+    recomputed from value and rule, never read back."""
+    from validation.verdict import premise_entry
+
+    def v(value, prem, **kw):
+        return Verdict(id="x", claim="c", statistic="s", value=value, comparison="<", threshold=0.5,
+                       premises=[premise_entry("p", prem, ">=", 0.5)], **kw)
+
+    assert (v(0.2, 0.6).state, v(0.2, 0.6).passed) == ("PASS", True)
+    assert (v(0.7, 0.6).state, v(0.7, 0.6).passed) == ("FAIL", False)
+    assert (v(0.2, 0.4).state, v(0.2, 0.4).passed) == ("NOT DECIDED", False)
+    assert (v(0.7, 0.4).state, v(0.7, float("nan")).state) == ("NOT DECIDED", "NOT DECIDED")
+    assert v(0.2, 0.6, error="E: x").state == "NOT DECIDED"
+    assert v(0.2, 0.6).check("sub", 3.0, "<", 2.0).state == "FAIL"
+    assert Verdict(id="x", claim="c", statistic="s", value=0.2, comparison="<", threshold=0.5).state == "PASS"
+    d = v(0.2, 0.6).to_dict()
+    assert d["premises"] == [dict(name="p", value=0.6, rule=">= 0.5", met=True)] and d["state"] == "PASS"
+    d["premises"][0]["value"], d["premises"][0]["met"], d["state"], d["passed"] = 0.1, True, "PASS", True
+    back = Verdict.from_dict(d)  # a forged "met" / state is recomputed
+    assert (back.state, back.passed, back.premises[0]["met"]) == ("NOT DECIDED", False, False)
+    with pytest.raises(ValueError, match="comparison"):
+        premise_entry("p", 1.0, "=", 1.0)
+
+
+def test_each_premise_built_to_fail_gives_not_decided(tmp_path):
+    """Every premise of the real-network claims, built to fail, makes a verdict whose own rule holds NOT DECIDED,
+    and the report names the premise with its value; the same verdict with the premise met is PASS."""
+    from realnet.regime import FixedBatchChange, Memorisation, Plateau
+    from validation.real import premises as pm
+    from validation.report import write_report
+
+    def mem(ratio):
+        return Memorisation(step=1800, n_batches=10, batch_size=32, heldout_loss=ratio, fresh_train_loss=1.0,
+                            ratio=ratio, heldout_loss_eval_bn=1.0, fresh_train_loss_eval_bn=1.0, ratio_eval_bn=1.0,
+                            heldout_augmented=True)
+
+    def change(end, gn):
+        return FixedBatchChange(loss_start=1.0, loss_end=end, loss_end_over_start=end, loss_min_over_start=end,
+                                gradnorm_max_change=gn, gradnorm_end_ratio=1.0, n_points=10)
+
+    def plateau(r):
+        return pm.plateau_premise(Plateau(steps=2400, prev_quarter_loss=1.0, last_quarter_loss=r, ratio=r), 1800)
+
+    def lemma2(end, gn):
+        return pm.lemma2_premise("lemma2-fig6", "fig6-two-point-half-lr", {"A (lr)": change(end, gn)}, "b")
+
+    good = [plateau(0.95), pm.memorisation_premise(mem(1.1)), lemma2(0.9, 1.2)]
+    bad = {"plateau: plateau": plateau(0.8), "not-memorised: heldout_over_fresh": pm.memorisation_premise(mem(2.0)),
+           "lemma2-fig6: not_fit": lemma2(0.3, 1.2), "lemma2-fig6: gradnorm_change": lemma2(0.9, 3.0),
+           "regime: measured": pm.unmeasured("regime", "t", "OSError: no metrics")}
+
+    def verdict(ps):
+        v = Verdict(id="fig6-two-point-half-lr", claim="c", statistic="s", value=0.1, comparison="<", threshold=0.5)
+        return pm.attach(v, ps)
+
+    assert verdict(good).state == "PASS"
+    for name, premise in bad.items():
+        ps = [premise if p.id == premise.id else p for p in good] if premise.id != "regime" else good + [premise]
+        v = verdict(ps)
+        assert v.state == "NOT DECIDED" and not v.passed and v.rule_holds(), name
+        assert [p["name"] for p in v.unmet_premises()] == [name]
+        write_report(tmp_path, [v], dict(mode="quick"))
+        report = (tmp_path / "report.md").read_text()
+        assert f"**NOT DECIDED**: premise `{name}` = " in report and "0 PASS, 0 FAIL, 1 NOT DECIDED of 1" in report
+
+
+def test_real_package_has_no_import_cycle_and_no_computing_property():
+    """Each module of validation.real imports on its own in a fresh interpreter, and the context has no
+    property (nothing trains or computes on attribute access)."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import validation.real
+    from validation.real import RealContext
+
+    names = [m.name for m in pkgutil.iter_modules(validation.real.__path__)]
+    assert {"context", "claims", "prefetching", "premises", "stationary_radius", "linear_model"} <= set(names)
+    code = "; ".join(f"import validation.real.{n}" for n in names)
+    for n in names:  # each first, so that a cycle through it would show
+        r = subprocess.run([sys.executable, "-c", f"import validation.real.{n}; {code}"], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, (n, r.stderr[-2000:])
+    assert not [k for k, x in vars(RealContext).items() if isinstance(x, property)]
+
+
 def test_premises_rules_and_round_trip():
     """Each premise is met exactly on its side of the issue's thresholds, survives the verdict's JSON, and a
     failing premise is reported "not met" without changing the verdict's own rule."""
@@ -139,7 +227,10 @@ def test_premises_rules_and_round_trip():
     v = Verdict(id="fig7-gradient-alignment", claim="c", statistic="s", value=0.2, comparison=">", threshold=0.0)
     pm.attach(v, [flat, fit])
     back = Verdict.from_dict(json.loads(json.dumps(v.to_dict())))
-    assert back.passed and v.passed  # judged by its own rule whatever the premises say
+    assert v.rule_holds() and back.rule_holds()  # the value is still judged by its rule ...
+    assert v.state == back.state == "NOT DECIDED" and not back.passed  # ... but decides nothing
+    assert [p["name"] for p in back.unmet_premises()] == ["lemma2-fig7: not_fit"]
+    assert back.premises[0] == dict(name="plateau: plateau", value=pytest.approx(0.055), rule="<= 0.1", met=True)
     assert back.details["premises_met"] is False and pm.not_met(back) == ["lemma2-fig7"]
     assert [p.to_dict() for p in pm.of_verdict(back)] == [flat.to_dict(), fit.to_dict()]
     assert premise_note(back) == " (premise not met: lemma2-fig7)" and premise_note(Verdict(
@@ -159,8 +250,8 @@ REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedu
 
 def _judged(v):
     """What a re-run must reproduce: the verdict's numbers and premises (not its timings)."""
-    return dict(value=v["value"], passed=v["passed"], checks=v["checks"], premises=v["details"].get("premises"),
-                uncertainty=v["uncertainty"])
+    return dict(value=v["value"], passed=v["passed"], state=v["state"], checks=v["checks"],
+                premises=v["details"].get("premises"), uncertainty=v["uncertainty"])
 
 
 @pytest.mark.slow
@@ -199,6 +290,11 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
+        flat = [f"{p['id']}: {c['name']}" for p in d["details"]["premises"] for c in p["conditions"]]
+        assert [p["name"] for p in d["premises"]] == flat and all(set(p) == {"name", "value", "rule", "met"}
+                                                                  for p in d["premises"])
+        assert d["state"] == ("NOT DECIDED" if not d["details"]["premises_met"] else
+                              "PASS" if d["passed"] else "FAIL") and d["passed"] == (d["state"] == "PASS")
     with open(out / "run" / "metrics.csv", newline="") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     plateau = by_id["fig2-single-step"]["details"]["premises"][0]
@@ -275,11 +371,13 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "run").rglob("*")) == before
     assert v2[0].value == pytest.approx(by_id["fig2-single-step"]["value"])  # same claim, same number
     d2 = json.loads((out2 / "verdicts.json").read_text())[0]
-    assert d2["details"]["premises_met"] is False
+    assert d2["details"]["premises_met"] is False and d2["state"] == "NOT DECIDED" and d2["passed"] is False
+    assert "not-memorised: heldout_over_fresh" in [p["name"] for p in d2["premises"] if not p["met"]]
     assert [p["met"] for p in d2["details"]["premises"]] == [plateau["met"], False]
     assert d2["details"]["premises"][1]["conditions"][0]["value"] == 3.0
     rep2 = (out2 / "report.md").read_text()
     assert "(premise not met: not-memorised)" in rep2 and "**not met**" in rep2
+    assert "**NOT DECIDED**: premise `not-memorised: heldout_over_fresh` = 3" in rep2
 
 
 @pytest.mark.slow

@@ -197,8 +197,13 @@ def _saved_verdict(out: Path, cid: str, fp: str, force: bool):
     return None
 
 
+#: the form of a saved verdict; a part of another form is redone (its claim's statistic or premises changed)
+VERDICT_FORM = 2
+
+
 def _claim_fingerprint(cid, cfg) -> str:
-    return _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
+    return _fingerprint(dict(id=cid, form=VERDICT_FORM,
+                             cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
 
 
 def _reproduce(job: Job, claim) -> list[Verdict]:

@@ -4,7 +4,8 @@ every verdict.
 The paper's claims are about a trajectory that is quasi-stationary and has not fit its training stream
 (ImageNet at 75k of 100k steps, loss ~1.8 on a plateau at a fixed lr). A verdict computed elsewhere tests an
 artefact, so every real-network verdict carries the premises it needs, each with its value, its rule and
-"met" / "not met"; a claim whose premise fails is still judged and shown, marked "premise not met".
+"met" / "not met"; a claim whose premise fails is NOT DECIDED: its value is still computed and shown, with the
+failing premise (:mod:`validation.verdict`).
 
 Premises and rules (fixed in code before any measurement):
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..verdict import Verdict, decide
+from ..verdict import Verdict, decide, premise_entry
 
 __all__ = ["PLATEAU_TOL", "MEMORISED_MAX", "FIT_MIN", "GRADNORM_FACTOR_MAX", "Condition", "Premise",
            "plateau_premise", "memorisation_premise", "lemma2_premise", "unmeasured", "alignment_changes",
@@ -172,11 +173,15 @@ def divergence_changes(result) -> dict:
 
 # ======================================================================================= verdicts
 def attach(verdict: Verdict, premises) -> Verdict:
-    """Store ``premises`` in ``verdict.details["premises"]`` (dicts) and ``details["premises_met"]``; the
-    verdict's own rule and ``passed`` are unchanged (a claim is judged whether or not its premises hold)."""
+    """Store ``premises`` in the verdict: one ``{name, value, rule, met}`` entry per condition in
+    ``verdict.premises`` (name ``"<premise id>: <condition>"``; they decide the state: a condition not met makes
+    it NOT DECIDED), and the full premises (titles, details) in ``details["premises"]``."""
     ps = list(premises)
     verdict.details["premises"] = [p.to_dict() for p in ps]
     verdict.details["premises_met"] = all(p.met for p in ps)
+    verdict.premises = [premise_entry(f"{p.id}: {c.name}", c.value, c.comparison, c.threshold)
+                        for p in ps for c in p.conditions]
+    verdict.__post_init__()
     return verdict
 
 
