@@ -1,5 +1,5 @@
-r"""The regime of a trajectory at a checkpoint, measured (issue 11): is it on a plateau, is its training
-stream memorised, is a fixed batch fit along a side-trip. Numbers only; the rules that decide whether a
+r"""The regime of a trajectory at a checkpoint, measured: is it on a plateau, is its training
+stream memorised, is a fixed batch fit along a side-trip, what is its gradient noise scale. Numbers only; the rules that decide whether a
 claim's premise holds are in :mod:`validation.real.premises`.
 
 * :func:`training_plateau` / :func:`quarter_means` -- mean fresh-batch training loss (``metrics.csv``: the loss
@@ -16,7 +16,11 @@ claim's premise holds are in :mod:`validation.real.premises`.
   Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
   :math:`\max_t \max(r_t, 1/r_t)`, :math:`r_t = \|g_t\| / \|g_0\|` (:class:`FixedBatchChange`).
 
-``benchmarks/regime_probe.py`` (the phase-1 measurements) and ``validation`` (the premises shown with every
+* :func:`gradient_noise_scale` -- McCandlish et al.'s (2018) simple noise scale
+  :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` at checkpoint S from the gradients of the fresh
+  training batches of updates S, S+1, ... (:class:`NoiseScale`).
+
+``benchmarks/regime_probe.py`` (the regime measurements) and ``validation`` (the premises shown with every
 verdict) both call these functions.
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from quadsgd._files import read_csv
 
 __all__ = ["Plateau", "quarter_means", "training_plateau", "Memorisation", "memorisation", "FixedBatchChange",
-           "fixed_batch_change"]
+           "fixed_batch_change", "NoiseScale", "gradient_noise_scale", "noise_scale_from_gradients"]
 
 
 @dataclass(frozen=True)
@@ -163,3 +167,72 @@ def fixed_batch_change(loss, grad_norm) -> FixedBatchChange:
                             loss_end_over_start=float(loss[-1] / loss[0]),
                             loss_min_over_start=float(loss.min() / loss[0]), gradnorm_max_change=change,
                             gradnorm_end_ratio=float(r[-1]), n_points=int(loss.size))
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    r"""The simple gradient noise scale at checkpoint ``step`` from ``n_batches`` batch gradients of size
+    ``batch_size``: ``trace_sigma`` (:math:`\operatorname{tr}\Sigma`, per-example, unbiased: b times the
+    batch gradients' sample variance), ``grad_sq_norm`` (:math:`|G|^2`, unbiased: :math:`|\bar g|^2 - V/n`),
+    ``b_noise`` = their ratio (inf when the unbiased :math:`|G|^2 \le 0`: the mean gradient is not resolved),
+    ``mean_pair_cosine`` (mean cosine between different batches' gradients) and ``b_noise_from_cosine`` =
+    :math:`b (1/c - 1)` (the same scale read from the cosines)."""
+
+    step: int
+    batch_size: int
+    n_batches: int
+    trace_sigma: float
+    grad_sq_norm: float
+    b_noise: float
+    mean_pair_cosine: float
+    b_noise_from_cosine: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def noise_scale_from_gradients(grads, batch_size: int, step: int = 0) -> NoiseScale:
+    """:class:`NoiseScale` from ``grads`` (n x P array or tensor: one batch gradient of ``batch_size`` examples
+    per row, n >= 2), in float64."""
+    g = np.asarray(grads, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] < 2:
+        raise ValueError(f"grads must be an (n >= 2) x P array; got shape {g.shape}")
+    n, b = g.shape[0], int(batch_size)
+    mean = g.mean(0)
+    var = float(((g - mean) ** 2).sum(1).sum() / (n - 1))  # E|g_b - G|^2 = tr(Sigma) / b
+    g2 = float(mean @ mean - var / n)
+    tr = b * var
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    c = float(cos[np.triu_indices(n, 1)].mean())
+    return NoiseScale(step=int(step), batch_size=b, n_batches=n, trace_sigma=tr, grad_sq_norm=g2,
+                      b_noise=tr / g2 if g2 > 0 else math.inf, mean_pair_cosine=c,
+                      b_noise_from_cosine=b * (1.0 / c - 1.0) if c > 0 else math.inf)
+
+
+def gradient_noise_scale(run_dir, step: int, n_batches: int = 16, batch_size: int = 0, device: str = "cpu",
+                         threads: int = 0, deterministic: bool | None = None) -> NoiseScale:
+    """Measure :class:`NoiseScale` at checkpoint ``step`` of ``run_dir`` from the loss gradients of the fresh
+    training batches of updates ``step .. step + n_batches - 1`` (batch-statistics BatchNorm, as in training;
+    batch_size 0 = the run's). Nothing is written."""
+    from .sidetrips._losses import batch_grad, functional_model, grad_vector
+    from .sidetrips._runner import RunContext, SideTripOptions
+    from .trainer import deterministic_mode
+
+    if n_batches < 2:
+        raise ValueError(f"n_batches must be an integer >= 2; got {n_batches}")
+    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
+    with deterministic_mode(False, threads):
+        ctx = RunContext(run_dir, opts)
+        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
+        with deterministic_mode(det):
+            br = ctx.branch(int(step))
+            B = int(batch_size) or ctx.cfg.batch_size
+            fmodel, _ = functional_model(br.model, "batch")
+            params = dict(br.model.named_parameters())
+            rows = []
+            for i in range(n_batches):
+                x, y = ctx.batch_at(int(step) + i, B)
+                _, g = batch_grad(fmodel, params, x, y, ctx.rt)
+                rows.append(grad_vector(g).double().cpu().numpy())
+    return noise_scale_from_gradients(np.stack(rows), B, step)

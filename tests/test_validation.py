@@ -154,10 +154,28 @@ def test_each_premise_built_to_fail_gives_not_decided(tmp_path):
     def lemma2(end, gn):
         return pm.lemma2_premise("lemma2-fig6", "fig6-two-point-half-lr", {"A (lr)": change(end, gn)}, "b")
 
-    good = [plateau(0.95), pm.memorisation_premise(mem(1.1)), lemma2(0.9, 1.2)]
+    def window(cos, ratio, needed=20):
+        w = pm.lemma2_window([0, 10, 20, 30], cos, ratio)
+        return pm.lemma2_window_premise("lemma2-w", "fig6-two-point-half-lr", {"A": w}, needed, "b", "t = 20")
+
+    def lemma1(growth, n):
+        return pm.lemma1_premise("eq13-real-sqrt-lr", {"1.0": 1.0, "0.5": growth}, n, 1.05, 5)
+
+    good = [plateau(0.95), pm.memorisation_premise(mem(1.1)), lemma2(0.9, 1.2),
+            window([1, 0.9, 0.8, 0.3], [1, 1.02, 0.97, 1.0]), pm.batch_range_premise([16, 64, 256], 300, 0.25),
+            pm.schedule_effect_premise("fig5", {"swa": 0.02, "ema": 0.05}, 0.01), lemma1(1.04, 5)]
     bad = {"plateau: plateau": plateau(0.8), "not-memorised: heldout_over_fresh": pm.memorisation_premise(mem(2.0)),
            "lemma2-fig6: not_fit": lemma2(0.3, 1.2), "lemma2-fig6: gradnorm_change": lemma2(0.9, 3.0),
-           "regime: measured": pm.unmeasured("regime", "t", "OSError: no metrics")}
+           "regime: measured": pm.unmeasured("regime", "t", "OSError: no metrics"),
+           # the cone breaks at t = 20 (cos 0.45 < 0.5) or at t = 10 (norm x1.06): window 10 or 0 < 20 needed
+           "lemma2-w: window_steps": window([1, 0.9, 0.45, 0.9], [1, 1.0, 1.0, 1.0]),
+           "batch-range: smallest_typical": pm.batch_range_premise([128, 256], 300, 0.25),
+           "batch-range: largest_near_noise_scale": pm.batch_range_premise([16, 64], 300, 0.25),
+           "schedule-effect: effect": pm.schedule_effect_premise("fig5", {"swa": 0.005, "ema": 0.05}, 0.01),
+           "lemma1-stationary: pairs_levelled": lemma1(1.18, 5),
+           "lemma1-stationary: enough_lrs": lemma1(1.0, 3)}
+    assert window([1, 0.9, 0.9, 0.9], [1, 1.06, 1.0, 1.0]).conditions[0].value == 0
+    assert window([1, 0.9, 0.45, 0.9], [1, 1.0, 1.0, 1.0]).conditions[0].value == 10
 
     def verdict(ps):
         v = Verdict(id="fig6-two-point-half-lr", claim="c", statistic="s", value=0.1, comparison="<", threshold=0.5)
@@ -166,6 +184,7 @@ def test_each_premise_built_to_fail_gives_not_decided(tmp_path):
     assert verdict(good).state == "PASS"
     for name, premise in bad.items():
         ps = [premise if p.id == premise.id else p for p in good] if premise.id != "regime" else good + [premise]
+        assert len(ps) == len(good) + (premise.id == "regime")
         v = verdict(ps)
         assert v.state == "NOT DECIDED" and not v.passed and v.rule_holds(), name
         assert [p["name"] for p in v.unmet_premises()] == [name]
@@ -278,7 +297,8 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
                                                                                          "variance_off"}
     assert (out / "sidetrips" / "linear-fit" / "directions.csv").exists()
-    assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep" / "summary.json").exists()
+    assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep-b16" / "summary.json").exists()
+    assert not (out / "sidetrips" / "lr-sweep").exists()  # fig. 2 sweeps at the training batch, shared with fig. 13
     run_cfg = json.loads((out / "run" / "config.json").read_text())
     assert (run_cfg["augment_strength"], run_cfg["weight_decay"], run_cfg["lr_schedule"]) == (1.5, 1e-3, "constant")
     assert {18, 22} <= {int(p.stem.split("_")[1]) for p in (out / "run" / "checkpoints").iterdir()}  # S, S2
@@ -287,7 +307,9 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     by_id = {d["id"]: d for d in data}
     for d in data:
         ids = [p["id"] for p in d["details"]["premises"]]
-        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"]}
+        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"],
+                 "fig5-averaging-equals-schedule": ["schedule-effect"], "fig13-batch-size": ["batch-range"],
+                 "eq13-real-sqrt-lr": ["lemma1-stationary"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
         flat = [f"{p['id']}: {c['name']}" for p in d["details"]["premises"] for c in p["conditions"]]
@@ -311,30 +333,53 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert l7[0]["value"] == pytest.approx(min(fits)) and l7[1]["value"] == pytest.approx(max(gns))
     assert (l7[0]["comparison"], l7[0]["threshold"], l7[1]["comparison"], l7[1]["threshold"]) == (">=", 0.5, "<", 2.0)
     l6 = by_id["fig6-two-point-half-lr"]["details"]["premises"][2]
-    assert set(l6["details"]["sidetrips"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
+    assert set(l6["details"]["windows"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
+    with open(out / "sidetrips" / "divergence" / "divergence_fixed_batch.csv", newline="") as fh:
+        fb = [r for r in csv.DictReader(fh) if r["model"] == "A"]
+    ok = [float(r["cos_start"]) >= 0.5 and abs(float(r["grad_norm"]) / float(fb[0]["grad_norm"]) - 1) <= 0.05
+          for r in fb]
+    first_bad = next((i for i, x in enumerate(ok) if not x), None)
+    window_a = int(fb[-1]["t"]) if first_bad is None else int(fb[first_bad - 1]["t"])
+    assert l6["details"]["windows"]["A (lr)"]["steps"] == window_a and float(fb[0]["cos_start"]) == pytest.approx(1)
+    assert l6["conditions"][0]["value"] == min(w["steps"] for w in l6["details"]["windows"].values())
+    assert l6["conditions"][0]["threshold"] == 6  # the first loss evaluation after the branch point
 
     # the new verdict: Lemma 1's slope from the pairs at lr, lr/2, lr/4 (recomputed from pair_distances.csv)
     e13 = by_id["eq13-real-sqrt-lr"]
     with open(out / "sidetrips" / "divergence" / "pair_distances.csv", newline="") as fh:
         end = {float(r["factor"]): (float(r["lr"]), float(r["dist"])) for r in csv.DictReader(fh) if r["t"] == "6"}
-    assert sorted(end) == [0.25, 0.5, 1.0]
-    x, y = np.log([end[f][0] for f in (1.0, 0.5, 0.25)]), np.log([end[f][1] for f in (1.0, 0.5, 0.25)])
+    fs = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    assert sorted(end) == sorted(fs)
+    x, y = np.log([end[f][0] for f in fs]), np.log([end[f][1] for f in fs])
     slope = np.polyfit(x, y, 1)[0]
     resid = y - np.polyval(np.polyfit(x, y, 1), x)
     from scipy import stats
 
-    half = stats.t.ppf(0.975, 1) * math.sqrt(resid @ resid / 1 / ((x - x.mean()) @ (x - x.mean())))
+    half = stats.t.ppf(0.975, 3) * math.sqrt(resid @ resid / 3 / ((x - x.mean()) @ (x - x.mean())))
+    assert e13["details"]["residual_dof"] == 3
     assert e13["details"]["slope"] == pytest.approx(slope) and e13["uncertainty"] == pytest.approx(half, rel=1e-6)
     assert e13["value"] == pytest.approx(abs(slope - 0.5) + half) and e13["threshold"] == 0.15
-    assert e13["details"]["lrs"] == pytest.approx([0.05, 0.025, 0.0125]) and e13["details"]["slope_at_t"]
-    assert len(e13["details"]["function_distance_end"]) == 3
+    assert e13["details"]["lrs"] == pytest.approx([0.05 * f for f in fs]) and e13["details"]["slope_at_t"]
+    assert len(e13["details"]["function_distance_end"]) == 5
+    lv = e13["details"]["premises"][2]["conditions"][0]
+    assert lv["value"] == pytest.approx(max(e13["details"]["distance_growth_last_vs_previous_quarter"].values()))
+    # fig. 13: B_noise measured at the branch point, the batches stated in its units, drops as ratios
+    f13 = by_id["fig13-batch-size"]
+    bn = f13["details"]["noise_scale"]["b_noise"]
+    assert bn > 0 and f"B_noise = tr(Sigma)/|G|^2 = {bn:.3g}" in f13["statistic"]
+    assert [r["b_over_noise_scale"] for r in f13["details"]["rows"]] == pytest.approx([16 / bn, 32 / bn])
+    for r in f13["details"]["rows"]:
+        assert r["drop_ratio"] == pytest.approx(r["train_drop"] / r["heldout_drop"])
+    assert set(by_id["fig2-single-step"]["checks"]) >= {"best_lr_inside_grid_train", "best_lr_inside_grid_heldout"}
+    assert by_id["fig2-single-step"]["details"]["batch_size"] == 16
 
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()
     assert report.index("## Regime at the branch point") < report.index("| id | statistic |")
     assert "(a) plateau" in report and "(c) Lemma 2's premise for fig7-gradient-alignment" in report
     t = json.loads((out / "timings.json").read_text())["parts"]
-    for part in ["training", "regime", "sidetrip:lr-sweep", "sidetrip:divergence", "sidetrip:divergence:pairs",
+    for part in ["training", "regime", "noise-scale", "sidetrip:lr-sweep-b16", "sidetrip:divergence",
+                 "sidetrip:divergence:pairs",
                  "sidetrip:linear-fit", "claim:eq13-real-sqrt-lr"]:
         assert t[part]["wall_s"] > 0 and t[part]["cpu_s"] > 0, part
 
@@ -347,7 +392,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir() if p.name in kept} == kept
     assert [_judged(v.to_dict()) for v in again] == [_judged(d) for d in data]
     t2 = json.loads((out / "timings.json").read_text())["parts"]
-    assert t2["sidetrip:lr-sweep"] == t["sidetrip:lr-sweep"] and "sidetrip:divergence" in t2  # kept / redone
+    assert t2["sidetrip:lr-sweep-b16"] == t["sidetrip:lr-sweep-b16"] and "sidetrip:divergence" in t2  # kept / redone
 
     # --run DIR validates an existing run without training (and never writes into it); a premise built to
     # fail (a memorised stream: held-out loss 3x the fresh batches' loss) is reported "not met", and the claim
@@ -395,7 +440,7 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
     assert [_judged(v.to_dict()) for v in two] == [_judged(v.to_dict()) for v in one]
     parts = timings.read(tmp_path / "w2")
     by = {k: rec.get("worker") for k, rec in parts.items() if k.count(":") == 1 and k.startswith("sidetrip:")}
-    assert len(by) == 8 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
+    assert len(by) == 7 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
     assert all(rec.get("worker") is None for k, rec in timings.read(tmp_path / "w1").items())
 
     def tables(d):

@@ -210,7 +210,10 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         if v.checks:
             lines.append("")
         lines += premise_lines(v)
-        scalars = {k: x for k, x in v.details.items() if isinstance(x, (int, float, str)) and not isinstance(x, bool)}
+        if isinstance(v.details.get("quote"), str):
+            lines += [f"*The paper:* \"{v.details['quote']}\"", ""]
+        scalars = {k: x for k, x in v.details.items()
+                   if isinstance(x, (int, float, str)) and not isinstance(x, bool) and k != "quote"}
         if scalars:
             lines += ["Numbers: " + "; ".join(f"{k} = {_fmt(x)}" for k, x in scalars.items()), ""]
         if v.figure:

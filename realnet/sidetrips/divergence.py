@@ -14,9 +14,10 @@ Outputs (:class:`DivergenceResult`):
 * ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's own checkpoints),
   ``dist_to_B_end``, ``dist_to_A_end``.
 * ``divergence_fixed_batch.csv`` (:class:`DivergenceFixedBatch`, when ``fixed_batch_every`` > 0): ``t``, ``model``
-  (A | B | H), ``loss``, ``grad_norm`` of one fixed held-out batch (seed ``fixed_batch_seed``, batch-statistics
-  BN, running statistics untouched) along the three side-trips: Lemma 2's premise (the batch is not fit, its
-  gradient norm changes little); ``summary.json`` ``fixed_batch`` holds its
+  (A | B | H), ``loss``, ``grad_norm``, ``cos_start`` (cosine of its gradient with the gradient at theta_S) of one
+  fixed held-out batch (seed ``fixed_batch_seed``, batch-statistics BN, running statistics untouched) along the
+  three side-trips: Lemma 2's premise (the batch's gradient stays in a narrow cone around its start);
+  ``summary.json`` ``fixed_batch`` holds its
   :class:`realnet.regime.FixedBatchChange` per model.
 * ``pair_distances.csv`` (:class:`PairDistances`, when ``pair_factors`` is not empty): pairs of side-trips with
   the main and the other batch order at ``lr * f`` (Lemma 1 / eq. 13: their distance against lr) for ``f`` = 1
@@ -160,6 +161,7 @@ class DivergenceFixedBatch(Table):
     model: np.ndarray = column("str", "A | B | H")
     loss: np.ndarray = column("float", "the fixed batch's loss (batch-statistics BN)")
     grad_norm: np.ndarray = column("float", "the norm of its loss gradient")
+    cos_start: np.ndarray = column("float", "cosine of its loss gradient with the gradient at theta_S")
 
 
 @dataclass(frozen=True, eq=False)
@@ -270,6 +272,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     if fb_rec:
         fixed = ctx.data.fixed_batches("heldout", 1, fb_size, opts.fixed_batch_seed, rt.device)[0]
         fmodel, _ = functional_model(base.model, "batch")
+        g_start = grad_vector(batch_grad(fmodel, dict(base.model.named_parameters()), *fixed, rt)[1]).double()
 
     # lr pairs (eq. 13): (main order, other order) at lr * f; f = 1 is (A, B), f = 0.5 reuses H as the main member
     pairs: dict[float, tuple] = {}
@@ -337,7 +340,9 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
             with fb_clock:
                 for name, br in (("A", A), ("B", Bb), ("H", H)):
                     loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt)
-                    fb_rows.append([t, name, float(loss), float(grad_vector(g).double().norm())])
+                    gv = grad_vector(g).double()
+                    cos = float(gv @ g_start / (gv.norm() * g_start.norm()))
+                    fb_rows.append([t, name, float(loss), float(gv.norm()), cos])
         if pairs and t in pair_rec:
             with pair_clock:
                 for f, (m1, m2) in pairs.items():
@@ -383,7 +388,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     last = {c: getattr(distances, c)[-1].item() for c in distances.columns()[3:]}
     at = eval_steps[-1]
     final_losses = {r[1]: Metrics(*r[2:]) for r in loss_rows if r[0] == at}
-    track = DivergenceFixedBatch(*(zip(*fb_rows) if fb_rows else [[]] * 4))
+    track = DivergenceFixedBatch(*(zip(*fb_rows) if fb_rows else [[]] * 5))
     fixed_summary = {}
     for name in ("A", "B", "H") if fb_rows else ():
         sel = track.model == name

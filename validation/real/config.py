@@ -36,8 +36,9 @@ class RealConfig:
     branch_fraction: float = 0.75  # side-trips start at this fraction of the run (paper: 75k of 100k)
     second_offset_fraction: float = 0.15  # fixed-batch's second checkpoint, later by this fraction
     premise_batches: int = 10  # (b): held-out and fresh training batches at the branch point
-    sweep_batch_size: int = 128  # lr-sweep batch (paper: 512 on ImageNet)
-    sweep_batch_sizes: list = field(default_factory=lambda: [16, 64, 256])  # Fig. 13
+    sweep_batch_size: int = 128  # fixed-batch's batch (fig. 3); fig. 2 sweeps at the run's own batch size
+    sweep_batch_sizes: list = field(default_factory=lambda: [16, 32, 64, 256])  # Fig. 13 (32: also fig. 2's)
+    noise_batches: int = 16  # fresh training batches of the gradient noise scale B_noise at the branch point
     sweep_num_lrs: int = 49  # step sizes of each lr-sweep's log grid (1e-4 .. 100)
     sweep_heldout_batches: int = 10  # held-out batches of each lr-sweep (paper: >= 10)
     fixed_batch_alphas: int = 11  # interpolation points of fixed-batch (Fig. 3)
@@ -50,7 +51,8 @@ class RealConfig:
     alignment_batch_pairs: int = 10  # different training batches of the reference cosines (+1)
     divergence_steps: int = 300  # Fig. 6 / 8 and the eq. 13 pairs (the lr/2 loss re-equilibrates in ~300)
     divergence_record_every: int = 10  # distances and Lemma 2's fixed batch recorded every N steps
-    eq13_factors: list = field(default_factory=lambda: [0.5, 0.25])  # eq. 13 pairs at lr * f besides lr itself
+    # eq. 13 pairs at lr * f besides lr itself: 5 lrs over a factor 16 (3 residual degrees of freedom of the slope)
+    eq13_factors: list = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.0625])
     eq13_function_points: int = 6  # steps with the pairs' function-space distance (log-spaced, plus the end)
     eq13_function_samples: int = 256
     # linear-model-fit (realnet.sidetrips.linear_fit): top-k Hessian directions on a fixed sample, curvature and

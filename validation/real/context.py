@@ -54,7 +54,8 @@ class RealContext:
     """The realnet run, its branch points and the side-trips of one report directory.
 
     cfg: the sizes. out: the report directory. run_dir: the realnet run (``OUT/run`` or ``--run``). branch: S and
-    S2. progress: show the side-trips' progress bars. Build it with :meth:`open` (trains or checks the run) or,
+    S2. train_batch_size: the run's own batch size (read from its config). progress: show the side-trips'
+    progress bars. Build it with :meth:`open` (trains or checks the run) or,
     in a worker process whose parent opened it, with :meth:`attach`.
     """
 
@@ -64,6 +65,9 @@ class RealContext:
         self.run_dir = Path(run_dir)
         self.branch = branch
         self.progress = bool(progress)
+        from realnet.trainer import load_config
+
+        self.train_batch_size = int(load_config(self.run_dir).batch_size)
         self._loaded: dict[str, object] = {}  # key -> result read back in this process (identity checked)
 
     @classmethod
@@ -156,6 +160,27 @@ class RealContext:
         return result
 
     # ------------------------------------------------------------------------------------------ premises
+    def noise_scale(self):
+        """The gradient noise scale at the branch point (:func:`realnet.regime.gradient_noise_scale` over
+        ``cfg.noise_batches`` fresh training batches of the run's size), measured once and kept in
+        ``OUT/noise_scale.json``."""
+        from realnet.regime import NoiseScale, gradient_noise_scale
+
+        S = self.branch.step
+        ident = dict(run=str(self.run_dir.resolve()), step=S, batches=self.cfg.noise_batches)
+        path = self.out / "noise_scale.json"
+        try:
+            saved = read_json(path) if path.is_file() else None
+        except (OSError, ValueError):
+            saved = None
+        if saved and saved.get("identity") == ident:
+            return NoiseScale(**saved["noise_scale"])
+        with timings.timed("noise-scale"):
+            ns = gradient_noise_scale(self.run_dir, S, n_batches=self.cfg.noise_batches, device=self.cfg.device,
+                                      threads=self.cfg.threads)
+        write_json(path, dict(identity=ident, noise_scale=ns.to_dict()))
+        return ns
+
     def regime(self) -> list:
         """Premises (a) plateau and (b) not memorised at the branch point (:mod:`.premises`), measured once and
         kept in ``OUT/premises.json`` (reused on a re-run while the run and the step are unchanged)."""

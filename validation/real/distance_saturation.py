@@ -12,11 +12,15 @@ from .requests import divergence_request
 
 __all__ = ["claim_fig8", "FIG8"]
 
+FIG8_QUOTE = ("the final point of one trajectory and an independent trajectory re-trained using different sequence of "
+              "mini-batches monotonically decreases until saturates at some constant level (sec. 5, Fig. 8)")
 FIG8_TAIL_MAX = 0.2  # decline over the last third of the path / total decline
 FIG8_DECREASE_MIN = 1.2  # first distance / last distance
 
 
 def claim_fig8(ctx: RealContext) -> Verdict:
+    """Fig. 8. The paper (sec. 5): "the final point of one trajectory and an independent trajectory re-trained
+    using different sequence of mini-batches monotonically decreases until saturates at some constant level"."""
     cfg, out = ctx.cfg, ctx.out
     S = ctx.branch.step
     s = ctx.sidetrip(*divergence_request(cfg))
@@ -40,7 +44,7 @@ def claim_fig8(ctx: RealContext) -> Verdict:
               "(different batch order after a shared burn-in) decreases and then levels off (Fig. 8)",
         statistic="decrease of the distance over the last third of the path / its total decrease",
         value=tail, comparison="<", threshold=FIG8_TAIL_MAX, figure=fig,
-        details=dict(step=S, first=float(d[0]), at_two_thirds=d23, last=float(d[-1])))
+        details=dict(step=S, first=float(d[0]), at_two_thirds=d23, last=float(d[-1]), quote=FIG8_QUOTE))
     v.check("decreases", float(d[0] / d[-1]), ">", FIG8_DECREASE_MIN, "first distance / last distance")
     return v
 

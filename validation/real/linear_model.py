@@ -260,6 +260,8 @@ def claim_linear_fit(ctx: RealContext) -> Verdict:
                   f"from step {S}",
         value=st.value, comparison="<", threshold=FIT_THRESHOLD, uncertainty=st.se, figure=fig,
         details=dict(
+            quote=("for Exponential Moving Average (EMA) and Stochastic Weight Averaging we show that our proposed "
+                   "model matches the observed training trajectories on ImageNet (abstract; App. A.1)"),
             where_it_breaks=breaks_text(s, info, FIT_THRESHOLD), variance_statistic_value=vs.value,
             statistic_ci=[st.ci_low, st.ci_high], step=S, lr=s.lr, momentum=s.momentum,
             weight_decay=s.weight_decay, batch_size=s.batch_size, k=s.k,
