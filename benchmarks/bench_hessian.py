@@ -19,7 +19,7 @@ r"""Benchmark and measurements of realnet.hessian (HVP cost, Lanczos wall time, 
   :math:`\bar g` the mean over 200 fresh training batches of 32 of the train-mode-BN gradient (the
   gradient SGD uses), common batches at both points, with its standard error.
 * ``sidetrip``: the ``linear-fit`` side-trip (``realnet.fit_linear_model``) end to end on that checkpoint with
-  the quick validation sizes (``validation.realclaims.RealConfig.for_mode("quick")``: k = 8, sample 8 x 32,
+  the quick validation sizes (``validation.real.RealConfig.for_mode("quick")``: k = 8, sample 8 x 32,
   16 curvature batches, 100 noise batches, kernels ema:0.1 / twopoint:20 / swa:20, lags 10, 20 blocks,
   N = 2,065 continuation steps; ``--lf-steps`` / ``--lf-k`` override N and k): total wall time and the
   side-trip's own per-phase timing (``timing`` in its summary: seconds per Lanczos iteration and per 1000
@@ -129,7 +129,7 @@ def bench_sidetrip(run: Path, step: int, threads: int, device: str, steps: int =
     from dataclasses import asdict
 
     from realnet.sidetrips.linear_fit import fit_linear_model
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     c = RealConfig.for_mode("quick")
     opts = dict(k=k or c.linear_fit_k, sample_size=c.linear_fit_sample_batches * c.batch_size,

@@ -15,7 +15,7 @@ that prefix); ``probe --step S`` then branches from the prefix's 75% point if it
 --steps=2000 --lr=0.05``); ``--threads`` defaults to 1, ``--progress`` to false. ``train`` adds a
 checkpoint at 75% of the run (the branch point, the paper's 75k of 100k).
 
-What is measured (thresholds fixed before measuring: the constants of :mod:`validation.premises`;
+What is measured (thresholds fixed before measuring: the constants of :mod:`validation.real.premises`;
 the measurements (a), (b) and the summary of (c) are :mod:`realnet.regime`'s, shared with ``validation``):
 
 * (a) plateau: mean training loss of the fresh batches (``metrics.csv``: loss of the batch of update t at
@@ -63,11 +63,12 @@ from sgdtraj.files import read_csv  # noqa: E402
 from realnet.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from realnet.config import TrainConfig, build_options, resolve_config  # noqa: E402
 from realnet.data import BatchOrder, build_data  # noqa: E402
-from realnet.regime import fixed_batch_change, memorisation, training_plateau  # noqa: E402
+from realnet.probes import memorisation  # noqa: E402
+from realnet.regime import fixed_batch_change, training_plateau  # noqa: E402
 from realnet.sidetrips.alignment import FIXED_BATCH_SEED as FIXED_SEED  # noqa: E402  (the alignment's fixed batch)
 from realnet.trainer import (build_model, build_optimizer, deterministic_mode, load_config, lr_at,  # noqa: E402
                              restore_checkpoint, train, train_step)
-from validation.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
+from validation.real.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
 SAT_TOL = 0.10  # (e) saturated if last-quarter mean distance within 10% of the quarter before
 
 
@@ -223,7 +224,7 @@ def probe(run: Path, step: int | None = None, premise_steps: int = 150, eq13_ste
 
 
 def _memorisation(run, S, threads) -> dict:
-    """(b) by :func:`realnet.regime.memorisation` (10 held-out vs 10 fresh batches), in the probe's JSON layout."""
+    """(b) by :func:`realnet.probes.memorisation` (10 held-out vs 10 fresh batches), in the probe's JSON layout."""
     m = memorisation(run, S, n_batches=10, clean_samples=2048, device="cpu", threads=threads, deterministic=True)
     r = {"batch_bn": {"heldout_loss": m.heldout_loss, "fresh_train_loss": m.fresh_train_loss, "ratio": m.ratio},
          "eval_bn": {"heldout_loss": m.heldout_loss_eval_bn, "fresh_train_loss": m.fresh_train_loss_eval_bn,

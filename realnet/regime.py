@@ -1,23 +1,25 @@
 r"""The regime of a trajectory at a checkpoint, measured: is it on a plateau, is its training
-stream memorised, is a fixed batch fit along a side-trip. Numbers only; the rules that decide whether a
-claim's premise holds are in :mod:`validation.premises`.
+stream memorised, is a fixed batch fit along a side-trip, what is its gradient noise scale. Numbers only; the
+rules that decide whether a claim's premise holds are in :mod:`validation.real.premises`.
 
 * :func:`training_plateau` / :func:`quarter_means` -- mean fresh-batch training loss (``metrics.csv``: the loss
   of the batch of update t at the parameters before it) over the last quarter of the run and over the
   quarter before, and their ratio :class:`Plateau`. A constant-lr run of length N is exactly the first N
   steps of a longer one, so ``length`` evaluates a prefix.
-* :func:`memorisation` -- at checkpoint S: mean loss of ``n_batches`` fixed held-out batches (seed
+* :class:`Memorisation` (measured by :func:`realnet.probes.memorisation`) -- at checkpoint S: mean loss of ``n_batches`` fixed held-out batches (seed
   :data:`realnet.sidetrips.HELDOUT_SEED`, the side-trips' held-out batches, augmented like the stream when the
   data set augments fixed batches) over the mean loss of the ``n_batches`` fresh training batches of updates
   S .. S + n_batches - 1, both with batch-statistics BatchNorm (as in training, running statistics untouched)
-  at the checkpoint's parameters: :class:`Memorisation` (eval-mode BN numbers and clean train/validation
-  losses beside it).
+  at the checkpoint's parameters (eval-mode BN numbers and clean train/validation losses beside it).
 * :func:`fixed_batch_change` -- a fixed batch's loss and gradient norm along a side-trip summarised as
   Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
   :math:`\max_t \max(r_t, 1/r_t)`, :math:`r_t = \|g_t\| / \|g_0\|` (:class:`FixedBatchChange`).
+* :func:`noise_scale_from_gradients` (measured on a run by :func:`realnet.probes.gradient_noise_scale`) -- McCandlish et al.'s (2018) simple noise scale
+  :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` at checkpoint S from the gradients of the fresh
+  training batches of updates S, S+1, ... (:class:`NoiseScale`).
 
-``benchmarks/regime_probe.py`` (the measurements behind the quick job's regime) and ``validation`` (the premises shown with every
-verdict) both call these functions.
+Pure functions and records, no torch: :mod:`realnet.probes` measures on a run; ``benchmarks/regime_probe.py``
+and ``validation`` (the premises shown with every verdict) both use them.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ import numpy as np
 
 from sgdtraj.files import read_csv
 
-__all__ = ["Plateau", "quarter_means", "training_plateau", "Memorisation", "memorisation", "FixedBatchChange",
-           "fixed_batch_change"]
+__all__ = ["Plateau", "quarter_means", "training_plateau", "Memorisation", "FixedBatchChange",
+           "fixed_batch_change", "NoiseScale", "noise_scale_from_gradients"]
 
 
 @dataclass(frozen=True)
@@ -94,43 +96,6 @@ class Memorisation:
         return dataclasses.asdict(self)
 
 
-def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, clean_samples: int = 0,
-                 device: str = "cpu", threads: int = 0, deterministic: bool | None = None) -> Memorisation:
-    """Measure :class:`Memorisation` at checkpoint ``step`` of ``run_dir`` (nothing is written).
-
-    n_batches: held-out and fresh batches (10 each). batch_size: 0 = the run's (held-out batches capped at the
-    held-out split's size). clean_samples: examples of the clean training / validation evaluation (0 = skip).
-    """
-    from .sidetrips._runner import RunContext, SideTripOptions  # the side-trips import this module
-    from .trainer import deterministic_mode, evaluate
-
-    if n_batches < 1:
-        raise ValueError(f"n_batches must be an integer >= 1; got {n_batches}")
-    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
-    with deterministic_mode(False, threads):
-        ctx = RunContext(run_dir, opts)
-        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
-        with deterministic_mode(det):
-            br = ctx.branch(int(step))
-            B = int(batch_size) or ctx.cfg.batch_size
-            held = ctx.heldout(n_batches, min(B, len(ctx.data.heldout)))
-            fresh = [ctx.batch_at(int(step) + i, B) for i in range(n_batches)]
-            out = {}
-            for key, tm in (("", True), ("_eval_bn", False)):
-                h = evaluate(br.model, held, ctx.rt, train_mode_bn=tm)["loss"]
-                f = evaluate(br.model, fresh, ctx.rt, train_mode_bn=tm)["loss"]
-                out.update({f"heldout_loss{key}": h, f"fresh_train_loss{key}": f,
-                            f"ratio{key}": h / f if f > 0 else math.nan})
-            if clean_samples:
-                bs = opts.eval_batch_size
-                tr = evaluate(br.model, ctx.data.eval_batches("train", clean_samples, bs, ctx.rt.device), ctx.rt)
-                va = evaluate(br.model, ctx.data.eval_batches("val", clean_samples, bs, ctx.rt.device), ctx.rt)
-                out.update(clean_train_loss=tr["loss"], clean_train_acc=tr["acc"], clean_val_loss=va["loss"],
-                           clean_val_acc=va["acc"])
-    return Memorisation(step=int(step), n_batches=int(n_batches), batch_size=B,
-                        heldout_augmented=bool(ctx.data.augment_fixed), **out)
-
-
 @dataclass(frozen=True)
 class FixedBatchChange:
     """A fixed batch along one side-trip: loss at the start / end, the smallest loss reached, and its gradient
@@ -163,3 +128,44 @@ def fixed_batch_change(loss, grad_norm) -> FixedBatchChange:
                             loss_end_over_start=float(loss[-1] / loss[0]),
                             loss_min_over_start=float(loss.min() / loss[0]), gradnorm_max_change=change,
                             gradnorm_end_ratio=float(r[-1]), n_points=int(loss.size))
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    r"""The simple gradient noise scale at checkpoint ``step`` from ``n_batches`` batch gradients of size
+    ``batch_size``: ``trace_sigma`` (:math:`\operatorname{tr}\Sigma`, per-example, unbiased: b times the
+    batch gradients' sample variance), ``grad_sq_norm`` (:math:`|G|^2`, unbiased: :math:`|\bar g|^2 - V/n`),
+    ``b_noise`` = their ratio (inf when the unbiased :math:`|G|^2 \le 0`: the mean gradient is not resolved),
+    ``mean_pair_cosine`` (mean cosine between different batches' gradients) and ``b_noise_from_cosine`` =
+    :math:`b (1/c - 1)` (the same scale read from the cosines)."""
+
+    step: int
+    batch_size: int
+    n_batches: int
+    trace_sigma: float
+    grad_sq_norm: float
+    b_noise: float
+    mean_pair_cosine: float
+    b_noise_from_cosine: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def noise_scale_from_gradients(grads, batch_size: int, step: int = 0) -> NoiseScale:
+    """:class:`NoiseScale` from ``grads`` (n x P array or tensor: one batch gradient of ``batch_size`` examples
+    per row, n >= 2), in float64."""
+    g = np.asarray(grads, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] < 2:
+        raise ValueError(f"grads must be an (n >= 2) x P array; got shape {g.shape}")
+    n, b = g.shape[0], int(batch_size)
+    mean = g.mean(0)
+    var = float(((g - mean) ** 2).sum(1).sum() / (n - 1))  # E|g_b - G|^2 = tr(Sigma) / b
+    g2 = float(mean @ mean - var / n)
+    tr = b * var
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    c = float(cos[np.triu_indices(n, 1)].mean())
+    return NoiseScale(step=int(step), batch_size=b, n_batches=n, trace_sigma=tr, grad_sq_norm=g2,
+                      b_noise=tr / g2 if g2 > 0 else math.inf, mean_pair_cosine=c,
+                      b_noise_from_cosine=b * (1.0 / c - 1.0) if c > 0 else math.inf)

@@ -129,7 +129,7 @@ def outputs(tmp_path_factory):
     import realnet
     from realnet.config import TrainConfig
     from quadsgd.sweeps import run_spec
-    from validation.reproduce import reproduce
+    from validation.reproduction import reproduce
     from validation.synthetic import SyntheticConfig
 
     base = tmp_path_factory.mktemp("outputs")
@@ -295,7 +295,7 @@ _SETUP = {
                "torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled())  # its lazy imports",
     "quadsgd": "import quadsgd.sweeps, pandas, pyarrow.parquet",  # (not __main__: run_module executes it)
     # test sizes: the synthetic claims at the sizes of tests/test_validation.py (the CLI logic is unchanged)
-    "validation": "import validation.reproduce, validation.realclaims, realnet\n"
+    "validation": "import validation.reproduction, validation.real, realnet\n"
                   "from validation.synthetic import SyntheticConfig\n"
                   f"SyntheticConfig.quick = classmethod(lambda cls: {TINY_SYNTHETIC})\n"
                   "SyntheticConfig.full = classmethod(lambda cls: SyntheticConfig(chains_curve=200, "
@@ -659,8 +659,8 @@ def test_eq13_statistic_says_what_its_value_is(tmp_path):
 
 
 def test_validation_shows_one_progress_bar_per_sidetrip(tmp_path, capfd):
-    from validation.realclaims import RealConfig
-    from validation.reproduce import reproduce
+    from validation.real import RealConfig
+    from validation.reproduction import reproduce
 
     rc = RealConfig(steps=9, batch_size=16, lr=0.05, width=4, alignment_steps=3, eval_samples=32, threads=1,
                     device="cpu")

@@ -176,7 +176,7 @@ def test_bad_inputs_name_the_option(tiny_run, tmp_path):
 
 
 def test_quick_and_full_sizes_satisfy_the_length_rule():
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     for mode in ("quick", "full"):
         c = RealConfig.for_mode(mode)
@@ -251,7 +251,7 @@ def test_synthetic_quadratic_through_the_sidetrip_path(tmp_path):
     at ~1e-3 for t with 19 dof, conservatively); both verdict statistics pass and no direction is listed as broken.
     A wrong noise model -- fresh gradients at batch size 1 instead of 4, i.e. sigma x 2 -- leaves the ratio
     statistic passing and fails the variance check by log 4."""
-    from validation.linearfit import where_it_breaks
+    from validation.real.linear_model import where_it_breaks
 
     fit, o, lam, U, C, wd = _synthetic(noise_batch_size=4)
     np.testing.assert_allclose(fit.lanczos.eigenvalues, lam[:6], rtol=1e-10)

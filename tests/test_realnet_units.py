@@ -243,7 +243,7 @@ def test_sidetrip_sizes_come_from_the_run_config(tmp_path):
     from sgdtraj.files import write_json
     from realnet.config import sidetrip_sizes
     from validation.__main__ import main as validation_main
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     cfg = resolve_config(TrainConfig(dataset="imagenet", data_dir="/old/place", batch_size=1024, lr=0.4))
     z = sidetrip_sizes(cfg)

@@ -202,11 +202,15 @@ def test_no_package_attribute_shadows_a_submodule():
                 assert value is importlib.import_module(f"{name}.{info.name}"), f"{name}.{info.name} is shadowed"
 
 
+#: leaf names a package may reuse for its own conventional module
+CONVENTIONAL = {"config"}
+
+
 def test_one_module_per_name():
     seen: dict[str, str] = {}
     for name in MODULES:
         leaf = name.rpartition(".")[2]
-        if leaf in PACKAGES or name.endswith("__init__"):
+        if leaf in PACKAGES or leaf in CONVENTIONAL or name.endswith("__init__"):
             continue
         key = leaf.lstrip("_").replace("_", "")
         assert key not in seen or seen[key].rpartition(".")[0] == name.rpartition(".")[0], \

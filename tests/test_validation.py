@@ -9,10 +9,10 @@ import pytest
 
 from validation import Verdict, decide
 from validation.__main__ import main as cli_main
-from validation.reproduce import reproduce
+from validation.reproduction import reproduce
 from validation.synthetic import SyntheticConfig
 
-REQUIRED = {"id", "claim", "statistic", "value", "threshold", "passed", "figure"}
+REQUIRED = {"id", "claim", "statistic", "value", "threshold", "passed", "figure", "state", "premises"}
 TINY = SyntheticConfig(chains_curve=200, chains_stationary=3000, steps_curve=6000, record_every=100, seed=7)
 
 
@@ -107,11 +107,118 @@ def test_cli_synthetic_subset(tmp_path, capsys):
     assert not math.isnan(data[0]["value"])
 
 
+def test_three_states():
+    """PASS: premises met, rule and sub-checks hold; FAIL: premises met, the rule or a sub-check fails; NOT DECIDED:
+    a premise not met (whatever the rule says) or an error. ``passed`` is True exactly for PASS; ``met`` is
+    recomputed from value and rule, never read back."""
+    from validation.verdict import premise_entry
+
+    def v(value, prem, **kw):
+        return Verdict(id="x", claim="c", statistic="s", value=value, comparison="<", threshold=0.5,
+                       premises=[premise_entry("p", prem, ">=", 0.5)], **kw)
+
+    assert (v(0.2, 0.6).state, v(0.2, 0.6).passed) == ("PASS", True)
+    assert (v(0.7, 0.6).state, v(0.7, 0.6).passed) == ("FAIL", False)
+    assert (v(0.2, 0.4).state, v(0.2, 0.4).passed) == ("NOT DECIDED", False)
+    assert (v(0.7, 0.4).state, v(0.7, float("nan")).state) == ("NOT DECIDED", "NOT DECIDED")
+    assert v(0.2, 0.6, error="E: x").state == "NOT DECIDED"
+    assert v(0.2, 0.6).check("sub", 3.0, "<", 2.0).state == "FAIL"
+    assert Verdict(id="x", claim="c", statistic="s", value=0.2, comparison="<", threshold=0.5).state == "PASS"
+    d = v(0.2, 0.6).to_dict()
+    assert d["premises"] == [dict(name="p", value=0.6, rule=">= 0.5", met=True)] and d["state"] == "PASS"
+    d["premises"][0]["value"], d["premises"][0]["met"], d["state"], d["passed"] = 0.1, True, "PASS", True
+    back = Verdict.from_dict(d)  # a forged "met" / state is recomputed
+    assert (back.state, back.passed, back.premises[0]["met"]) == ("NOT DECIDED", False, False)
+    with pytest.raises(ValueError, match="comparison"):
+        premise_entry("p", 1.0, "=", 1.0)
+
+
+def test_each_premise_built_to_fail_gives_not_decided(tmp_path):
+    """Every premise of the real-network claims, built to fail, makes a verdict whose own rule holds NOT DECIDED,
+    and the report names the premise with its value; the same verdict with the premise met is PASS."""
+    from realnet.regime import FixedBatchChange, Memorisation, Plateau
+    from validation.real import premises as pm
+    from validation.report import write_report
+
+    def mem(ratio):
+        return Memorisation(step=1800, n_batches=10, batch_size=32, heldout_loss=ratio, fresh_train_loss=1.0,
+                            ratio=ratio, heldout_loss_eval_bn=1.0, fresh_train_loss_eval_bn=1.0, ratio_eval_bn=1.0,
+                            heldout_augmented=True)
+
+    def change(end, gn):
+        return FixedBatchChange(loss_start=1.0, loss_end=end, loss_end_over_start=end, loss_min_over_start=end,
+                                gradnorm_max_change=gn, gradnorm_end_ratio=1.0, n_points=10)
+
+    def plateau(r):
+        return pm.plateau_premise(Plateau(steps=2400, prev_quarter_loss=1.0, last_quarter_loss=r, ratio=r), 1800)
+
+    def lemma2(end, gn):
+        return pm.lemma2_premise("lemma2-fig6", "fig6-two-point-half-lr", {"A (lr)": change(end, gn)}, "b")
+
+    def window(cos, ratio, needed=20):
+        w = pm.lemma2_window([0, 10, 20, 30], cos, ratio)
+        return pm.lemma2_window_premise("lemma2-w", "fig6-two-point-half-lr", {"A": w}, needed, "b", "t = 20")
+
+    def lemma1(growth, n):
+        return pm.lemma1_premise("eq13-real-sqrt-lr", {"1.0": 1.0, "0.5": growth}, n, 1.05, 5)
+
+    good = [plateau(0.95), pm.memorisation_premise(mem(1.1)), lemma2(0.9, 1.2),
+            window([1, 0.9, 0.8, 0.3], [1, 1.02, 0.97, 1.0]), pm.batch_range_premise([16, 64, 256], 300, 0.25),
+            pm.schedule_effect_premise("fig5", {"swa": 0.02, "ema": 0.05}, 0.01), lemma1(1.04, 5)]
+    bad = {"plateau: plateau": plateau(0.8), "not-memorised: heldout_over_fresh": pm.memorisation_premise(mem(2.0)),
+           "lemma2-fig6: not_fit": lemma2(0.3, 1.2), "lemma2-fig6: gradnorm_change": lemma2(0.9, 3.0),
+           "regime: measured": pm.unmeasured("regime", "t", "OSError: no metrics"),
+           # the cone breaks at t = 20 (cos 0.45 < 0.5) or at t = 10 (norm x1.06): window 10 or 0 < 20 needed
+           "lemma2-w: window_steps": window([1, 0.9, 0.45, 0.9], [1, 1.0, 1.0, 1.0]),
+           "batch-range: smallest_typical": pm.batch_range_premise([128, 256], 300, 0.25),
+           "batch-range: largest_near_noise_scale": pm.batch_range_premise([16, 64], 300, 0.25),
+           "schedule-effect: effect": pm.schedule_effect_premise("fig5", {"swa": 0.005, "ema": 0.05}, 0.01),
+           "lemma1-stationary: pairs_levelled": lemma1(1.18, 5),
+           "lemma1-stationary: enough_lrs": lemma1(1.0, 3)}
+    assert window([1, 0.9, 0.9, 0.9], [1, 1.06, 1.0, 1.0]).conditions[0].value == 0
+    assert window([1, 0.9, 0.45, 0.9], [1, 1.0, 1.0, 1.0]).conditions[0].value == 10
+
+    def verdict(ps):
+        v = Verdict(id="fig6-two-point-half-lr", claim="c", statistic="s", value=0.1, comparison="<", threshold=0.5)
+        return pm.attach(v, ps)
+
+    assert verdict(good).state == "PASS"
+    for name, premise in bad.items():
+        ps = [premise if p.id == premise.id else p for p in good] if premise.id != "regime" else good + [premise]
+        assert len(ps) == len(good) + (premise.id == "regime")
+        v = verdict(ps)
+        assert v.state == "NOT DECIDED" and not v.passed and v.rule_holds(), name
+        assert [p["name"] for p in v.unmet_premises()] == [name]
+        write_report(tmp_path, [v], dict(mode="quick"))
+        report = (tmp_path / "report.md").read_text()
+        assert f"**NOT DECIDED**: premise `{name}` = " in report and "0 PASS, 0 FAIL, 1 NOT DECIDED of 1" in report
+
+
+def test_real_package_has_no_import_cycle_and_no_computing_property():
+    """Each module of validation.real imports on its own in a fresh interpreter, and the context has no
+    property (nothing trains or computes on attribute access)."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import validation.real
+    from validation.real import RealContext
+
+    names = [m.name for m in pkgutil.iter_modules(validation.real.__path__)]
+    assert {"context", "claims", "prefetching", "premises", "stationary_radius", "linear_model"} <= set(names)
+    code = "; ".join(f"import validation.real.{n}" for n in names)
+    for n in names:  # each first, so that a cycle through it would show
+        r = subprocess.run([sys.executable, "-c", f"import validation.real.{n}; {code}"], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, (n, r.stderr[-2000:])
+    assert not [k for k, x in vars(RealContext).items() if isinstance(x, property)]
+
+
 def test_premises_rules_and_round_trip():
     """Each premise is met exactly on its side of the stated thresholds, survives the verdict's JSON, and a
     failing premise is reported "not met" without changing the verdict's own rule."""
     from realnet.regime import FixedBatchChange, Memorisation, Plateau
-    from validation import premises as pm
+    from validation.real import premises as pm
     from validation.report import premise_note
 
     assert (pm.PLATEAU_TOL, pm.MEMORISED_MAX, pm.FIT_MIN, pm.GRADNORM_FACTOR_MAX) == (0.10, 1.5, 0.5, 2.0)
@@ -140,7 +247,10 @@ def test_premises_rules_and_round_trip():
     v = Verdict(id="fig7-gradient-alignment", claim="c", statistic="s", value=0.2, comparison=">", threshold=0.0)
     pm.attach(v, [flat, fit])
     back = Verdict.from_dict(json.loads(json.dumps(v.to_dict())))
-    assert back.passed and v.passed  # judged by its own rule whatever the premises say
+    assert v.rule_holds() and back.rule_holds()  # the value is still judged by its rule ...
+    assert v.state == back.state == "NOT DECIDED" and not back.passed  # ... but decides nothing
+    assert [p["name"] for p in back.unmet_premises()] == ["lemma2-fig7: not_fit"]
+    assert back.premises[0] == dict(name="plateau: plateau", value=pytest.approx(0.055), rule="<= 0.1", met=True)
     assert back.details["premises_met"] is False and pm.not_met(back) == ["lemma2-fig7"]
     assert [p.to_dict() for p in pm.of_verdict(back)] == [flat.to_dict(), fit.to_dict()]
     assert premise_note(back) == " (premise not met: lemma2-fig7)" and premise_note(Verdict(
@@ -160,8 +270,8 @@ REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedu
 
 def _judged(v):
     """What a re-run must reproduce: the verdict's numbers and premises (not its timings)."""
-    return dict(value=v["value"], passed=v["passed"], checks=v["checks"], premises=v["details"].get("premises"),
-                uncertainty=v["uncertainty"])
+    return dict(value=v["value"], passed=v["passed"], state=v["state"], checks=v["checks"],
+                premises=v["details"].get("premises"), uncertainty=v["uncertainty"])
 
 
 @pytest.mark.slow
@@ -170,7 +280,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     # verdicts to mean anything: this checks the plumbing, the premises, the files and the report)
     import csv
 
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     rc = RealConfig(**TINY_REAL)
     out = tmp_path / "out"
@@ -188,7 +298,8 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
                                                                                          "variance_off"}
     assert (out / "sidetrips" / "linear-fit" / "directions.csv").exists()
-    assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep" / "summary.json").exists()
+    assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep-b16" / "summary.json").exists()
+    assert not (out / "sidetrips" / "lr-sweep").exists()  # fig. 2 sweeps at the training batch, shared with fig. 13
     run_cfg = json.loads((out / "run" / "config.json").read_text())
     assert (run_cfg["augment_strength"], run_cfg["weight_decay"], run_cfg["lr_schedule"]) == (1.5, 1e-3, "constant")
     assert {18, 22} <= {int(p.stem.split("_")[1]) for p in (out / "run" / "checkpoints").iterdir()}  # S, S2
@@ -197,9 +308,16 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     by_id = {d["id"]: d for d in data}
     for d in data:
         ids = [p["id"] for p in d["details"]["premises"]]
-        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"]}
+        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"],
+                 "fig5-averaging-equals-schedule": ["schedule-effect"], "fig13-batch-size": ["batch-range"],
+                 "eq13-real-sqrt-lr": ["lemma1-stationary"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
+        flat = [f"{p['id']}: {c['name']}" for p in d["details"]["premises"] for c in p["conditions"]]
+        assert [p["name"] for p in d["premises"]] == flat and all(set(p) == {"name", "value", "rule", "met"}
+                                                                  for p in d["premises"])
+        assert d["state"] == ("NOT DECIDED" if not d["details"]["premises_met"] else
+                              "PASS" if d["passed"] else "FAIL") and d["passed"] == (d["state"] == "PASS")
     with open(out / "run" / "metrics.csv", newline="") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     plateau = by_id["fig2-single-step"]["details"]["premises"][0]
@@ -216,30 +334,53 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert l7[0]["value"] == pytest.approx(min(fits)) and l7[1]["value"] == pytest.approx(max(gns))
     assert (l7[0]["comparison"], l7[0]["threshold"], l7[1]["comparison"], l7[1]["threshold"]) == (">=", 0.5, "<", 2.0)
     l6 = by_id["fig6-two-point-half-lr"]["details"]["premises"][2]
-    assert set(l6["details"]["sidetrips"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
+    assert set(l6["details"]["windows"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
+    with open(out / "sidetrips" / "divergence" / "divergence_fixed_batch.csv", newline="") as fh:
+        fb = [r for r in csv.DictReader(fh) if r["model"] == "A"]
+    ok = [float(r["cos_start"]) >= 0.5 and abs(float(r["grad_norm"]) / float(fb[0]["grad_norm"]) - 1) <= 0.05
+          for r in fb]
+    first_bad = next((i for i, x in enumerate(ok) if not x), None)
+    window_a = int(fb[-1]["t"]) if first_bad is None else int(fb[first_bad - 1]["t"])
+    assert l6["details"]["windows"]["A (lr)"]["steps"] == window_a and float(fb[0]["cos_start"]) == pytest.approx(1)
+    assert l6["conditions"][0]["value"] == min(w["steps"] for w in l6["details"]["windows"].values())
+    assert l6["conditions"][0]["threshold"] == 6  # the first loss evaluation after the branch point
 
     # the new verdict: Lemma 1's slope from the pairs at lr, lr/2, lr/4 (recomputed from pair_distances.csv)
     e13 = by_id["eq13-real-sqrt-lr"]
     with open(out / "sidetrips" / "divergence" / "pair_distances.csv", newline="") as fh:
         end = {float(r["factor"]): (float(r["lr"]), float(r["dist"])) for r in csv.DictReader(fh) if r["t"] == "6"}
-    assert sorted(end) == [0.25, 0.5, 1.0]
-    x, y = np.log([end[f][0] for f in (1.0, 0.5, 0.25)]), np.log([end[f][1] for f in (1.0, 0.5, 0.25)])
+    fs = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    assert sorted(end) == sorted(fs)
+    x, y = np.log([end[f][0] for f in fs]), np.log([end[f][1] for f in fs])
     slope = np.polyfit(x, y, 1)[0]
     resid = y - np.polyval(np.polyfit(x, y, 1), x)
     from scipy import stats
 
-    half = stats.t.ppf(0.975, 1) * math.sqrt(resid @ resid / 1 / ((x - x.mean()) @ (x - x.mean())))
+    half = stats.t.ppf(0.975, 3) * math.sqrt(resid @ resid / 3 / ((x - x.mean()) @ (x - x.mean())))
+    assert e13["details"]["residual_dof"] == 3
     assert e13["details"]["slope"] == pytest.approx(slope) and e13["uncertainty"] == pytest.approx(half, rel=1e-6)
     assert e13["value"] == pytest.approx(abs(slope - 0.5) + half) and e13["threshold"] == 0.15
-    assert e13["details"]["lrs"] == pytest.approx([0.05, 0.025, 0.0125]) and e13["details"]["slope_at_t"]
-    assert len(e13["details"]["function_distance_end"]) == 3
+    assert e13["details"]["lrs"] == pytest.approx([0.05 * f for f in fs]) and e13["details"]["slope_at_t"]
+    assert len(e13["details"]["function_distance_end"]) == 5
+    lv = e13["details"]["premises"][2]["conditions"][0]
+    assert lv["value"] == pytest.approx(max(e13["details"]["distance_growth_last_vs_previous_quarter"].values()))
+    # fig. 13: B_noise measured at the branch point, the batches stated in its units, drops as ratios
+    f13 = by_id["fig13-batch-size"]
+    bn = f13["details"]["noise_scale"]["b_noise"]
+    assert bn > 0 and f"B_noise = tr(Sigma)/|G|^2 = {bn:.3g}" in f13["statistic"]
+    assert [r["b_over_noise_scale"] for r in f13["details"]["rows"]] == pytest.approx([16 / bn, 32 / bn])
+    for r in f13["details"]["rows"]:
+        assert r["drop_ratio"] == pytest.approx(r["train_drop"] / r["heldout_drop"])
+    assert set(by_id["fig2-single-step"]["checks"]) >= {"best_lr_inside_grid_train", "best_lr_inside_grid_heldout"}
+    assert by_id["fig2-single-step"]["details"]["batch_size"] == 16
 
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()
     assert report.index("## Regime at the branch point") < report.index("| id | statistic |")
     assert "(a) plateau" in report and "(c) Lemma 2's premise for fig7-gradient-alignment" in report
     t = json.loads((out / "timings.json").read_text())["parts"]
-    for part in ["training", "regime", "sidetrip:lr-sweep", "sidetrip:divergence", "sidetrip:divergence:pairs",
+    for part in ["training", "regime", "noise-scale", "sidetrip:lr-sweep-b16", "sidetrip:divergence",
+                 "sidetrip:divergence:pairs",
                  "sidetrip:linear-fit", "claim:eq13-real-sqrt-lr"]:
         assert t[part]["wall_s"] > 0 and t[part]["cpu_s"] > 0, part
 
@@ -252,14 +393,14 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir() if p.name in kept} == kept
     assert [_judged(v.to_dict()) for v in again] == [_judged(d) for d in data]
     t2 = json.loads((out / "timings.json").read_text())["parts"]
-    assert t2["sidetrip:lr-sweep"] == t["sidetrip:lr-sweep"] and "sidetrip:divergence" in t2  # kept / redone
+    assert t2["sidetrip:lr-sweep-b16"] == t["sidetrip:lr-sweep-b16"] and "sidetrip:divergence" in t2  # kept / redone
 
     # --run DIR validates an existing run without training (and never writes into it); a premise built to
     # fail (a memorised stream: held-out loss 3x the fresh batches' loss) is reported "not met", and the claim
     # is still judged by its own rule
-    import realnet.regime
+    import realnet.probes
 
-    real_measure = realnet.regime.memorisation
+    real_measure = realnet.probes.memorisation
 
     def memorised(*a, **k):
         import dataclasses
@@ -267,7 +408,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         m = real_measure(*a, **k)
         return dataclasses.replace(m, heldout_loss=3 * m.fresh_train_loss, ratio=3.0)
 
-    monkeypatch.setattr(realnet.regime, "memorisation", memorised)
+    monkeypatch.setattr(realnet.probes, "memorisation", memorised)
     before = sorted(p.name for p in (out / "run").rglob("*"))
     out2 = tmp_path / "out2"
     rc2 = RealConfig(**{**rc.to_dict(), "run": str(out / "run")})
@@ -276,21 +417,23 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "run").rglob("*")) == before
     assert v2[0].value == pytest.approx(by_id["fig2-single-step"]["value"])  # same claim, same number
     d2 = json.loads((out2 / "verdicts.json").read_text())[0]
-    assert d2["details"]["premises_met"] is False
+    assert d2["details"]["premises_met"] is False and d2["state"] == "NOT DECIDED" and d2["passed"] is False
+    assert "not-memorised: heldout_over_fresh" in [p["name"] for p in d2["premises"] if not p["met"]]
     assert [p["met"] for p in d2["details"]["premises"]] == [plateau["met"], False]
     assert d2["details"]["premises"][1]["conditions"][0]["value"] == 3.0
     rep2 = (out2 / "report.md").read_text()
     assert "(premise not met: not-memorised)" in rep2 and "**not met**" in rep2
+    assert "**NOT DECIDED**: premise `not-memorised: heldout_over_fresh` = 3" in rep2
 
 
 @pytest.mark.slow
 def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
-    """The side-trips computed at once by two worker processes (validation.realclaims.prefetch) are the side-trips
+    """The side-trips computed at once by two worker processes (validation.real.prefetch) are the side-trips
     computed one after the other in this process, byte for byte, and the verdicts are the same."""
     import os
 
     from validation import timings
-    from validation.realclaims import RealConfig
+    from validation.real import RealConfig
 
     rc = RealConfig(**TINY_REAL)
     two = reproduce(tmp_path / "w2", synthetic=False, progress=False, real_config=rc, workers=2)
@@ -298,14 +441,14 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
     assert [_judged(v.to_dict()) for v in two] == [_judged(v.to_dict()) for v in one]
     parts = timings.read(tmp_path / "w2")
     by = {k: rec.get("worker") for k, rec in parts.items() if k.count(":") == 1 and k.startswith("sidetrip:")}
-    assert len(by) == 8 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
+    assert len(by) == 7 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
     assert all(rec.get("worker") is None for k, rec in timings.read(tmp_path / "w1").items())
 
     def tables(d):
         return {str(p.relative_to(d)): p.read_bytes() for p in sorted((d / "sidetrips").rglob("*.csv"))}
 
     assert tables(tmp_path / "w2") == tables(tmp_path / "w1") and len(tables(tmp_path / "w1")) > 10
-    from validation.realclaims import default_workers
+    from validation.real import default_workers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert default_workers(rc) == max(1, min(2, cores))  # one torch thread per side-trip
@@ -398,8 +541,8 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
     code = (f"import sys; sys.path.insert(0, {str(repo / 'tests')!r})\n"
-            "from test_validation import TINY_REAL\nfrom validation.realclaims import RealConfig\n"
-            "from validation.reproduce import reproduce\n"
+            "from test_validation import TINY_REAL\nfrom validation.real import RealConfig\n"
+            "from validation.reproduction import reproduce\n"
             "cfg = RealConfig(**{**TINY_REAL, 'linear_fit_steps': 100000})\n"  # minutes: killed in the middle
             f"reproduce({str(out)!r}, synthetic=False, progress=False, real_config=cfg, workers=2)\n")
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
@@ -433,7 +576,7 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
             os.kill(p, signal.SIGKILL)
     assert proc.returncode != 0
     if sig == "SIGKILL":  # the dead job's lock is free again: the same report goes on
-        from validation.realclaims import RealConfig
+        from validation.real import RealConfig
 
         cfg = RealConfig(**{**TINY_REAL, "linear_fit_steps": 100000})
         v = reproduce(out, synthetic=False, progress=False, real_config=cfg, workers=2, only=["fig3-same-basin"])

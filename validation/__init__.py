@@ -1,5 +1,5 @@
 """validation: every claim of Sandler et al. as a measured verdict, and one command that reproduces them all."""
-from .reproduce import CLAIM_IDS, reproduce
+from .reproduction import CLAIM_IDS, reproduce
 from .synthetic import SYNTHETIC_CLAIMS, SyntheticConfig
 from .verdict import Verdict, decide
 

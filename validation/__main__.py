@@ -1,6 +1,6 @@
 """``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] --out OUT``.
 
-Exit status 0 when every claim was evaluated (whether it passed or failed; the report says which),
+Exit status 0 when every claim was evaluated (PASS, FAIL or NOT DECIDED; the report says which),
 1 when a claim could not be evaluated (an error) or a file could not be written, 2 on bad arguments (checked
 before any work: the real-network arguments, an unusable ``--out``; one line on stderr), 130 when
 interrupted (Ctrl-C or SIGTERM: finished claims stay in ``OUT/parts``; re-run the same command to resume).
@@ -13,7 +13,7 @@ import sys
 
 from sgdtraj.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_command
 
-from .reproduce import CLAIM_IDS, DATASETS, reproduce
+from .reproduction import CLAIM_IDS, DATASETS, reproduce
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         ap.error("--data-dir needs --dataset NAME (or --run DIR)")
     if args.synthetic_only and args.real_only:
         ap.error("--synthetic-only and --real-only exclude each other")
-    from .report import failing_checks
+    from .report import counts_text, verdict_text
 
     verdicts: list = []
 
@@ -59,13 +59,10 @@ def main(argv=None) -> int:
     if code != EXIT_OK:
         return code
     n_err = sum(v.error is not None for v in verdicts)
-    n_pass = sum(v.passed for v in verdicts)
-    print(f"{n_pass}/{len(verdicts)} claims verified; report: {args.out}/report.md")
+    print(f"{counts_text(verdicts)}; report: {args.out}/report.md")
     for v in verdicts:
-        status = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
-        fails = failing_checks(v, markdown=False)
-        print(f"  {status:5s} {v.id}: {v.value:.4g} {v.comparison} {v.threshold:.4g}"
-              + (f"  ({v.error})" if v.error else "") + (f"  -- failing: {'; '.join(fails)}" if fails else ""))
+        print(f"  {v.id}: {v.value:.4g} {v.comparison} {v.threshold:.4g}  {verdict_text(v, markdown=False)}"
+              + (f"  ({v.error})" if v.error else ""))
     return 1 if n_err else 0
 
 

@@ -210,10 +210,15 @@ def draw_averaging(axes, result):
         ax.legend(fontsize=6)
 
 
-def draw_divergence(axes, distances, evaluations):
+def draw_divergence(axes, distances, evaluations, window: int | None = None):
     """Fig. 6: distances between side-trips (left) and losses of A, lr/2 and the two-point average (right)
-    (a divergence result's ``distances`` and ``evaluations`` tables)."""
+    (a divergence result's ``distances`` and ``evaluations`` tables); ``window``: Lemma 2's window in steps,
+    the steps beyond it shaded on both panels."""
     t = distances.t.astype(float)
+    if window is not None:
+        for ax in axes[:2]:
+            ax.axvspan(max(window, 0.5), max(t.max(), 1.0) * 1.05, color="gray", alpha=0.12,
+                       label=f"outside Lemma 2's window ({window} steps)")
     ax = axes[0]
     for key, label in (("dist_A_B", "|theta - theta'| (other batch order)"),
                        ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
@@ -272,12 +277,17 @@ def draw_endpoint_distance(ax, steps, d, branch):
     ax.legend(fontsize=8)
 
 
-def draw_batch_size(ax, rows):
+def draw_batch_size(ax, rows, b_noise: float = float("nan")):
+    """Fig. 13: each sweep's maximum single-step loss drop (training batch, held-out mean) against the batch size,
+    log-log, with the measured gradient noise scale B_noise marked."""
     b = [r["batch_size"] for r in rows]
-    ax.plot(b, [r["train_drop"] for r in rows], "-o", label="training batch: log(start / best-step loss)")
-    ax.plot(b, [r["heldout_drop"] for r in rows], "-s", label="held-out batches: log(start / best-step loss)")
+    ax.plot(b, [max(r["train_drop"], 1e-12) for r in rows], "-o", label="training batch: start - best-step loss")
+    ax.plot(b, [max(r["heldout_drop"], 1e-12) for r in rows], "-s", label="held-out batches: start - best-step loss")
+    if math.isfinite(b_noise):
+        ax.axvline(b_noise, color="k", ls="--", lw=1.0, label=f"B_noise = tr(Sigma)/|G|^2 = {b_noise:.3g}")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("batch size")
-    ax.set_ylabel("maximum single-step loss drop (log ratio)")
+    ax.set_ylabel("maximum single-step loss drop")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

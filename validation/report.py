@@ -1,6 +1,6 @@
 """The report: ``report.md`` (the regime premises measured at the branch point, a table of verdicts, linked
 figures, config and versions) and ``verdicts.json`` (a list of verdict objects; a real-network verdict's
-``details["premises"]`` holds its premises, :mod:`validation.premises`). Files are written atomically
+``premises`` hold its premises, :mod:`validation.real.premises`). Files are written atomically
 (:mod:`sgdtraj.files`: temporary file in the same directory, fsync, ``os.replace``; mode 0644 under the usual
 umask)."""
 from __future__ import annotations
@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 
 from sgdtraj.files import atomic_write_text, write_json
-from sgdtraj.provenance import environment
 
-from .verdict import Verdict, decide
+from .verdict import FAIL, NOT_DECIDED, PASS, STATES, Verdict, decide
 
-__all__ = ["write_report", "write_json_atomic", "verdict_text", "failing_checks"]
+__all__ = ["write_report", "write_json_atomic", "verdict_text", "failing_checks", "state_counts",
+           "counts_text"]
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -41,15 +41,26 @@ def _git_text(env: dict) -> str:
 
 def premise_note(v: Verdict) -> str:
     """``" (premise not met: plateau, ...)"`` next to a verdict whose premises do not all hold, else ``""``."""
-    from .premises import not_met
+    from .real.premises import not_met
 
     missing = not_met(v)
     return f" (premise not met: {', '.join(missing)})" if missing else ""
 
 
+def state_counts(verdicts) -> dict[str, int]:
+    """``{"PASS": n, "FAIL": n, "NOT DECIDED": n}`` (errors count as NOT DECIDED)."""
+    return {s: sum(v.state == s for v in verdicts) for s in STATES}
+
+
+def counts_text(verdicts) -> str:
+    """``"10 PASS, 3 FAIL, 3 NOT DECIDED of 16 claims"``."""
+    c = state_counts(verdicts)
+    return f"{c[PASS]} PASS, {c[FAIL]} FAIL, {c[NOT_DECIDED]} NOT DECIDED of {len(verdicts)} claims"
+
+
 def premise_lines(v: Verdict) -> list[str]:
     """Markdown bullet lines of a verdict's premises (for its detail section)."""
-    from .premises import of_verdict
+    from .real.premises import of_verdict
 
     lines = []
     for p in of_verdict(v):
@@ -61,7 +72,7 @@ def premise_lines(v: Verdict) -> list[str]:
 
 def regime_section(verdicts: list[Verdict]) -> list[str]:
     """Markdown lines: every premise carried by the verdicts (value, rule, met / not met), before any verdict."""
-    from .premises import ALL_REAL, of_verdict
+    from .real.premises import ALL_REAL, of_verdict
 
     seen: dict[str, tuple] = {}
     for v in verdicts:
@@ -73,8 +84,8 @@ def regime_section(verdicts: list[Verdict]) -> list[str]:
     lines = ["## Regime at the branch point", "",
              f"The real-network claims test the paper only where the trajectory is in the paper's regime. Measured "
              f"at the branch point{f' (step {step})' if step is not None else ''} with rules fixed in code before "
-             f"measuring (`validation/premises.py`); a claim whose premise is not met is still judged below, and "
-             f"its verdict is marked *premise not met*.", "",
+             f"measuring (`validation/real/premises.py`); a claim whose premise is not met is NOT DECIDED: its "
+             f"value is still shown below, with the premise that fails.", "",
              "| premise | applies to | measured | rule | status |", "|---|---|---|---|---|"]
     for p, claims in seen.values():
         applies = p.applies_to
@@ -114,18 +125,29 @@ def failing_checks(v: Verdict, markdown: bool = True) -> list[str]:
     return [f"check {q}{name}{q} = {_rule_text(c)}" for name, c in v.checks.items() if not c["passed"]]
 
 
+def unmet_premises_text(v: Verdict, markdown: bool = True) -> list[str]:
+    """``premise NAME = VALUE, rule OP THRESHOLD`` for every premise of ``v`` that is not met."""
+    q = "`" if markdown else ""
+    return [f"premise {q}{p['name']}{q} = {_fmt(p['value'])}, rule {p['rule']}" for p in v.unmet_premises()]
+
+
 def verdict_text(v: Verdict, markdown: bool = True) -> str:
-    """``PASS`` / ``FAIL`` / ``ERROR`` and what decided it: a verdict fails when its statistic or any sub-check
-    fails, so the failing sub-checks are named with their value and rule (``FAIL: check loss_gap = 0.62, rule
-    < 0.15``); when the statistic itself fails, failing sub-checks are listed after it (``also ...``)."""
+    """The state (``PASS`` / ``FAIL`` / ``NOT DECIDED``, or ``ERROR`` for a claim that could not be evaluated)
+    and what decided it: NOT DECIDED names the premises not met; FAIL names the failing sub-checks with their
+    value and rule (``FAIL: check loss_gap = 0.62, rule < 0.15``; when the statistic itself fails, the failing
+    sub-checks follow ``also``)."""
+    def bold(w):
+        return f"**{w}**" if markdown else w
+
     if v.error:
-        return "**ERROR**" if markdown else "ERROR"
-    word = ("**PASS**" if markdown else "PASS") if v.passed else ("**FAIL**" if markdown else "FAIL")
+        return bold("ERROR")
+    if v.state == NOT_DECIDED:
+        return f"{bold(NOT_DECIDED)}: {'; '.join(unmet_premises_text(v, markdown))}"
     failing = failing_checks(v, markdown)
     if v.passed or not failing:
-        return word
+        return bold(v.state)
     main_ok = not math.isnan(v.value) and decide(v.value, v.comparison, v.threshold)
-    return f"{word}: {'; '.join(failing)}" if main_ok else f"{word}; also {'; '.join(failing)}"
+    return f"{bold(v.state)}: {'; '.join(failing)}" if main_ok else f"{bold(v.state)}; also {'; '.join(failing)}"
 
 
 def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> None:
@@ -133,19 +155,19 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
     run into the same directory (named in the report)."""
     out = Path(out)
     write_json_atomic(out / "verdicts.json", [v.to_dict() for v in verdicts])
-    n_pass = sum(v.passed for v in verdicts)
     lines = [
         "# Reproduction report: Training trajectories, mini-batch losses and the curious role of the learning rate",
         "",
-        f"{n_pass} of {len(verdicts)} claims verified. Mode: `{config.get('mode')}`. "
+        f"{counts_text(verdicts)}. Mode: `{config.get('mode')}`. "
         f"Git: `{_git_text(config.get('environment', {}))}`.",
         "",
         *regime_section(verdicts),
         "Each row: the claim's id, the statistic that tests it, the measured value (with its standard "
         "error or CI half-width where one applies), the pass rule (fixed in code before the "
-        "measurement) and the verdict. A claim passes only if its statistic and all its sub-checks pass; "
-        "a failing sub-check is named in the verdict cell with its value and rule. Sub-checks are listed "
-        "under the table.",
+        "measurement) and the state. PASS: every premise met, the statistic and all sub-checks pass. FAIL: "
+        "every premise met, the statistic or a sub-check fails (a finding; the failing sub-check is named "
+        "with its value and rule). NOT DECIDED: a premise of the claim is not met (named with its value "
+        "and rule); the value is shown but decides nothing. Sub-checks and premises are listed under the table.",
         "",
         "| id | statistic | value | rule | verdict | figure |",
         "|---|---|---|---|---|---|",
@@ -156,13 +178,13 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         stat = v.statistic.replace("|", "\\|")
         verdict = verdict_text(v).replace("|", "\\|")
         lines.append(f"| `{v.id}` | {stat} | {_fmt(v.value)}{unc} | {v.comparison} {_fmt(v.threshold)} | "
-                     f"{verdict}{premise_note(v)} | {fig} |")
+                     f"{verdict} | {fig} |")
     if kept:
         lines += ["", f"Verdicts taken over from an earlier run into this directory (not re-evaluated by the "
                       f"last command): {', '.join(f'`{i}`' for i in kept)}."]
     lines += ["", "## Claims in detail", ""]
     for v in verdicts:
-        verdict = "ERROR" if v.error else ("PASS" if v.passed else "FAIL")
+        verdict = "ERROR" if v.error else v.state
         lines += [f"### `{v.id}` - {verdict}{premise_note(v)}", "", f"*Claim:* {v.claim}", "",
                   f"*Statistic:* {v.statistic} = **{_fmt(v.value)}**"
                   + ("" if math.isnan(v.uncertainty) else f" (+- {_fmt(v.uncertainty)})")
@@ -176,7 +198,10 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         if v.checks:
             lines.append("")
         lines += premise_lines(v)
-        scalars = {k: x for k, x in v.details.items() if isinstance(x, (int, float, str)) and not isinstance(x, bool)}
+        if isinstance(v.details.get("quote"), str):
+            lines += [f"*The paper:* \"{v.details['quote']}\"", ""]
+        scalars = {k: x for k, x in v.details.items()
+                   if isinstance(x, (int, float, str)) and not isinstance(x, bool) and k != "quote"}
         if scalars:
             lines += ["Numbers: " + "; ".join(f"{k} = {_fmt(x)}" for k, x in scalars.items()), ""]
         if v.figure:

@@ -1,5 +1,10 @@
 """Verdicts: a claim of the paper, the statistic that tests it, the measured value, a threshold fixed
-in code before the measurement, and pass/fail."""
+in code before the measurement, the paper's premises measured, and one of three states.
+
+States (:data:`STATES`): ``PASS`` -- every premise met, the rule and every sub-check hold; ``FAIL`` -- every
+premise met, the rule or a sub-check fails (a finding, shown with its numbers); ``NOT DECIDED`` -- a premise is
+not met (or the claim could not be evaluated: ``error``): the value is still shown, with the failing premise.
+``passed`` is True exactly for ``PASS``."""
 from __future__ import annotations
 
 import math
@@ -8,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 from sgdtraj.files import jsonable
 
-__all__ = ["Verdict", "decide"]
+__all__ = ["Verdict", "decide", "premise_entry", "STATES", "PASS", "FAIL", "NOT_DECIDED"]
+
+PASS, FAIL, NOT_DECIDED = "PASS", "FAIL", "NOT DECIDED"
+STATES = (PASS, FAIL, NOT_DECIDED)
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -22,6 +30,25 @@ def decide(value: float, comparison: str, threshold: float) -> bool:
     return bool(_OPS[comparison](value, threshold))
 
 
+def premise_entry(name: str, value: float, comparison: str, threshold: float) -> dict:
+    """One premise of a verdict as stored in ``Verdict.premises``: ``{name, value, rule, met}`` with ``rule`` =
+    ``"<comparison> <threshold>"`` (e.g. ``">= 0.5"``) and ``met`` = :func:`decide` of the two."""
+    if comparison not in _OPS:
+        raise ValueError(f"comparison must be one of {sorted(_OPS)}, got {comparison!r}")
+    value, threshold = _num(value), _num(threshold)
+    return dict(name=str(name), value=value, rule=f"{comparison} {threshold!r}",
+                met=decide(value, comparison, threshold))
+
+
+def _rule_met(entry: dict) -> bool:
+    """``met`` recomputed from an entry's value and rule (a stored ``met`` is not trusted)."""
+    try:
+        comparison, threshold = str(entry["rule"]).split(" ", 1)
+        return decide(_num(entry["value"]), comparison, _num(threshold))
+    except (KeyError, ValueError):
+        return False
+
+
 @dataclass
 class Verdict:
     """One verified claim.
@@ -33,8 +60,9 @@ class Verdict:
     not applicable). passed: the rule's outcome AND all ``checks``. figure: PNG file name (relative to
     the report). checks: further named sub-tests ``{name: {"value", "comparison", "threshold", "passed"}}``.
     details: numbers behind the verdict (theory and measurement). source: "theory+simulation" or "realnet".
-    premises, state: for claims that state their premises: ``[{name, value, rule, met}]`` and "PASS" | "FAIL" |
-    "NOT DECIDED" (a premise not met); empty / None for the others.
+    premises: the paper's stated conditions, measured: ``[{name, value, rule, met}, ...]``
+    (:func:`premise_entry`; empty when the claim has none, e.g. exact theory against simulation).
+    state: ``PASS`` / ``FAIL`` / ``NOT DECIDED`` (module docstring); derived, like ``passed``.
     """
 
     id: str
@@ -48,7 +76,9 @@ class Verdict:
     checks: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     source: str = "theory+simulation"
+    premises: list = field(default_factory=list)
     passed: bool = field(default=False)
+    state: str = field(default=NOT_DECIDED)
     error: str | None = None
     premises: list = field(default_factory=list)
     state: str | None = None
@@ -63,7 +93,24 @@ class Verdict:
             c["threshold"] = _num(c["threshold"])
             c["passed"] = decide(c["value"], c["comparison"], c["threshold"])
             ok = ok and c["passed"]
-        self.passed = bool(ok) and self.error is None
+        premises_met = True
+        for entry in self.premises:
+            entry["value"] = _num(entry.get("value"))
+            entry["met"] = _rule_met(entry)
+            premises_met = premises_met and entry["met"]
+        if self.error is not None or not premises_met:
+            self.state = NOT_DECIDED
+        else:
+            self.state = PASS if ok else FAIL
+        self.passed = self.state == PASS
+
+    def rule_holds(self) -> bool:
+        """The rule and every sub-check hold (whatever the premises say)."""
+        return decide(self.value, self.comparison, self.threshold) and all(c["passed"] for c in self.checks.values())
+
+    def unmet_premises(self) -> list[dict]:
+        """The premise entries that are not met."""
+        return [p for p in self.premises if not p["met"]]
 
     def check(self, name, value, comparison, threshold, description=""):
         """Add a sub-test and re-evaluate ``passed``."""
@@ -80,6 +127,7 @@ class Verdict:
     def from_dict(cls, d: dict) -> "Verdict":
         d = dict(d)
         d.pop("passed", None)
+        d.pop("state", None)
         return cls(**d)
 
 

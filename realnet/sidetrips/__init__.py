@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from . import alignment, divergence, fixed_batch, kernel_averages, linear_fit, lr_sweep
-from ._losses import batch_losses
+from ._losses import batch_grad, batch_losses, functional_model, grad_vector
 from ._results import Metrics, SideTripResult, Table
 from ._runner import (BN_SEED, HELDOUT_SEED, Branch, ResumeState, RunContext, SideTrip, SideTripOptions, prepare_out,
                       resolve_options, run_sidetrip)
@@ -47,7 +47,7 @@ from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResul
 __all__ = [
     "SideTripOptions", "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions",
     "DivergenceOptions", "averaging_sidetrip", "fit_linear_model", "SIDETRIPS",
-    "SideTrip", "run_sidetrip", "RunContext", "Branch", "ResumeState", "prepare_out", "resolve_options", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses",
+    "SideTrip", "run_sidetrip", "RunContext", "Branch", "ResumeState", "prepare_out", "resolve_options", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses", "batch_grad", "functional_model", "grad_vector",
     "headline", "BN_SEED", "HELDOUT_SEED",
     # results
     "SideTripResult", "Table", "Metrics", "LrSweepResult", "LrSweepCurve", "LrSweepHeldout", "FixedBatchResult",

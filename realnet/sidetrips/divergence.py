@@ -14,7 +14,8 @@ Outputs (:class:`DivergenceResult`):
 * ``checkpoint_distances.csv`` (:class:`CheckpointDistances`): ``step`` (the run's checkpoints), ``dist_to_B_end``,
   ``dist_to_A_end``.
 * ``divergence_fixed_batch.csv`` (:class:`DivergenceFixedBatch`, when ``fixed_batch_every`` > 0): ``t``, ``model``
-  (A | B | H), ``loss``, ``grad_norm`` of one fixed held-out batch (seed ``fixed_batch_seed``).
+  (A | B | H), ``loss``, ``grad_norm``, ``cos_start`` (cosine of its gradient with the gradient at theta_S) of one
+  fixed held-out batch (seed ``fixed_batch_seed``): Lemma 2's premise.
 * ``pair_distances.csv`` (:class:`PairDistances`, when ``pair_factors`` is not empty): ``t``, ``factor``, ``lr``,
   ``dist`` (weights), ``dist_function`` (rms L2 difference of log-probabilities on ``function_samples`` held-out
   examples; NaN off the ``function_points`` steps).
@@ -154,6 +155,7 @@ class DivergenceFixedBatch(Table):
     model: np.ndarray = column("str", "A | B | H")
     loss: np.ndarray = column("float", "the fixed batch's loss (batch-statistics BN)")
     grad_norm: np.ndarray = column("float", "the norm of its loss gradient")
+    cos_start: np.ndarray = column("float", "cosine of its loss gradient with the gradient at theta_S")
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,6 +252,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     if fb_rec:
         fixed = ctx.data.fixed_batches("heldout", 1, fb_size, opts.fixed_batch_seed, rt.device)[0]
         fmodel, _ = functional_model(base.model, "batch")
+        g_start = grad_vector(batch_grad(fmodel, dict(base.model.named_parameters()), *fixed, rt)[1]).double()
 
     # lr pairs (eq. 13): (main order, other order) at lr * f; f = 1 is (A, B), f = 0.5 reuses H as the main member
     pairs: dict[float, tuple] = {}
@@ -317,7 +320,9 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
             with sw.phase("fixed_batch"):
                 for name, br in (("A", A), ("B", Bb), ("H", H)):
                     loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt)
-                    fb_rows.append([t, name, float(loss), float(grad_vector(g).double().norm())])
+                    gv = grad_vector(g).double()
+                    cos = float(gv @ g_start / (gv.norm() * g_start.norm()))
+                    fb_rows.append([t, name, float(loss), float(gv.norm()), cos])
         if pairs and t in pair_rec:
             with sw.phase("pairs"):
                 for f, (m1, m2) in pairs.items():
@@ -363,7 +368,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     last = {c: getattr(distances, c)[-1].item() for c in distances.columns()[3:]}
     at = eval_steps[-1]
     final_losses = {r[1]: Metrics(*r[2:]) for r in loss_rows if r[0] == at}
-    track = DivergenceFixedBatch(*(zip(*fb_rows) if fb_rows else [[]] * 4))
+    track = DivergenceFixedBatch(*(zip(*fb_rows) if fb_rows else [[]] * 5))
     fixed_summary = {}
     for name in ("A", "B", "H") if fb_rows else ():
         sel = track.model == name

@@ -26,8 +26,9 @@ import hashlib
 import json
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -44,12 +45,6 @@ __all__ = ["reproduce", "CLAIM_IDS"]
 
 #: the output-directory kind of a report (``validation reproduce --out``)
 REPORT_KIND = register_kind("report", "a validation report")
-
-
-def _real_claims():
-    from .realclaims import REAL_CLAIMS
-
-    return REAL_CLAIMS
 
 
 CLAIM_IDS = list(SYNTHETIC_CLAIMS) + [
@@ -123,7 +118,7 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     A claim whose part file exists with the same configuration fingerprint is not redone
     (``force=True`` redoes everything). ``synthetic_config`` / ``real_config`` override the sizes
     of ``mode`` (e.g. tiny sizes for tests). ``workers``: side-trips computed at once in worker processes
-    (:func:`validation.realclaims.prefetch`; None: up to 2 on a CPU with 2 cores, 1 on a GPU; 1: in this process,
+    (:func:`validation.real.prefetch`; None: up to 2 on a CPU with 2 cores, 1 on a GPU; 1: in this process,
     one after the other). The verdicts do not depend on it.
     """
     if mode not in ("quick", "full"):
@@ -139,14 +134,54 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
     real_cfg = None
     if real:
-        from .realclaims import RealConfig
+        from .real import RealConfig
 
         real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
+    job = Job(out=Path(out), mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
+              dataset=dataset, only=tuple(only) if only else None, synthetic=synthetic, real=real,
+              progress=progress, force=force, synthetic_config=syn_cfg, real_config=real_cfg, workers=workers)
     # ---- everything above is checked before anything is written
     with claim_output(out, REPORT_KIND, _identity(mode, run, data_dir, dataset),
                       holder="validation reproduce") as claim:
-        return _reproduce(Path(out), claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force,
-                          syn_cfg, real_cfg, workers)
+        return _reproduce(job, claim)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``reproduce`` command, its arguments checked: what every phase of :func:`_reproduce` reads."""
+
+    out: Path
+    mode: str  # "quick" | "full"
+    run: str | None  # existing realnet run validated instead of training one
+    data_dir: str | None
+    dataset: str | None
+    only: tuple[str, ...] | None  # claim ids (None: all)
+    synthetic: bool  # evaluate the synthetic claims
+    real: bool  # evaluate the real-network claims
+    progress: bool
+    force: bool  # redo finished claims
+    synthetic_config: SyntheticConfig
+    real_config: object | None  # validation.real.RealConfig (None when ``real`` is False)
+    workers: int | None  # prefetch worker processes (None: automatic)
+
+
+@dataclass(frozen=True)
+class ClaimTask:
+    """One claim of the job: ``family`` "synthetic" or "real", the fingerprint of its sizes, and its verdict read
+    back from ``OUT/parts`` when it is already finished (``saved``; None: to compute)."""
+
+    id: str
+    family: str
+    fingerprint: str
+    saved: Verdict | None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The verdicts of this run's claims (report order) and how many of them could not be evaluated."""
+
+    verdicts: list
+    errors: int
 
 
 def _saved_verdict(out: Path, cid: str, fp: str, force: bool):
@@ -163,83 +198,122 @@ def _saved_verdict(out: Path, cid: str, fp: str, force: bool):
     return None
 
 
+#: the form of a saved verdict; a part of another form is redone (its claim's statistic or premises changed)
+VERDICT_FORM = 2
+
+
 def _claim_fingerprint(cid, cfg) -> str:
-    return _fingerprint(dict(id=cid, cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
+    return _fingerprint(dict(id=cid, form=VERDICT_FORM,
+                             cfg=asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else str(cfg)))
 
 
-def _reproduce(out: Path, claim, mode, run, data_dir, dataset, only, synthetic, real, progress, force, syn_cfg,
-               real_cfg, workers=None):
-    previous, old_config = _previous(out) if claim.resumed else ([], {})
-    (out / "parts").mkdir(exist_ok=True)
-    config = dict(mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
-                  dataset=dataset, synthetic=asdict(syn_cfg), real=real_cfg.to_dict() if real_cfg else None)
+def _reproduce(job: Job, claim) -> list[Verdict]:
+    """The phases of a reproduce run in ``job.out`` (held as ``claim``): configuration, plan, real-network
+    context and prefetch, claims, report."""
+    previous, config = _write_config(job, claim.resumed)
+    timings.reset()
+    tasks = _plan(job)
+    evaluated = _evaluate(job, tasks, claim)
+    order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
+    mine = {v.id for v in evaluated.verdicts}  # this run's verdicts replace earlier ones of the same id
+    kept = [v for v in previous if v.id not in mine]
+    report = sorted(evaluated.verdicts + kept, key=lambda v: order.get(v.id, len(order)))
+    timings.write(job.out)
+    write_report(job.out, report, config, kept=[v.id for v in kept])
+    return evaluated.verdicts
+
+
+def _write_config(job: Job, resumed: bool) -> tuple[list[Verdict], dict]:
+    """Write ``OUT/config.json``; returns the verdicts of an earlier run into ``OUT`` (when resumed) and the
+    config written."""
+    previous, old_config = _previous(job.out) if resumed else ([], {})
+    (job.out / "parts").mkdir(exist_ok=True)
+    config = dict(mode=job.mode, run=job.run, data_dir=job.data_dir, dataset=job.dataset,
+                  synthetic=asdict(job.synthetic_config),
+                  real=job.real_config.to_dict() if job.real_config else None)
     if config["real"] is None and old_config.get("real") is not None:
         config["real"] = old_config["real"]  # the real claims of an earlier run stay in the report
     config["environment"] = environment()
-    write_json_atomic(out / "config.json", config)
-    timings.reset()
+    write_json_atomic(job.out / "config.json", config)
+    return previous, config
 
-    todo = []
-    if synthetic:
-        todo += [(cid, fn, syn_cfg) for cid, fn in SYNTHETIC_CLAIMS.items()]
-    if real:
-        todo += [(cid, fn, real_cfg) for cid, fn in _real_claims().items()]
-    if only:
-        todo = [t for t in todo if t[0] in only]
 
+def _plan(job: Job) -> list[ClaimTask]:
+    """The claims this run covers, in report order, each with its saved verdict when it is finished."""
+    ids = []
+    if job.synthetic:
+        ids += [(cid, "synthetic", job.synthetic_config) for cid in SYNTHETIC_CLAIMS]
+    if job.real:
+        from .real import REAL_CLAIMS
+
+        ids += [(cid, "real", job.real_config) for cid in REAL_CLAIMS]
+    if job.only:
+        ids = [t for t in ids if t[0] in job.only]
+    tasks = []
+    for cid, family, cfg in ids:
+        fp = _claim_fingerprint(cid, cfg)
+        tasks.append(ClaimTask(cid, family, fp, _saved_verdict(job.out, cid, fp, job.force)))
+    return tasks
+
+
+def _open_real(job: Job, todo: list[ClaimTask]):
+    """The real-network context of the claims to compute (trains or checks the run) with their side-trips
+    prefetched in worker processes; None when no real claim is to be computed. An error opening it is raised
+    when the first real claim is evaluated (each reports it in its verdict)."""
+    if not todo:
+        return None
+    from .real import REAL_CLAIMS, RealContext, prefetch
+
+    ctx = RealContext.open(job.real_config, job.out, progress=job.progress)
+    try:  # the side-trips of the claims to compute, several at once; the claims read them back
+        with timings.timed("prefetch"):
+            requests = [r for t in todo for r in REAL_CLAIMS[t.id].requests(ctx)]
+            failed = prefetch(ctx, requests, workers=job.workers, progress=job.progress)
+        for key, err in failed.items():
+            print(f"warning: side-trip {key} failed in a worker process ({err}); its claim computes it",
+                  file=sys.stderr)
+    except Exception:  # noqa: BLE001 - each claim meets the same error and reports it in its verdict
+        pass
+    return ctx
+
+
+def _evaluate(job: Job, tasks: list[ClaimTask], claim) -> Evaluated:
+    """Evaluate the tasks without a saved verdict (each written to ``OUT/parts`` when done)."""
+    real_todo = [t for t in tasks if t.family == "real" and t.saved is None]
+    try:
+        ctx, ctx_error = _open_real(job, real_todo), None
+    except Exception as exc:  # noqa: BLE001 - reported by every real claim to compute
+        ctx, ctx_error = None, exc
     verdicts, errors = [], 0
-    bar = tqdm(todo, desc="claims", unit="claim", disable=not progress)
-    with _sidetrip_progress(progress and real):
-        real_todo = [cid for cid, fn, cfg in todo if cfg is real_cfg and _saved_verdict(
-            out, cid, _claim_fingerprint(cid, cfg), force) is None]
-        if real_todo:
-            from .realclaims import prefetch
-
-            try:  # the side-trips of the claims to compute, several at once; the claims read them back
-                with timings.timed("prefetch"):
-                    failed = prefetch(real_cfg, out, real_todo, workers=workers, progress=progress)
-                for key, err in failed.items():
-                    print(f"warning: side-trip {key} failed in a worker process ({err}); its claim computes it",
-                          file=sys.stderr)
-            except Exception:  # noqa: BLE001 - each claim meets the same error and reports it in its verdict
-                pass
-        for cid, fn, cfg in bar:
-            bar.set_postfix_str(cid)
-            fp = _claim_fingerprint(cid, cfg)
-            part = out / "parts" / f"{cid}.json"
-            saved = _saved_verdict(out, cid, fp, force)
-            if saved is not None:
-                verdicts.append(saved)
-                continue
-            try:
-                with timings.timed(f"claim:{cid}"):
-                    v = fn(cfg, out)
-            except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
-                errors += 1
-                v = Verdict(id=cid, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
-                            threshold=float("nan"), error=f"{type(exc).__name__}: {exc}",
-                            details=dict(traceback=traceback.format_exc()[-4000:]))
-            else:
-                write_json_atomic(part, dict(fingerprint=fp, verdict=v.to_dict()))
-                claim.keep()
-            verdicts.append(v)
-    order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
-    verdicts.sort(key=lambda v: order.get(v.id, len(order)))
-    # the report covers every claim evaluated in OUT: this run's verdicts replace earlier ones of the same id
-    mine = {v.id for v in verdicts}
-    kept = [v for v in previous if v.id not in mine]
-    report = sorted(verdicts + kept, key=lambda v: order.get(v.id, len(order)))
-    timings.write(out)
-    write_report(out, report, config, kept=[v.id for v in kept])
-    return verdicts
+    bar = tqdm(tasks, desc="claims", unit="claim", disable=not job.progress)
+    for task in bar:
+        bar.set_postfix_str(task.id)
+        if task.saved is not None:
+            verdicts.append(task.saved)
+            continue
+        try:
+            with timings.timed(f"claim:{task.id}"):
+                v = _evaluator(job, task, ctx, ctx_error)()
+        except Exception as exc:  # noqa: BLE001 - reported in the verdict and the exit status
+            errors += 1
+            v = Verdict(id=task.id, claim="(not evaluated)", statistic="-", value=float("nan"), comparison="<",
+                        threshold=float("nan"), error=f"{type(exc).__name__}: {exc}",
+                        details=dict(traceback=traceback.format_exc()[-4000:]))
+        else:
+            claim.keep()  # before the part is written: an interrupt in between must not remove a finished part
+            write_json_atomic(job.out / "parts" / f"{task.id}.json", dict(fingerprint=task.fingerprint,
+                                                                        verdict=v.to_dict()))
+        verdicts.append(v)
+    return Evaluated(verdicts, errors)
 
 
-def _sidetrip_progress(enabled: bool):
-    """Progress bars of the realnet run and side-trips inside the claims (one bar per side-trip)."""
-    if not enabled:
-        import contextlib
+def _evaluator(job: Job, task: ClaimTask, ctx, ctx_error) -> Callable[[], Verdict]:
+    """The call that evaluates ``task``: a synthetic claim of (config, out), or a real one of the context."""
+    if task.family == "synthetic":
+        fn = SYNTHETIC_CLAIMS[task.id]
+        return lambda: fn(job.synthetic_config, job.out)
+    if ctx_error is not None:
+        raise ctx_error
+    from .real import REAL_CLAIMS
 
-        return contextlib.nullcontext()
-    from .realclaims import progress_bars
-
-    return progress_bars(True)
+    return lambda: REAL_CLAIMS[task.id].evaluate(ctx)

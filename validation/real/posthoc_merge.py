@@ -27,11 +27,11 @@ same batches, same validation examples -- so batch-order (seed) variation does n
 measured here).
 
 Premises (``premises``: {name, value, rule, met}; a premise not met makes the verdict NOT DECIDED; the regime
-premises of every real-network claim, :mod:`validation.premises` (a) plateau and (b) not memorised, come first):
+premises of every real-network claim, :mod:`validation.real.premises` (a) plateau and (b) not memorised, come first):
 
 * ``lemma2-window``: the window lies inside Lemma 2's validity window -- along the run's checkpoints in [S0, T] a
-  fixed held-out batch is not fit (loss end / start >= :data:`validation.premises.FIT_MIN`) and its gradient norm
-  changes by less than :data:`validation.premises.GRADNORM_FACTOR_MAX` (the rules of the other Lemma 2 premises);
+  fixed held-out batch is not fit (loss end / start >= :data:`validation.real.premises.FIT_MIN`) and its gradient norm
+  changes by less than :data:`validation.real.premises.GRADNORM_FACTOR_MAX` (the rules of the other Lemma 2 premises);
 * ``constant-lr``: the run's lr is constant over the window (max / min = 1; the merge stands for a cooldown
   *of a constant-lr trajectory*);
 * ``gain-resolved``: the cooldown changes the validation loss measurably, :math:`|\bar d_{ls}| / \mathrm{se} \ge`
@@ -49,8 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots, premises
-from .verdict import Verdict
+from .. import plots
+from ..verdict import Verdict
+from . import premises
+from .context import RealClaim, RealContext
 
 __all__ = ["CLAIM_ID", "SHAPE", "W_FRAC", "GAP_MAX", "GAIN_Z_MIN", "judge", "gap_statistic", "measure", "claim",
            "draw"]
@@ -101,7 +103,7 @@ def gap_statistic(loss_last, loss_merge, loss_side) -> GapStatistic:
 
 
 def _premise(name: str, value: float, comparison: str, threshold: float, description: str) -> dict:
-    from .verdict import decide
+    from ..verdict import decide
 
     return {"name": name, "value": float(value), "rule": f"{comparison} {threshold:g}", "description": description,
             "met": decide(value, comparison, threshold)}
@@ -134,26 +136,7 @@ def judge(loss_last, loss_merge, loss_side, *, fixed_batch_loss_ratio: float, fi
         id=p["name"], title=p["description"], applies_to=CLAIM_ID,
         conditions=(premises.Condition(p["name"], p["description"], p["value"], comparison, float(threshold)),))
         for p in ps for comparison, threshold in [p["rule"].split(" ", 1)]])
-    return _decide(v)
-
-
-def _decide(v: Verdict) -> Verdict:
-    """``state``: PASS / FAIL by the rule when every premise is met, else NOT DECIDED."""
-    v.state = ("PASS" if v.passed else "FAIL") if all(p["met"] for p in v.premises) else "NOT DECIDED"
     return v
-
-
-def _regime_premises(cfg, out: Path) -> list[dict]:
-    """The regime premises every real-network claim carries (plateau, not memorised), as {name, value, rule, met}."""
-    from .realclaims import _ctx
-
-    try:
-        regime = _ctx(cfg, out).regime()
-    except Exception as exc:  # noqa: BLE001 - unmeasured: the premise is not met, the error is named
-        return [{"name": "regime", "value": math.nan, "rule": "measured", "description": f"{type(exc).__name__}: {exc}",
-                 "met": False}]
-    return [{"name": f"{p.id}: {c.name}", "value": float(c.value), "rule": f"{c.comparison} {c.threshold:g}",
-             "description": c.description, "met": c.met} for p in regime for c in p.conditions]
 
 
 # ======================================================================================= the real measurement
@@ -278,12 +261,10 @@ def draw(axes, m: dict) -> None:
     ax2.legend(fontsize=8)
 
 
-def claim(cfg, out: Path) -> Verdict:
-    """The verdict on the report's run (``validation.realclaims``' context: the embedded quick run or ``--run``)."""
-    from .realclaims import _ctx
-
-    run = _ctx(cfg, out).run_dir
-    m = measure(cfg, run, out)
+def claim(ctx: RealContext) -> Verdict:
+    """The verdict on the context's run (the embedded quick run or ``--run``)."""
+    out = ctx.out
+    m = measure(ctx.cfg, ctx.run_dir, out)
     fig = f"{CLAIM_ID}.png"
     plots.save(lambda axes: draw(axes, m), out / fig,
                title="Post-hoc merge vs the cooldown it stands for (Lemma 2)", ncols=2)
@@ -295,5 +276,8 @@ def claim(cfg, out: Path) -> Verdict:
     v = judge(m["loss_last"], m["loss_merge"], m["loss_side"], fixed_batch_loss_ratio=m["fixed_batch_loss_ratio"],
               fixed_batch_gradnorm_change=m["fixed_batch_gradnorm_change"], lr_ratio=m["lr_ratio"],
               details=json.loads(json.dumps(details)), figure=fig)
-    v.premises = _regime_premises(cfg, out) + v.premises
-    return _decide(v)
+    return v
+
+
+#: the claim; it reads no side-trip of the shared context (its cooldown side-trips run inside :func:`measure`)
+POSTHOC_MERGE = RealClaim(CLAIM_ID, claim, lambda ctx: [])

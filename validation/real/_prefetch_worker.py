@@ -1,4 +1,5 @@
-"""A worker process of :func:`validation.realclaims.prefetch`: ``python -m validation._prefetch_worker PARENT_PID``.
+"""A worker process of :func:`validation.real.prefetching.prefetch`:
+``python -m validation.real._prefetch_worker PARENT_PID``.
 
 Reads one JSON request per line on stdin -- ``{"cfg": RealConfig fields, "out": OUT, "run": run dir, "request":
 [name, key, options]}`` -- computes that side-trip into ``OUT/sidetrips/<key>`` (no progress bar) and answers one
@@ -19,7 +20,7 @@ def main(parent: int) -> int:
     exit_with_parent(parent)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # the protocol owns the real stdout
-    from .realclaims import _prefetch_one
+    from .prefetching import prefetch_one
 
     for line in sys.stdin:
         if not line.strip():
@@ -27,7 +28,7 @@ def main(parent: int) -> int:
         msg = json.loads(line)
         name, key, opts = msg["request"]
         try:
-            recs = _prefetch_one(msg["cfg"], msg["out"], msg["run"], (name, key, opts))
+            recs = prefetch_one(msg["cfg"], msg["out"], msg["run"], (name, key, opts))
             reply = {"key": key, "timings": recs}
         except Exception as exc:  # noqa: BLE001 - the parent leaves the side-trip to its claim
             reply = {"key": key, "error": f"{type(exc).__name__}: {exc}"}

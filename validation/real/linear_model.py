@@ -14,7 +14,7 @@ Statistic and rule (fixed in code before any measurement; :data:`quadsgd.fitting
   bootstrap standard error over directions (all kernels of a direction resampled together);
 * sub-check ``variance``: the same statistic on the variances :math:`\mathrm{Var}\,p_i` themselves, same rule.
   It is a sub-check (so it decides the verdict too), not a detail: the variance ratios are scale-free and
-  blind to the noise model -- phase 1 measured on the synthetic quadratic network that
+  blind to the noise model -- measured on the synthetic quadratic network that
   :math:`\sigma\times2` leaves the ratio statistic passing and moves the variance statistic by log 4 --
   while the linear model is the pair (curvature, noise); a fit whose noise scale is off by more than the
   factor the ratios are allowed does not "match the trajectory", and the absolute loss it predicts (and
@@ -49,15 +49,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
-from . import plots
-from .verdict import Verdict
+from .. import plots
+from ..verdict import Verdict
+from .context import RealClaim, RealContext
+from .requests import linear_fit_request
 
 __all__ = ["claim_linear_fit", "draw_predicted_vs_measured", "draw_spectrum", "draw_linear_fit", "where_it_breaks",
-           "breaks_text",
+           "breaks_text", "LINEAR_MODEL_FIT",
            "NEAR_EDGE_FRACTION", "TREND_MAX"]
 
 #: directions with lr kappa above this fraction of the stability edge 2 (1 + beta) are listed as "near the edge"
@@ -234,26 +235,13 @@ def breaks_text(result, info: dict, threshold: float) -> str:
 
 
 # ======================================================================================= the claim
-def linear_fit_request(cfg, ctx) -> tuple[str, str, dict]:
-    """The linear-fit side-trip the verdict reads: ``(name, key, options)`` for ``ctx.sidetrip``."""
-    from realnet.trainer import load_config
-
-    sample = cfg.linear_fit_sample_batches * load_config(ctx.run_dir).batch_size
-    return "linear-fit", "linear-fit", dict(
-        k=cfg.linear_fit_k, sample_size=sample, steps=cfg.linear_fit_steps, lags=cfg.linear_fit_lags,
-        kernels=list(cfg.linear_fit_kernels), noise_batches=cfg.linear_fit_noise_batches,
-        curvature_batches=cfg.linear_fit_curvature_batches, n_blocks=cfg.linear_fit_blocks)
-
-
-def claim_linear_fit(cfg, out: Path) -> Verdict:
-    """The ``linear-model-fit`` verdict on the validation run (``cfg``: :class:`validation.realclaims.RealConfig`)."""
+def claim_linear_fit(ctx: RealContext) -> Verdict:
+    """The ``linear-model-fit`` verdict on the context's run."""
     from quadsgd.fitting import FIT_THRESHOLD
 
-    from .realclaims import _ctx
-
-    ctx = _ctx(cfg, out)
-    S, _ = ctx.steps
-    s = ctx.sidetrip(*linear_fit_request(cfg, ctx))
+    out = ctx.out
+    S = ctx.branch.step
+    s = ctx.sidetrip(*linear_fit_request(ctx))
     st, vs = s.statistic, s.variance_statistic
     fig = "linear-model-fit.png"
     plots.save(lambda axes: draw_linear_fit(axes, s, FIT_THRESHOLD), out / fig, ncols=4, figsize=(5.2, 4.4),
@@ -272,6 +260,8 @@ def claim_linear_fit(cfg, out: Path) -> Verdict:
                   f"from step {S}",
         value=st.value, comparison="<", threshold=FIT_THRESHOLD, uncertainty=st.se, figure=fig,
         details=dict(
+            quote=("for Exponential Moving Average (EMA) and Stochastic Weight Averaging we show that our proposed "
+                   "model matches the observed training trajectories on ImageNet (abstract; App. A.1)"),
             where_it_breaks=breaks_text(s, info, FIT_THRESHOLD), variance_statistic_value=vs.value,
             statistic_ci=[st.ci_low, st.ci_high], step=S, lr=s.lr, momentum=s.momentum,
             weight_decay=s.weight_decay, batch_size=s.batch_size, k=s.k,
@@ -289,3 +279,6 @@ def claim_linear_fit(cfg, out: Path) -> Verdict:
     v.check("variance", vs.value, "<", FIT_THRESHOLD,
             "median over directions of |log(measured / predicted Var(v_i^T theta))| (the noise model sigma_i)")
     return v
+
+
+LINEAR_MODEL_FIT = RealClaim("linear-model-fit", claim_linear_fit, lambda ctx: [linear_fit_request(ctx)])
