@@ -265,7 +265,7 @@ TINY_REAL = dict(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32,
                  linear_fit_blocks=5, linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
 REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
             "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
-            "eq13-real-sqrt-lr"]
+            "eq13-real-sqrt-lr", "posthoc-merge-equals-cooldown"]
 
 
 def _judged(v):
@@ -292,7 +292,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         assert not math.isnan(v.value)
     data = json.loads((out / "verdicts.json").read_text())
     assert all(REQUIRED <= set(d) for d in data)
-    lfv = data[-2]
+    lfv = data[REAL_IDS.index("linear-model-fit")]
     assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
     assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
     assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
@@ -310,7 +310,8 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         ids = [p["id"] for p in d["details"]["premises"]]
         extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"],
                  "fig5-averaging-equals-schedule": ["schedule-effect"], "fig13-batch-size": ["batch-range"],
-                 "eq13-real-sqrt-lr": ["lemma1-stationary"]}
+                 "eq13-real-sqrt-lr": ["lemma1-stationary"],
+                 "posthoc-merge-equals-cooldown": ["lemma2-window", "constant-lr", "gain-resolved"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
         flat = [f"{p['id']}: {c['name']}" for p in d["details"]["premises"] for c in p["conditions"]]
@@ -373,6 +374,12 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         assert r["drop_ratio"] == pytest.approx(r["train_drop"] / r["heldout_drop"])
     assert set(by_id["fig2-single-step"]["checks"]) >= {"best_lr_inside_grid_train", "best_lr_inside_grid_heldout"}
     assert by_id["fig2-single-step"]["details"]["batch_size"] == 16
+
+    # the merge verdict: the merge window's Lemma 2 premise measured at the run's checkpoints, its cache
+    ph = by_id["posthoc-merge-equals-cooldown"]
+    win = ph["details"]["premises"][2]["details"]["windows"]["run"]
+    assert win["horizon"] == ph["details"]["T"] - ph["details"]["S0"]
+    assert (out / "posthoc-claim" / "result.json").is_file()
 
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()

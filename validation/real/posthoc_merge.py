@@ -29,9 +29,11 @@ measured here).
 Premises (``premises``: {name, value, rule, met}; a premise not met makes the verdict NOT DECIDED; the regime
 premises of every real-network claim, :mod:`validation.real.premises` (a) plateau and (b) not memorised, come first):
 
-* ``lemma2-window``: the window lies inside Lemma 2's validity window -- along the run's checkpoints in [S0, T] a
-  fixed held-out batch is not fit (loss end / start >= :data:`validation.real.premises.FIT_MIN`) and its gradient norm
-  changes by less than :data:`validation.real.premises.GRADNORM_FACTOR_MAX` (the rules of the other Lemma 2 premises);
+* ``lemma2-window``: the merge window lies inside Lemma 2's validity window as the paper states it ("the gradient
+  norm changed less than 5%, while cos stayed generally above 0.5"): along the run's checkpoints in [S0, T] a fixed
+  held-out batch keeps its gradient within cos >= :data:`validation.real.premises.LEMMA2_COS_MIN` of the one at S0
+  and its norm within :data:`validation.real.premises.LEMMA2_NORM_TOL` (the rule of the other Lemma 2 premises),
+  over all T - S0 steps;
 * ``constant-lr``: the run's lr is constant over the window (max / min = 1; the merge stands for a cooldown
   *of a constant-lr trajectory*);
 * ``gain-resolved``: the cooldown changes the validation loss measurably, :math:`|\bar d_{ls}| / \mathrm{se} \ge`
@@ -102,26 +104,31 @@ def gap_statistic(loss_last, loss_merge, loss_side) -> GapStatistic:
     return GapStatistic(abs(a) / abs(b), se, a, b, float(math.sqrt(C[1, 1])), n)
 
 
-def _premise(name: str, value: float, comparison: str, threshold: float, description: str) -> dict:
-    from ..verdict import decide
-
-    return {"name": name, "value": float(value), "rule": f"{comparison} {threshold:g}", "description": description,
-            "met": decide(value, comparison, threshold)}
-
-
-def judge(loss_last, loss_merge, loss_side, *, fixed_batch_loss_ratio: float, fixed_batch_gradnorm_change: float,
-          lr_ratio: float, details: dict | None = None, figure: str | None = None) -> Verdict:
-    """The verdict from the measurements (module docstring: statistic, rule, premises, state)."""
-    st = gap_statistic(loss_last, loss_merge, loss_side)
-    ps = [
-        _premise("lemma2-window: not fit", fixed_batch_loss_ratio, ">=", premises.FIT_MIN,
-                 "fixed held-out batch loss at T / at S0 along the run's checkpoints in the window"),
-        _premise("lemma2-window: gradient norm", fixed_batch_gradnorm_change, "<", premises.GRADNORM_FACTOR_MAX,
-                 "largest change max_t max(r_t, 1/r_t) of its gradient norm over those checkpoints"),
-        _premise("constant-lr", lr_ratio - 1.0, "<=", LR_CONSTANT_TOL, "max / min of the run's lr over the window - 1"),
-        _premise("gain-resolved", st.gain_z, ">=", GAIN_Z_MIN,
-                 "|val loss(last) - val loss(side-trip)| / its standard error (paired over examples)"),
+def _premises(window: premises.Lemma2Window, needed: int, lr_ratio: float, st: GapStatistic) -> list:
+    """The verdict's own premises (module docstring), as :class:`validation.real.premises.Premise` records."""
+    C, P = premises.Condition, premises.Premise
+    return [
+        premises.lemma2_window_premise("lemma2-window", CLAIM_ID, {"run": window}, needed,
+                                       f"a fixed held-out batch of {HELDOUT_BATCH}",
+                                       "the merge window, at the run's checkpoints in it"),
+        P(id="constant-lr", title="the run's lr is constant over the merge window", applies_to=CLAIM_ID,
+          conditions=(C("lr_ratio", "max / min of the run's lr over the window - 1", lr_ratio - 1.0, "<=",
+                        LR_CONSTANT_TOL),)),
+        P(id="gain-resolved", title="the cooldown changes the validation loss measurably", applies_to=CLAIM_ID,
+          conditions=(C("gain_z", "|val loss(last) - val loss(side-trip)| / its standard error (paired over "
+                                  "examples)", st.gain_z, ">=", GAIN_Z_MIN),)),
     ]
+
+
+def judge(loss_last, loss_merge, loss_side, *, window: premises.Lemma2Window, window_needed: int, lr_ratio: float,
+          details: dict | None = None, figure: str | None = None) -> Verdict:
+    """The verdict from the measurements (module docstring: statistic, rule, premises, state).
+
+    loss_*: per-example validation losses (1-D, equal length). window: the fixed batch's
+    :class:`~validation.real.premises.Lemma2Window` from S0 along the run's checkpoints; window_needed: the steps
+    it must cover (T - S0). lr_ratio: max / min of the run's lr over the window.
+    """
+    st = gap_statistic(loss_last, loss_merge, loss_side)
     v = Verdict(
         id=CLAIM_ID, source="realnet",
         claim="A merge of a constant-lr run's stored checkpoints equals a side-trip that runs the cooldown the merge "
@@ -130,13 +137,8 @@ def judge(loss_last, loss_merge, loss_side, *, fixed_batch_loss_ratio: float, fi
                   f"side-trip)| (paired over {st.n} validation examples; Lemma 2 predicts 0)",
         value=st.value, comparison="<", threshold=GAP_MAX, uncertainty=st.se, figure=figure,
         details=dict(details or {}, merge_minus_side=st.merge_minus_side, last_minus_side=st.last_minus_side,
-                     last_minus_side_se=st.last_minus_side_se, n_examples=st.n),
-        premises=ps)
-    premises.attach(v, [premises.Premise(  # also in the report's premise table
-        id=p["name"], title=p["description"], applies_to=CLAIM_ID,
-        conditions=(premises.Condition(p["name"], p["description"], p["value"], comparison, float(threshold)),))
-        for p in ps for comparison, threshold in [p["rule"].split(" ", 1)]])
-    return v
+                     last_minus_side_se=st.last_minus_side_se, n_examples=st.n))
+    return premises.attach(v, _premises(window, int(window_needed), lr_ratio, st))
 
 
 # ======================================================================================= the real measurement
@@ -147,8 +149,9 @@ def _window(steps: list[int]) -> tuple[int, int]:
     return S0, T
 
 
-def _fixed_batch_track(ctx, run: Path, steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and gradient norm of a fixed held-out batch (train-mode BN, running statistics untouched) at ``steps``."""
+def _fixed_batch_track(ctx, run: Path, steps: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Loss, gradient norm and cosine of the gradient with the one at ``steps[0]`` of a fixed held-out batch
+    (train-mode BN, running statistics untouched) at the checkpoints ``steps``."""
     import torch
     import torch.nn.functional as F
 
@@ -158,7 +161,8 @@ def _fixed_batch_track(ctx, run: Path, steps: list[int]) -> tuple[np.ndarray, np
 
     x, y = ctx.heldout(1, HELDOUT_BATCH)[0]
     model = build_model(ctx.cfg, ctx.data.num_classes).to(ctx.rt.device)
-    losses, norms = [], []
+    losses, norms, cosines = [], [], []
+    g0 = None
     for s in steps:
         model.load_state_dict(read_state_dict(checkpoint_path(run, s)))
         saved = [b.clone() for b in model.buffers()]
@@ -166,12 +170,15 @@ def _fixed_batch_track(ctx, run: Path, steps: list[int]) -> tuple[np.ndarray, np
         model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(ctx.rt.prep(x)).float(), y)
         loss.backward()
-        norms.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))))
+        g = torch.cat([p.grad.detach().double().reshape(-1) for p in model.parameters()])
+        g0 = g if g0 is None else g0
+        norms.append(float(g.norm()))
+        cosines.append(float(g @ g0 / (g.norm() * g0.norm())))
         losses.append(float(loss.detach()))
         with torch.no_grad():
             for b, v in zip(model.buffers(), saved):
                 b.copy_(v)
-    return np.array(losses), np.array(norms)
+    return np.array(losses), np.array(norms), np.array(cosines)
 
 
 def measure(cfg, run: Path, out: Path) -> dict:
@@ -182,7 +189,6 @@ def measure(cfg, run: Path, out: Path) -> dict:
     from realnet.checkpoint import checkpoint_path, list_checkpoints
     from realnet.posthoc import average_checkpoints, realise
     from realnet.posthoc_run import _per_example
-    from realnet.regime import fixed_batch_change
     from realnet.sidetrips import RunContext, SideTripOptions
     from realnet.trainer import deterministic_mode, lr_at
 
@@ -226,15 +232,13 @@ def measure(cfg, run: Path, out: Path) -> dict:
             loss_merge = evaluate(base.model)
             loss_side = sidetrip(real.schedule(1.0))
             loss_requested = sidetrip(real.target[:W][::-1])
-            fb_loss, fb_norm = _fixed_batch_track(ctx, run, grid)
-    change = fixed_batch_change(fb_loss, fb_norm)
+            fb_loss, fb_norm, fb_cos = _fixed_batch_track(ctx, run, grid)
     result = dict(identity=ident, S0=S0, T=T, grid=grid, lr=float(lrs.mean()), lr_ratio=float(lrs.max() / lrs.min()),
                   weights=[float(w) for w in real.weights], residual=real.residual,
                   realised=[float(m) for m in real.realised[:W]], requested=[float(m) for m in real.target[:W]],
                   loss_last=loss_last.tolist(), loss_merge=loss_merge.tolist(), loss_side=loss_side.tolist(),
                   loss_requested=loss_requested.tolist(), fixed_batch_loss=fb_loss.tolist(),
-                  fixed_batch_gradnorm=fb_norm.tolist(), fixed_batch_loss_ratio=change.loss_end_over_start,
-                  fixed_batch_gradnorm_change=change.gradnorm_max_change)
+                  fixed_batch_gradnorm=fb_norm.tolist(), fixed_batch_cos=fb_cos.tolist())
     write_json(cache, result)
     return result
 
@@ -273,8 +277,11 @@ def claim(ctx: RealContext) -> Verdict:
     details["val_loss"] = {k: float(np.mean(m[k])) for k in ("loss_last", "loss_merge", "loss_side", "loss_requested")}
     details["requested_gap"] = float(abs(np.mean(m["loss_merge"]) - req.mean()) /
                                      abs(np.mean(m["loss_last"]) - req.mean()))
-    v = judge(m["loss_last"], m["loss_merge"], m["loss_side"], fixed_batch_loss_ratio=m["fixed_batch_loss_ratio"],
-              fixed_batch_gradnorm_change=m["fixed_batch_gradnorm_change"], lr_ratio=m["lr_ratio"],
+    grid = np.asarray(m["grid"])
+    norm = np.asarray(m["fixed_batch_gradnorm"])
+    window = premises.lemma2_window(grid - grid[0], m["fixed_batch_cos"], norm / norm[0])
+    v = judge(m["loss_last"], m["loss_merge"], m["loss_side"], window=window, window_needed=int(m["T"] - m["S0"]),
+              lr_ratio=m["lr_ratio"],
               details=json.loads(json.dumps(details)), figure=fig)
     return v
 

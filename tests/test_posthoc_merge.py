@@ -1,6 +1,7 @@
 """The posthoc-merge-equals-cooldown verdict's rule on controls: a quadratic model where Lemma 2 holds (the merge of
 checkpoints and the side-trip with the realised schedule agree: PASS), a side-trip that runs another cooldown than
-the merge stands for (FAIL), a window whose lr is not constant (premise not met: NOT DECIDED); and the statistic's
+the merge stands for (FAIL), a window whose lr is not constant or whose fixed batch leaves Lemma 2's cone (premise
+not met: NOT DECIDED); and the statistic's
 standard error against its spread over independent validation sets."""
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import numpy as np
 import pytest
 
 from realnet.posthoc import realise
-from realnet.regime import fixed_batch_change
-from validation import posthoc_claim as pc
+from validation.real import posthoc_merge as pc
+from validation.real import premises
 
 D = 200  # dimensions of the quadratic model
 H = np.linspace(0.5, 2.0, D)  # curvatures
 
 
-def _quadratic(lr: float, side_multipliers=None, seed: int = 0, n_val: int = 4000, val_scale: float = 0.1):
+def _quadratic(lr: float, side_multipliers=None, seed: int = 0, n_val: int = 4000, val_scale: float = 0.1,
+               fixed_scale: float = 1.0):
     """SGD on L_b(theta) = 1/2 sum_j h_j (theta_j - xi_bj)^2 (one xi per step); checkpoints at T-400, T-240, T
     (the quick job's grid around its last checkpoint); per-example validation losses of the last iterate, the
     merge for a linear cooldown over 400 steps and the side-trip from T-400 (the realised schedule unless
@@ -38,15 +40,21 @@ def _quadratic(lr: float, side_multipliers=None, seed: int = 0, n_val: int = 400
     def losses(th):
         return 0.5 * ((th[None, :] - xv) ** 2 * H).sum(axis=1)
 
-    xf = rng.normal(size=D)  # a fixed held-out batch along the window's checkpoints
-    fb = fixed_batch_change([0.5 * (H * (theta[s] - xf) ** 2).sum() for s in grid],
-                            [np.linalg.norm(H * (theta[s] - xf)) for s in grid])
-    return losses(theta[T]), losses(merge), losses(side), fb
+    # a fixed held-out batch along the window's checkpoints: its gradient H (theta - xf), cosine and norm ratio
+    # against the one at T - 400 (fixed_scale small: a batch near the iterates, whose gradient turns with them)
+    xf = fixed_scale * rng.normal(size=D)
+    g = np.array([H * (theta[s] - xf) for s in grid])
+    cos = g @ g[0] / (np.linalg.norm(g, axis=1) * np.linalg.norm(g[0]))
+    window = premises.lemma2_window(np.array(grid) - grid[0], cos, np.linalg.norm(g, axis=1) / np.linalg.norm(g[0]))
+    return losses(theta[T]), losses(merge), losses(side), window
 
 
-def _judge(ll, lm, ls, fb, lr_ratio=1.0):
-    return pc.judge(ll, lm, ls, fixed_batch_loss_ratio=fb.loss_end_over_start,
-                    fixed_batch_gradnorm_change=fb.gradnorm_max_change, lr_ratio=lr_ratio)
+def _judge(ll, lm, ls, window, lr_ratio=1.0):
+    return pc.judge(ll, lm, ls, window=window, window_needed=400, lr_ratio=lr_ratio)
+
+
+def _unmet(v):
+    return [p["name"].split(":")[0] for p in v.premises if not p["met"]]
 
 
 def test_passes_where_lemma2_holds():
@@ -70,11 +78,17 @@ def test_fails_for_another_schedule(name, multipliers):
 
 def test_not_decided_when_a_premise_fails():
     v = _judge(*_quadratic(lr=5e-4), lr_ratio=2.0)  # a window over which the run's lr was not constant
-    assert v.state == "NOT DECIDED" and [p["name"] for p in v.premises if not p["met"]] == ["constant-lr"]
-    # and a cooldown whose effect is not resolved: the side-trip is the constant-lr trajectory itself
-    ll, lm, _, fb = _quadratic(lr=5e-4)
-    v = _judge(ll, lm, ll + 1e-3 * np.random.default_rng(1).normal(size=ll.size), fb)
-    assert v.state == "NOT DECIDED" and "gain-resolved" in [p["name"] for p in v.premises if not p["met"]]
+    assert v.state == "NOT DECIDED" and _unmet(v) == ["constant-lr"]
+    # a cooldown whose effect is not resolved: the side-trip is the constant-lr trajectory itself
+    ll, lm, _, w = _quadratic(lr=5e-4)
+    v = _judge(ll, lm, ll + 1e-3 * np.random.default_rng(1).normal(size=ll.size), w)
+    assert v.state == "NOT DECIDED" and "gain-resolved" in _unmet(v)
+    # the window outside Lemma 2's cone: a fixed batch close to the iterates, whose gradient turns as they move
+    v = _judge(*_quadratic(lr=5e-4, fixed_scale=0.01))
+    assert v.state == "NOT DECIDED" and _unmet(v) == ["lemma2-window"], v.premises
+    w = v.details["premises"][0]["details"]["windows"]["run"]
+    assert w["broken_at"] is not None and (w["cos_min"] < premises.LEMMA2_COS_MIN
+                                           or w["norm_change_max"] > premises.LEMMA2_NORM_TOL)
 
 
 def test_verdict_round_trips_with_its_premises_and_state():
