@@ -229,11 +229,8 @@ def _dir_word(d: Path) -> str:
 
 def _is_empty(d: Path) -> bool:
     """No entries but a lock file and temporary files of killed writers."""
-    for e in os.scandir(d):
-        if e.name == LOCK_NAME or (e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)):
-            continue
-        return False
-    return True
+    with os.scandir(d) as entries:
+        return all(e.name == LOCK_NAME or (e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)) for e in entries)
 
 
 def check_output_path(path, label: str = "--out") -> Path:

@@ -685,7 +685,7 @@ def test_interrupted_long_sidetrips_resume_bit_identically(outputs, tmp_path, mo
     import realnet
     from realnet.sidetrips import _runner
 
-    fn = getattr(realnet, name)
+    fn = getattr(realnet, {"averaging": "averaging_sidetrip"}.get(name, name))
     opts = dict(progress=False, threads=1, **kw)
     fn(outputs["run"], 4, tmp_path / "ref", **opts)
     real_step = _runner.Branch.sgd_step

@@ -263,7 +263,7 @@ def test_sidetrip_sizes_come_from_the_run_config(tmp_path):
     digits = resolve_config(TrainConfig())
     write_json(run / "config.json", dataclasses.asdict(digits))
     assert RealConfig.for_mode("quick", run=run) == RealConfig.for_mode("quick", run=run, data_dir=None)
-    assert RealConfig.for_mode("quick", run=run).sweep_batch_sizes == [16, 64, 256]  # digits keeps its sizes
+    assert RealConfig.for_mode("quick", run=run).sweep_batch_sizes == RealConfig().sweep_batch_sizes  # digits' own
     # --run with --data-dir is accepted (the run needs 3 checkpoints: refused for that reason, not the pairing)
     assert validation_main(["reproduce", "--run", str(run), "--data-dir", str(moved), "--real-only",
                             "--out", str(tmp_path / "rep"), "--no-progress"]) == 2

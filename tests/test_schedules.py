@@ -28,7 +28,8 @@ def _multipliers(k, steps=None):
 
 
 def test_every_kernel_kind_is_covered():
-    assert set(EXAMPLES) == set(kernel_classes())
+    # the kernels quadsgd defines (other test modules register kernels of their own in the same session)
+    assert set(EXAMPLES) == {n for n, c in kernel_classes().items() if c.__module__ == "quadsgd.kernels"}
 
 
 @pytest.mark.parametrize("kernel", [k for ks in EXAMPLES.values() for k in ks], ids=str)

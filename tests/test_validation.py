@@ -475,7 +475,8 @@ def test_delegated_output_allows_nested_claims_in_a_worker(tmp_path):
 
     from sgdtraj.outputs import DELEGATE_ENV, claim_output, delegate_env
 
-    code = ("import sys; from sgdtraj.outputs import claim_output, OutputError\n"
+    code = ("import sys; from sgdtraj.outputs import claim_output, register_kind, OutputError\n"
+            "register_kind('sidetrip', 'a realnet side-trip')\n"
             "try:\n    c = claim_output(sys.argv[1], 'sidetrip', {'a': 1})\n"
             "except OutputError as e:\n    print(e.reason); sys.exit(3)\nprint('ok')\n")
     env = {k: v for k, v in os.environ.items() if k != DELEGATE_ENV}
