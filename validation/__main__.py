@@ -1,4 +1,9 @@
-"""``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] --out OUT``.
+"""``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] [--seed S] --out OUT``;
+``python -m validation controls [--replicates N] [--seed S] [--tiny] --out OUT``.
+
+controls: every real-network claim's analysis on its positive and negative control (:mod:`validation.real.controls`);
+exit status 0 when every control has its expected state, 1 when one does not (the rule is defective), 2 on bad
+arguments.
 
 Exit status 0 when every claim was evaluated (PASS, FAIL or NOT DECIDED; the report says which),
 1 when a claim could not be evaluated (an error) or a file could not be written, 2 on bad arguments (checked
@@ -31,10 +36,20 @@ def main(argv=None) -> int:
     r.add_argument("--real-only", action="store_true", help="skip the synthetic claims")
     r.add_argument("--force", action="store_true", help="redo finished claims")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--seed", type=_nonnegative_int, default=None, metavar="S",
+                   help="seed of the synthetic claims and of the real-network trajectory (default: the built-in ones)")
     r.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="side-trips computed at once in worker processes (default: up to 2 on CPU, 1 on GPU; the "
                         "verdicts do not depend on it)")
+    c = sub.add_parser("controls", help="run every real-network claim on its positive and negative control; write "
+                                        "OUT/controls.json and OUT/controls.md")
+    c.add_argument("--out", required=True, help="output directory (created)")
+    c.add_argument("--replicates", type=_positive_int, default=3, metavar="N", help="replicates per control (>= 3)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the controls' replicates")
+    c.add_argument("--tiny", action="store_true", help="small sizes (tests)")
     args = ap.parse_args(argv)
+    if args.command == "controls":
+        return _controls(args)
     if args.data_dir and not args.dataset:
         ap.error("--data-dir needs --dataset NAME")
     if args.run and args.data_dir:
@@ -48,7 +63,8 @@ def main(argv=None) -> int:
         verdicts = reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
                              data_dir=args.data_dir, dataset=args.dataset, only=args.only,
                              synthetic=not args.real_only, real=not args.synthetic_only,
-                             progress=not args.no_progress, force=args.force, workers=args.workers)
+                             progress=not args.no_progress, force=args.force, workers=args.workers,
+                             seed=args.seed)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -70,6 +86,34 @@ def main(argv=None) -> int:
     return 1 if n_err else 0
 
 
+def _controls(args) -> int:
+    from dataclasses import replace
+
+    from quadsgd._files import OutputError, claim_output
+
+    from .real.controls import ControlSizes, run_controls
+
+    if args.replicates < 3:
+        print(f"error: --replicates must be an integer >= 3, got {args.replicates}", file=sys.stderr)
+        return 2
+    sizes = replace(ControlSizes.tiny() if args.tiny else ControlSizes(), replicates=args.replicates, seed=args.seed)
+    try:
+        with claim_output(args.out, "report", {"controls": sizes.__dict__}, holder="validation controls") as claim:
+            records = run_controls(args.out, sizes)
+            claim.keep()
+    except (ValueError, OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bad = [r for r in records if not r.as_expected()]
+    print(f"{len(records) - len(bad)}/{len(records)} controls as expected; table: {args.out}/controls.md")
+    for r in records:
+        print(f"  {r.claim} {r.control}: {r.state} (expected {r.expected_state})")
+    return 1 if bad else 0
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -79,6 +123,16 @@ def _main_thread() -> bool:
 
     return threading.current_thread() is threading.main_thread()
 
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
