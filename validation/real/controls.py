@@ -9,8 +9,10 @@ not PASS, or whose negative control is not FAIL, is a defect of the rule.
 
 Controls (:data:`CONTROLS`):
 
-* ``fig13-batch-size`` -- single steps on the linear model (:func:`linear_sweep`) at a point whose gradient
-  noise scale is 1024, batches 16 .. 1024. Positive: independent held-out batches (a batch's step fits its own
+* ``fig2-single-step`` -- the same single step at the training batch size 32 (positive: ~1000 parameters, one
+  step fits the batch; negative: 2 parameters, over-determined by the batch, so its step is the population's).
+* ``fig13-batch-size`` -- single steps on the paper's linear model (:func:`linear_sweep`: rank-one
+  per-example losses, E[a a^T] = I) at a point whose gradient noise scale is ~1000, batches 16 .. 1024. Positive: independent held-out batches (a batch's step fits its own
   noise: the training batch drops far more than the others at small batches, less so as the batch grows).
   Negative (correlated batches): the held-out batches share 90 % of the training batch's examples.
 * ``eq13-real-sqrt-lr`` -- pairs of SGD chains on a diagonal quadratic :math:`\tfrac12 \sum_i h_i x_i^2` with
@@ -40,7 +42,7 @@ from .config import RealConfig
 from .context import Branch
 
 __all__ = ["ControlContext", "ControlRecord", "ControlSizes", "CONTROLS", "run_controls", "controls_table",
-           "linear_pairs", "linear_sweep", "read_controls"]
+           "linear_pairs", "linear_sweep", "sweep_gradients", "read_controls"]
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,14 @@ def _eq13_control(positive: bool, sizes: ControlSizes, seed: int, out: Path) -> 
 
 @dataclass(frozen=True)
 class _Curve:
+    """The columns of an lr-sweep curve (:class:`realnet.sidetrips.lr_sweep.LrSweepCurve`)."""
+
     lr: np.ndarray
+    train_loss: np.ndarray
+    heldout_mean: np.ndarray
+    heldout_std: np.ndarray
+    heldout_min: np.ndarray
+    heldout_max: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -173,42 +182,59 @@ class _SweepResult:
     curve: _Curve
 
 
-def linear_sweep(batch_size: int, x, heldout_batches: int, rng, shared: float = 0.0, lrs=None) -> _SweepResult:
-    """One single-step lr sweep on the linear model: per-example loss 1/2 sum_j h_j (x_j - c_ij)^2 with c_ij ~ N(0, 1)
-    and curvatures h = :func:`_curvatures` in [0.5, 2], at the point ``x`` (noise scale tr(Sigma) / |G|^2 =
-    sum h^2 / sum h^2 x^2); the step is along the training batch's gradient; losses of that batch and the mean of
+def linear_sweep(batch_size: int, delta, heldout_batches: int, rng, shared: float = 0.0, noise: float = 0.1,
+                 lrs=None) -> _SweepResult:
+    """One single-step lr sweep on the paper's linear model (sec. 4): per-example loss 1/2 (a_i . x - c_i)^2 with
+    a_i ~ N(0, I) (so E[a a^T] = I), c_i = a_i . x* + eps_i, eps_i ~ N(0, ``noise``^2), at the point x = x* +
+    ``delta``. The step is along the training batch's gradient; losses of that batch and the mean of
     ``heldout_batches`` others (a fraction ``shared`` of each held-out batch's examples taken from the training
-    batch: correlated batches). ``lrs``: the grid (default lr = 0 and 1e-6 .. 10, 71 points)."""
-    dim = len(x)
-    h = _curvatures(dim)
+    batch: correlated batches). ``lrs``: the grid (default lr = 0 and 1e-6 .. 10, 71 points). With d = len(delta)
+    the batch's gradient has norm ~ sqrt(d / b) |residual|, a step of b / d fits the batch, and the noise scale is
+    tr(Sigma) / |G|^2 ~ d (|delta|^2 + noise^2) / |delta|^2 (:func:`sweep_gradients`)."""
+    delta = np.asarray(delta, float)
+    d = delta.size
     lrs = np.concatenate([[0.0], np.geomspace(1e-6, 10.0, 71)]) if lrs is None else np.asarray(lrs)
 
-    def batch():
-        return rng.normal(size=(batch_size, dim))
+    def batch():  # (a, residual at x): residual_i = a_i . delta - eps_i
+        a = rng.normal(size=(batch_size, d))
+        return a, a @ delta - noise * rng.normal(size=batch_size)
 
-    def losses(c, xs):  # xs: (n_lr, dim) -> batch loss at each
-        mean, var = c.mean(0), c.var(0)
-        return 0.5 * (((xs - mean) ** 2 + var) * h).sum(1)
+    def losses(a, r, g):  # batch loss along x - lam g, every lam
+        return 0.5 * ((r[None, :] - lrs[:, None] * (a @ g)[None, :]) ** 2).mean(1)
 
-    train = batch()
-    g = h * (x - train.mean(0))
-    xs = x - lrs[:, None] * g
-    tr = losses(train, xs)
+    a_tr, r_tr = batch()
+    g = a_tr.T @ r_tr / batch_size
+    tr = losses(a_tr, r_tr, g)
     n_shared = int(round(shared * batch_size))
     held = []
     for _ in range(heldout_batches):
-        c = batch()
-        c[:n_shared] = train[:n_shared]
-        held.append(losses(c, xs))
-    ho = np.mean(held, axis=0)
+        a, r = batch()
+        a[:n_shared], r[:n_shared] = a_tr[:n_shared], r_tr[:n_shared]
+        held.append(losses(a, r, g))
+    held = np.array(held)
+    ho = held.mean(0)
     it, ih = int(np.argmin(tr)), int(np.argmin(ho))
+    curve = _Curve(lrs, tr, ho, held.std(0), held.min(0), held.max(0))
     return _SweepResult(batch_size=batch_size, train_start_loss=float(tr[0]), train_min_loss=float(tr[it]),
                         best_lr_train=float(lrs[it]), heldout_start_loss=float(ho[0]),
-                        heldout_min_loss=float(ho[ih]), best_lr_heldout=float(lrs[ih]), curve=_Curve(lrs))
+                        heldout_min_loss=float(ho[ih]), best_lr_heldout=float(lrs[ih]), curve=curve)
 
 
-def _curvatures(dim: int) -> np.ndarray:
-    return np.linspace(0.5, 2.0, dim)
+def sweep_gradients(delta, n: int, batch_size: int, rng, noise: float = 0.1) -> np.ndarray:
+    """``n`` batch gradients of ``batch_size`` examples of :func:`linear_sweep`'s model at x* + ``delta``."""
+    delta = np.asarray(delta, float)
+    out = []
+    for _ in range(n):
+        a = rng.normal(size=(batch_size, delta.size))
+        out.append(a.T @ (a @ delta - noise * rng.normal(size=batch_size)) / batch_size)
+    return np.array(out)
+
+
+def _sweep_point(sizes: ControlSizes, rng) -> np.ndarray:
+    """delta with |delta| = 1 in ``sizes.dim // 2`` dimensions: noise scale ~ d (1 + 0.01) ~ 1000 at the default."""
+    d = max(100, sizes.dim // 2)
+    delta = rng.normal(size=d)
+    return delta / np.linalg.norm(delta)
 
 
 class _SweepContext(ControlContext):
@@ -224,28 +250,46 @@ def _fig13_control(positive: bool, sizes: ControlSizes, seed: int, out: Path) ->
     from .single_step import FIG13
 
     rng = np.random.default_rng(seed)
-    dim = max(50, sizes.dim // 10)
-    h = _curvatures(dim)
-    x = rng.normal(size=dim)
-    x *= math.sqrt((h ** 2).sum() / 1024.0 / ((h * x) ** 2).sum())  # noise scale exactly 1024 at x
-    cfg = RealConfig(sweep_batch_sizes=[16, 32, 64, 1024], sweep_heldout_batches=10)
-    results = {("lr-sweep", b): linear_sweep(b, x, cfg.sweep_heldout_batches, rng, shared=0.0 if positive else 0.9)
+    delta = _sweep_point(sizes, rng)
+    b_noise = delta.size * 1.01  # d (|delta|^2 + noise^2) / |delta|^2
+    batches = sorted({16, 32, 64, int(2 ** round(math.log2(b_noise)))})
+    cfg = RealConfig(sweep_batch_sizes=batches, sweep_heldout_batches=10)
+    results = {("lr-sweep", b): linear_sweep(b, delta, cfg.sweep_heldout_batches, rng, shared=0.0 if positive else 0.9)
                for b in cfg.sweep_batch_sizes}
-    # the noise scale measured like realnet.regime.gradient_noise_scale: 64 batch gradients of 256 at x
-    grads = np.stack([h * (x - rng.normal(size=(256, dim)).mean(0)) for _ in range(64)])
-    ctx = _SweepContext(cfg, out, results, noise_scale=noise_scale_from_gradients(grads, 256))
-    return FIG13.evaluate(ctx)
+    # the noise scale measured like realnet.regime.gradient_noise_scale: 64 batch gradients of 32 at the point
+    ns = noise_scale_from_gradients(sweep_gradients(delta, 64, 32, rng), 32)
+    return FIG13.evaluate(_SweepContext(cfg, out, results, noise_scale=ns))
+
+
+def _fig2_control(positive: bool, sizes: ControlSizes, seed: int, out: Path) -> Verdict:
+    from .single_step import FIG2
+
+    rng = np.random.default_rng(seed)
+    cfg = RealConfig(sweep_heldout_batches=10)
+    if positive:
+        delta = _sweep_point(sizes, rng)
+    else:  # 2 parameters: a batch of 32 over-determines them, its step is nearly the population's step
+        delta = rng.normal(size=2)
+        delta /= np.linalg.norm(delta)
+    sweep = linear_sweep(32, delta, cfg.sweep_heldout_batches, rng)
+    return FIG2.evaluate(_SweepContext(cfg, out, {("lr-sweep", 32): sweep}, train_batch_size=32))
 
 
 #: claim id -> (description of the positive control, of the negative one, evaluate(positive, sizes, seed, out))
 CONTROLS = {
+    "fig2-single-step": (
+        "the paper's linear model (rank-one per-example losses, E[a a^T] = I, noise scale ~1000), training batch 32, "
+        "independent held-out batches: one step fits the batch",
+        "low-dimensional model (2 parameters, batch 32): the batch's step is nearly the population's step, held-out "
+        "batches drop as much",
+        _fig2_control),
     "eq13-real-sqrt-lr": (
         "linear model, batch-gradient noise independent of the lr: stationary radius ~ sqrt(lr) (Lemma 1)",
         "wrong noise scaling: noise ~ lr^(-1/2), the radius does not depend on the lr",
         _eq13_control),
     "fig13-batch-size": (
-        "linear model at a point with noise scale 1024, independent batches of 16 .. 1024: a batch's own step fits "
-        "its noise, which other batches do not share",
+        "the paper's linear model at a point with noise scale ~1000, independent batches of 16 .. 1024: one step "
+        "fits the batch, not the others, less so as the batch nears the noise scale",
         "correlated batches: 90 % of each held-out batch's examples are the training batch's, so the held-out "
         "batches drop as much as the training batch",
         _fig13_control),
