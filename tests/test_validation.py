@@ -211,9 +211,22 @@ def test_controls_pass_where_the_claim_holds_and_fail_where_it_does_not(tmp_path
     assert table.count("| `") == len(recs) and "not as expected" not in table
     assert "controls as expected" in capsys.readouterr().out
     mtime = (out / "controls.json").stat().st_mtime_ns
-    assert cli_main(["controls", "--tiny", "--out", str(out)]) == 0 and (out / "controls.json").stat().st_mtime_ns == mtime
+    assert cli_main(["controls", "--tiny", "--out", str(out)]) == 0
+    assert (out / "controls.json").stat().st_mtime_ns == mtime
     assert [r.to_dict() for r in read_controls(out)] == recs
     assert cli_main(["controls", "--tiny", "--replicates", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_statistic_helpers_by_hand():
+    """grid_margin: a best at the smallest or largest positive step is unresolved (0), lr = 0 is resolved; closeness
+    is bounded in [0, 1] and stays defined when the schedule's effect is tiny."""
+    from validation.real.schedule_equivalence import closeness
+    from validation.real.single_step import grid_margin
+
+    g = np.concatenate([[0.0], np.geomspace(1e-4, 100, 7)])
+    assert [grid_margin(g, x) for x in g] == [8, 0, 1, 2, 3, 2, 1, 0]
+    assert closeness(1.0, 1.0, 2.0) == 0.0 and closeness(2.0, 1.0, 1.0) == 1.0 and closeness(1.5, 1.0, 1.5) == 0.5
+    assert closeness(1.0 + 1e-9, 1.0, 1.0 + 2e-9) == pytest.approx(1 / 3) and math.isnan(closeness(1.0, 1.0, 1.0))
 
 
 def test_real_package_has_no_import_cycle_and_no_computing_property():

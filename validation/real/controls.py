@@ -12,7 +12,8 @@ Controls (:data:`CONTROLS`):
 * ``fig2-single-step`` -- the same single step at the training batch size 32 (positive: ~1000 parameters, one
   step fits the batch; negative: 2 parameters, over-determined by the batch, so its step is the population's).
 * ``fig13-batch-size`` -- single steps on the paper's linear model (:func:`linear_sweep`: rank-one
-  per-example losses, E[a a^T] = I) at a point whose gradient noise scale is ~1000, batches 16 .. 1024. Positive: independent held-out batches (a batch's step fits its own
+  per-example losses, E[a a^T] = I) at a point whose gradient noise scale is ~1000, batches 16 .. 1024.
+  Positive: independent held-out batches (a batch's step fits its own
   noise: the training batch drops far more than the others at small batches, less so as the batch grows).
   Negative (correlated batches): the held-out batches share 90 % of the training batch's examples.
 * ``eq13-real-sqrt-lr`` -- pairs of SGD chains on a diagonal quadratic :math:`\tfrac12 \sum_i h_i x_i^2` with
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadsgd._files import atomic_write_text, environment, write_json
+from quadsgd._files import atomic_write_text, environment, read_json, write_json
 
 from ..verdict import FAIL, NOT_DECIDED, PASS, Verdict
 from .config import RealConfig
@@ -332,8 +333,6 @@ def run_controls(out, sizes: ControlSizes | None = None, only=None) -> list[Cont
 
 def read_controls(out, sizes: ControlSizes | None = None) -> list[ControlRecord] | None:
     """The records of ``out/controls.json`` (None: none there, unreadable, or of other ``sizes``)."""
-    from quadsgd._files import read_json
-
     try:
         d = read_json(Path(out) / "controls.json")
         if sizes is not None and d["sizes"] != asdict(sizes):

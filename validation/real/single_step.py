@@ -71,12 +71,13 @@ def claim_fig2(ctx: RealContext) -> Verdict:
                   f"its best step / before it) (batch {B} = the training batch size, {cfg.sweep_heldout_batches} "
                   f"held-out batches, step {S})",
         value=ratio, comparison="<", threshold=FIG2_RATIO_MAX, figure=fig,
-        details=dict(step=S, batch_size=B, quote=FIG2_QUOTE, **{k: getattr(s, k) for k in ("train_start_loss", "train_min_loss", "best_lr_train",
-                                                            "heldout_start_loss", "heldout_min_loss",
-                                                            "best_lr_heldout")},
+        details=dict(step=S, batch_size=B, quote=FIG2_QUOTE,
+                     **{k: getattr(s, k) for k in ("train_start_loss", "train_min_loss", "best_lr_train",
+                                                   "heldout_start_loss", "heldout_min_loss", "best_lr_heldout")},
                      r2_train=r2_train, r2_heldout=r2_held,
                      absolute_ratio=s.train_min_loss / s.heldout_min_loss))
-    v.check("poly_fit_train", r2_train, ">=", FIG2_R2_MIN, "R^2 of a degree-4 polynomial in lr, training batch, lr <= 2 best")
+    v.check("poly_fit_train", r2_train, ">=", FIG2_R2_MIN,
+            "R^2 of a degree-4 polynomial in lr, training batch, lr <= 2 best")
     v.check("poly_fit_heldout", r2_held, ">=", FIG2_R2_MIN, "same for the held-out mean")
     v.check("best_lr_inside_grid_train", grid_margin(lr, s.best_lr_train), ">=", 1,
             "grid points between the training batch's best lr and the grid's edge (0: minimum not resolved)")
