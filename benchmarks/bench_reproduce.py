@@ -70,7 +70,7 @@ def split(parts: dict) -> list[tuple[str, float, float, bool]]:
     fw, fc = get("sidetrip:divergence:fixed_batch")
     trips.append(("side-trip divergence A, B, H (fig6, fig8)", dw - pw, dc - pc, ["sidetrip:divergence"]))
     trips.append(("  of which Lemma 2's fixed-batch records", fw, fc, []))
-    trips.append(("side-trip divergence: eq13 pairs (3 extra trajectories)", pw, pc, ["sidetrip:divergence"]))
+    trips.append(("side-trip divergence: eq13 pairs (extra trajectories)", pw, pc, ["sidetrip:divergence"]))
     trips.append(("side-trip linear-fit", *get("sidetrip:linear-fit"), ["sidetrip:linear-fit"]))
     for name, w, c, keys in trips:
         conc = bool(keys) and all(in_worker(k) for k in keys)
@@ -81,9 +81,11 @@ def split(parts: dict) -> list[tuple[str, float, float, bool]]:
         rows.append((f"side-trips in {len(workers)} worker processes at once (prefetch wall - training)",
                      pw_ - tw, pc_ - tc, True))
     rows.append(("premises (a), (b) at the branch point", *get("regime"), True))
+    rows.append(("gradient noise scale at the branch point (fig13)", *get("noise-scale"), True))
+    rows.append(("controls (linear model, positive and negative, replicated)", *get("controls"), True))
     real_claims = [k for k in parts if k.startswith("claim:") and k[6:] not in SYNTHETIC_CLAIMS]
     rw, rc = total(real_claims)
-    inside = [r for r in rows if r[3] and not r[0].startswith("side-trips in")]
+    inside = [r for r in rows if r[3] and not r[0].startswith(("side-trips in", "controls"))]
     if prefetched:
         inside = [r for r in inside if not r[0].startswith("training")]  # trained by the prefetch, not a claim
     rows.append(("real-network claims: figures, statistics (rest)", rw - sum(r[1] for r in inside),

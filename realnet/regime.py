@@ -1,6 +1,6 @@
-r"""The regime of a trajectory at a checkpoint, measured: is it on a plateau, is its training
-stream memorised, is a fixed batch fit along a side-trip, what is its gradient noise scale. Numbers only; the
-rules that decide whether a claim's premise holds are in :mod:`validation.real.premises`.
+r"""The regime of a trajectory at a checkpoint, measured: is it on a plateau, is its training stream memorised, is
+a fixed batch fit along a side-trip, what is its gradient noise scale. Numbers only; the rules that decide
+whether a claim's premise holds are in :mod:`validation.real.premises`.
 
 * :func:`training_plateau` / :func:`quarter_means` -- mean fresh-batch training loss (``metrics.csv``: the loss
   of the batch of update t at the parameters before it) over the last quarter of the run and over the

@@ -99,7 +99,8 @@ def test_noise_scale_recovers_a_known_scale():
     assert abs(ns.b_noise / truth - 1) < 4 * rel, (ns.b_noise, truth, rel)
     assert ns.trace_sigma == pytest.approx(b * ((g - g.mean(0)) ** 2).sum() / (n - 1))
     assert ns.grad_sq_norm == pytest.approx(g.mean(0) @ g.mean(0) - ns.trace_sigma / b / n)
-    assert ns.b_noise_from_cosine == pytest.approx(truth, rel=0.2) and (ns.step, ns.batch_size, ns.n_batches) == (7, 8, n)
+    assert ns.b_noise_from_cosine == pytest.approx(truth, rel=0.2)
+    assert (ns.step, ns.batch_size, ns.n_batches) == (7, 8, n)
     pure_noise = noise_scale_from_gradients(rng.normal(size=(50, 100)), 4)
     assert pure_noise.b_noise == math.inf or pure_noise.b_noise > 100  # no resolvable mean gradient
     with pytest.raises(ValueError, match="n >= 2"):

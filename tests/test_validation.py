@@ -194,6 +194,42 @@ def test_each_premise_built_to_fail_gives_not_decided(tmp_path):
         assert f"**NOT DECIDED**: premise `{name}` = " in report and "0 PASS, 0 FAIL, 1 NOT DECIDED of 1" in report
 
 
+def test_controls_pass_where_the_claim_holds_and_fail_where_it_does_not(tmp_path, capsys):
+    """Every control at tiny sizes, through the CLI: each claim's positive control is PASS and its negative control
+    FAIL, each from 3 replicates that agree; controls.json and the table carry them; a re-run reads them back."""
+    from validation.real.controls import CONTROLS, read_controls
+
+    out = tmp_path / "ctl"
+    assert cli_main(["controls", "--tiny", "--out", str(out)]) == 0
+    data = json.loads((out / "controls.json").read_text())
+    recs = data["controls"]
+    assert {(r["claim"], r["control"]) for r in recs} == {(c, k) for c in CONTROLS for k in ("positive", "negative")}
+    for r in recs:
+        assert r["state"] == r["expected_state"] == ("PASS" if r["control"] == "positive" else "FAIL"), r
+        assert len(r["replicates"]) == 3 and {x["state"] for x in r["replicates"]} == {r["state"]}
+        assert r["as_expected"] is True and set(r) >= {"claim", "control", "state", "expected_state", "replicates"}
+    table = (out / "controls.md").read_text()
+    assert table.count("| `") == len(recs) and "not as expected" not in table
+    assert "controls as expected" in capsys.readouterr().out
+    mtime = (out / "controls.json").stat().st_mtime_ns
+    assert cli_main(["controls", "--tiny", "--out", str(out)]) == 0
+    assert (out / "controls.json").stat().st_mtime_ns == mtime
+    assert [r.to_dict() for r in read_controls(out)] == recs
+    assert cli_main(["controls", "--tiny", "--replicates", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_statistic_helpers_by_hand():
+    """grid_margin: a best at the smallest or largest positive step is unresolved (0), lr = 0 is resolved; closeness
+    is bounded in [0, 1] and stays defined when the schedule's effect is tiny."""
+    from validation.real.schedule_equivalence import closeness
+    from validation.real.single_step import grid_margin
+
+    g = np.concatenate([[0.0], np.geomspace(1e-4, 100, 7)])
+    assert [grid_margin(g, x) for x in g] == [8, 0, 1, 2, 3, 2, 1, 0]
+    assert closeness(1.0, 1.0, 2.0) == 0.0 and closeness(2.0, 1.0, 1.0) == 1.0 and closeness(1.5, 1.0, 1.5) == 0.5
+    assert closeness(1.0 + 1e-9, 1.0, 1.0 + 2e-9) == pytest.approx(1 / 3) and math.isnan(closeness(1.0, 1.0, 1.0))
+
+
 def test_real_package_has_no_import_cycle_and_no_computing_property():
     """Each module of validation.real imports on its own in a fresh interpreter, and the context has no
     property (nothing trains or computes on attribute access)."""
@@ -212,6 +248,27 @@ def test_real_package_has_no_import_cycle_and_no_computing_property():
                            text=True, timeout=300)
         assert r.returncode == 0, (n, r.stderr[-2000:])
     assert not [k for k, x in vars(RealContext).items() if isinstance(x, property)]
+
+
+def test_seed_changes_the_job(tmp_path):
+    """``--seed S`` replaces the synthetic claims' and the trajectory's seed; another seed into the same OUT is
+    another job (refused), the same seed resumes."""
+    out = tmp_path / "s"
+    args = ["reproduce", "--out", str(out), "--synthetic-only", "--only", "eq20-two-point", "--no-progress"]
+    assert cli_main(args + ["--seed", "3"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["synthetic"]["seed"] == 3 and cfg["real"] is None
+    v3 = json.loads((out / "verdicts.json").read_text())[0]
+    assert cli_main(args + ["--seed", "4"]) == 2  # another job: refused before anything is written
+    assert cli_main(args + ["--seed", "3"]) == 0
+    assert json.loads((out / "verdicts.json").read_text())[0]["value"] == v3["value"]
+    with pytest.raises(SystemExit):
+        cli_main(args + ["--seed", "-1"])
+    from validation.real import RealConfig
+
+    v = reproduce(tmp_path / "t", synthetic=False, real=True, only=["fig3-same-basin"], progress=False, seed=5,
+                  real_config=RealConfig(**{**TINY_REAL, "steps": 12}))
+    assert v[0].error is None and json.loads((tmp_path / "t" / "run" / "config.json").read_text())["seed"] == 5
 
 
 def test_premises_rules_and_round_trip():
@@ -262,7 +319,8 @@ TINY_REAL = dict(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32,
                  divergence_record_every=2, eq13_function_samples=32, eq13_function_points=3, premise_batches=3,
                  bn_batches=2, alignment_batch_pairs=3, eval_samples=64, threads=1, device="cpu", linear_fit_k=2,
                  linear_fit_sample_batches=2, linear_fit_lags=2, linear_fit_kernels=["ema:0.5", "twopoint:2", "swa:2"],
-                 linear_fit_blocks=5, linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
+                 linear_fit_blocks=5, linear_fit_noise_batches=8, linear_fit_curvature_batches=4, noise_batches=4,
+                 controls="tiny")
 REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
             "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
             "eq13-real-sqrt-lr", "posthoc-merge-equals-cooldown"]
@@ -380,6 +438,13 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     win = ph["details"]["premises"][2]["details"]["windows"]["run"]
     assert win["horizon"] == ph["details"]["T"] - ph["details"]["S0"]
     assert (out / "posthoc-claim" / "result.json").is_file()
+
+    # the controls ran with the claims (tiny sizes) and the report shows them
+    ctl = json.loads((out / "controls" / "controls.json").read_text())["controls"]
+    assert {(c["claim"], c["control"], c["state"]) for c in ctl} == {
+        (cid, kind, state) for cid in ("eq13-real-sqrt-lr", "fig13-batch-size", "fig2-single-step")
+        for kind, state in (("positive", "PASS"), ("negative", "FAIL"))}
+    assert "## Controls" in (out / "report.md").read_text()
 
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()

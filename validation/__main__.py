@@ -1,4 +1,9 @@
-"""``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] --out OUT``.
+"""``python -m validation reproduce [--quick | --full] [--run DIR] [--data-dir P --dataset NAME] [--seed S] --out OUT``;
+``python -m validation controls [--replicates N] [--seed S] [--tiny] --out OUT``.
+
+controls: every real-network claim's analysis on its positive and negative control (:mod:`validation.real.controls`);
+exit status 0 when every control has its expected state, 1 when one does not (the rule is defective), 2 on bad
+arguments.
 
 Exit status 0 when every claim was evaluated (PASS, FAIL or NOT DECIDED; the report says which),
 1 when a claim could not be evaluated (an error) or a file could not be written, 2 on bad arguments (checked
@@ -8,10 +13,10 @@ interrupted (Ctrl-C or SIGTERM: finished claims stay in ``OUT/parts``; re-run th
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from sgdtraj.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, run_command
+from sgdtraj.outputs import claim_output
 
 from .reproduction import CLAIM_IDS, DATASETS, reproduce
 
@@ -34,10 +39,20 @@ def main(argv=None) -> int:
     r.add_argument("--real-only", action="store_true", help="skip the synthetic claims")
     r.add_argument("--force", action="store_true", help="redo finished claims")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--seed", type=_nonnegative_int, default=None, metavar="S",
+                   help="seed of the synthetic claims and of the real-network trajectory (default: the built-in ones)")
     r.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="side-trips computed at once in worker processes (default: up to 2 on CPU, 1 on GPU; the "
                         "verdicts do not depend on it)")
+    c = sub.add_parser("controls", help="run every real-network claim on its positive and negative control; write "
+                                        "OUT/controls.json and OUT/controls.md")
+    c.add_argument("--out", required=True, help="output directory (created)")
+    c.add_argument("--replicates", type=_positive_int, default=3, metavar="N", help="replicates per control (>= 3)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the controls' replicates")
+    c.add_argument("--tiny", action="store_true", help="small sizes (tests)")
     args = ap.parse_args(argv)
+    if args.command == "controls":
+        return _controls(args)
     if args.data_dir and not args.dataset and not args.run:  # with --run: where the run's data set lives now
         ap.error("--data-dir needs --dataset NAME (or --run DIR)")
     if args.synthetic_only and args.real_only:
@@ -50,7 +65,8 @@ def main(argv=None) -> int:
         verdicts.extend(reproduce(args.out, mode="full" if args.full else "quick", run=args.run,
                                   data_dir=args.data_dir, dataset=args.dataset, only=args.only,
                                   synthetic=not args.real_only, real=not args.synthetic_only,
-                                  progress=not args.no_progress, force=args.force, workers=args.workers))
+                                  progress=not args.no_progress, force=args.force, workers=args.workers,
+                                  seed=args.seed))
         return EXIT_OK
 
     code = run_command(body, errors=[((ValueError, FileNotFoundError), EXIT_USAGE), (OSError, EXIT_FAILED)],
@@ -66,6 +82,43 @@ def main(argv=None) -> int:
     return 1 if n_err else 0
 
 
+def _controls(args) -> int:
+    from dataclasses import replace
+
+    from .real.controls import CONTROLS_KIND, ControlSizes, run_controls
+
+    if args.replicates < 3:
+        print(f"error: --replicates must be an integer >= 3, got {args.replicates}", file=sys.stderr)
+        return EXIT_USAGE
+    sizes = replace(ControlSizes.tiny() if args.tiny else ControlSizes(), replicates=args.replicates, seed=args.seed)
+    records: list = []
+
+    def body() -> int:
+        with claim_output(args.out, CONTROLS_KIND, {"controls": sizes.__dict__}, holder="validation controls") as claim:
+            records.extend(run_controls(args.out, sizes))
+            claim.keep()
+        return EXIT_OK
+
+    code = run_command(body, errors=[(ValueError, EXIT_USAGE), (OSError, EXIT_FAILED)],
+                       interrupted=f"interrupted; re-run the same command to redo {str(args.out)!r}")
+    if code != EXIT_OK:
+        return code
+    bad = [r for r in records if not r.as_expected()]
+    print(f"{len(records) - len(bad)}/{len(records)} controls as expected; table: {args.out}/controls.md")
+    for r in records:
+        print(f"  {r.claim} {r.control}: {r.state} (expected {r.expected_state})")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -190,18 +190,28 @@ def draw_fixed_batch(axes, table):
         ax.legend(fontsize=6, ncol=2)
 
 
+def step0_marker(ax, value: float, label: str = "at the branch point (step 0)") -> None:
+    """Step 0 on a log step axis: a dotted horizontal line at its value (a log axis has no 0), not a point drawn
+    at a made-up x."""
+    if value is not None and np.isfinite(value):
+        ax.axhline(value, color="gray", ls=":", lw=1.0, label=label)
+
+
 def draw_averaging(axes, result):
-    """Fig. 5: validation accuracy and loss of each average (dashed) and its equivalent side-trip (markers)."""
+    """Fig. 5: validation accuracy and loss of each average (dashed) and its equivalent side-trip (markers) at the
+    reported steps k > 0 (log axis); the branch point (k = 0) as a dotted line."""
     traj = result.trajectory
     for ax, key, label in zip(axes, ("val_acc", "val_loss"), ("validation accuracy", "validation loss")):
         if traj:
-            ax.plot([max(t.k, 0.5) for t in traj], [getattr(t, key) for t in traj], "k-", lw=1.2, label="trajectory")
+            pos = [t for t in traj if t.k > 0]
+            ax.plot([t.k for t in pos], [getattr(t, key) for t in pos], "k-", lw=1.2, label="trajectory")
+            step0_marker(ax, next((getattr(t, key) for t in traj if t.k == 0), None))
         for i, (spec, kres) in enumerate(result.kernels.items()):
             c = COLORS[i % len(COLORS)]
-            ks = [r.k for r in kres.results]
-            ax.plot(ks, [getattr(r.average, key) for r in kres.results], "--", color=c, lw=1.2,
-                    label=f"{spec}: average")
-            ax.plot(ks, [getattr(r.sidetrip, key) for r in kres.results], "o", color=c, ms=5, mfc="none",
+            pts = [r for r in kres.results if r.k > 0]
+            ks = [r.k for r in pts]
+            ax.plot(ks, [getattr(r.average, key) for r in pts], "--", color=c, lw=1.2, label=f"{spec}: average")
+            ax.plot(ks, [getattr(r.sidetrip, key) for r in pts], "o", color=c, ms=5, mfc="none",
                     label=f"{spec}: equivalent side-trip")
         ax.set_xscale("log")
         ax.set_xlabel("steps after the checkpoint")
@@ -223,7 +233,7 @@ def draw_divergence(axes, distances, evaluations, window: int | None = None):
     for key, label in (("dist_A_B", "|theta - theta'| (other batch order)"),
                        ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
                        ("dist_A_H", "|theta at lr - theta at lr/2|"), ("dist_A_start", "|theta - theta_S|")):
-        ax.plot(np.maximum(t, 0.5), getattr(distances, key), lw=1.2, label=label)
+        ax.plot(t[t > 0], getattr(distances, key)[t > 0], lw=1.2, label=label)  # 0 at t = 0: off a log axis
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
     ax.set_ylabel("L2 distance in weight space")
@@ -231,10 +241,11 @@ def draw_divergence(axes, distances, evaluations, window: int | None = None):
     ax.legend(fontsize=7)
     ax = axes[1]
     for i, model in enumerate(("A", "H", "twopoint", "B")):
-        sel = evaluations.model == model
+        sel = (evaluations.model == model) & (evaluations.t > 0)
         name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
-        ax.plot(np.maximum(evaluations.t[sel].astype(float), 0.5), evaluations.val_loss[sel], "-o", ms=4,
-                color=COLORS[i], label=name)
+        ax.plot(evaluations.t[sel].astype(float), evaluations.val_loss[sel], "-o", ms=4, color=COLORS[i], label=name)
+    at0 = evaluations.val_loss[(evaluations.t == 0) & (evaluations.model == "A")]
+    step0_marker(ax, float(at0[0]) if at0.size else None)
     ax.set_xscale("log")
     ax.set_xlabel("steps after the checkpoint")
     ax.set_ylabel("validation loss")

@@ -179,6 +179,15 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         verdict = verdict_text(v).replace("|", "\\|")
         lines.append(f"| `{v.id}` | {stat} | {_fmt(v.value)}{unc} | {v.comparison} {_fmt(v.threshold)} | "
                      f"{verdict} | {fig} |")
+    from .real.controls import controls_table, read_controls
+
+    controls = read_controls(out / "controls")
+    if controls:
+        lines += ["", "## Controls", "",
+                  "Each real-network claim's analysis run unchanged on the paper's linear model where the claim is "
+                  "true by construction (positive: expected PASS) and where it is false (negative: expected FAIL), "
+                  "each from independent replicates (`validation/real/controls.py`; `controls/controls.json`).", "",
+                  *controls_table(controls)]
     if kept:
         lines += ["", f"Verdicts taken over from an earlier run into this directory (not re-evaluated by the "
                       f"last command): {', '.join(f'`{i}`' for i in kept)}."]

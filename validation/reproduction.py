@@ -9,6 +9,8 @@ Layout of ``OUT``::
     OUT/sidetrips/<name>/    realnet side-trip outputs
     OUT/premises.json        the regime premises (a), (b) measured at the branch point (resume state)
     OUT/timings.json         wall and process-CPU seconds per claim, training and side-trip (validation.timings)
+    OUT/noise_scale.json     the gradient noise scale at the branch point (resume state)
+    OUT/controls/            the real-network claims' positive and negative controls (validation.real.controls)
     OUT/report.md, OUT/verdicts.json
     OUT/.sgd-trajectories.json, OUT/.lock   ownership marker (kind "report") and lock
 
@@ -87,10 +89,14 @@ def check_real_arguments(out, run=None, data_dir=None, dataset=None) -> None:
                          f"--out outside it")
 
 
-def _identity(mode, run, data_dir, dataset) -> dict:
-    """What makes two reports the same job (the command's arguments; sizes are fingerprinted per claim)."""
-    return {"mode": mode, "run": str(Path(run).resolve()) if run else None,
-            "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "dataset": dataset or "digits"}
+def _identity(mode, run, data_dir, dataset, seed=None) -> dict:
+    """What makes two reports the same job (the command's arguments; sizes are fingerprinted per claim). A job of
+    another ``--seed`` is another job (the default seed adds nothing, so earlier reports stay the same job)."""
+    ident = {"mode": mode, "run": str(Path(run).resolve()) if run else None,
+             "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "dataset": dataset or "digits"}
+    if seed is not None:
+        ident["seed"] = int(seed)
+    return ident
 
 
 def _previous(out: Path):
@@ -108,7 +114,7 @@ def _previous(out: Path):
 
 def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, only=None,
               synthetic: bool = True, real: bool = True, progress: bool = True, force: bool = False,
-              synthetic_config=None, real_config=None, workers: int | None = None):
+              synthetic_config=None, real_config=None, workers: int | None = None, seed: int | None = None):
     """Verify the paper's claims and write the report into ``out``; returns the list of verdicts.
 
     mode: "quick" (embedded digits data set, 2-core CPU, about 10 minutes) or "full".
@@ -119,7 +125,9 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     (``force=True`` redoes everything). ``synthetic_config`` / ``real_config`` override the sizes
     of ``mode`` (e.g. tiny sizes for tests). ``workers``: side-trips computed at once in worker processes
     (:func:`validation.real.prefetch`; None: up to 2 on a CPU with 2 cores, 1 on a GPU; 1: in this process,
-    one after the other). The verdicts do not depend on it.
+    one after the other). The verdicts do not depend on it. ``seed``: replaces the seed of the synthetic claims
+    and of the real-network trajectory (its initialisation and batch order, and with it the side-trips' other batch
+    order); None keeps the configs' own.
     """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
@@ -129,6 +137,8 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
             raise ValueError(f"unknown claim id(s) {unknown}; known: {CLAIM_IDS}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1 (or None: automatic), got {workers!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be an integer >= 0 (or None: the configs' own), got {seed!r}")
     run = run if run is not None else (real_config.run if real_config is not None else None)
     check_real_arguments(out, run=run, data_dir=data_dir, dataset=dataset)
     syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
@@ -137,11 +147,16 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
         from .real import RealConfig
 
         real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
+    if seed is not None:
+        from dataclasses import replace
+
+        syn_cfg = replace(syn_cfg, seed=seed)
+        real_cfg = replace(real_cfg, seed=seed) if real_cfg is not None else None
     job = Job(out=Path(out), mode=mode, run=str(run) if run else None, data_dir=str(data_dir) if data_dir else None,
               dataset=dataset, only=tuple(only) if only else None, synthetic=synthetic, real=real,
               progress=progress, force=force, synthetic_config=syn_cfg, real_config=real_cfg, workers=workers)
     # ---- everything above is checked before anything is written
-    with claim_output(out, REPORT_KIND, _identity(mode, run, data_dir, dataset),
+    with claim_output(out, REPORT_KIND, _identity(mode, run, data_dir, dataset, seed),
                       holder="validation reproduce") as claim:
         return _reproduce(job, claim)
 
@@ -214,6 +229,8 @@ def _reproduce(job: Job, claim) -> list[Verdict]:
     timings.reset()
     tasks = _plan(job)
     evaluated = _evaluate(job, tasks, claim)
+    if job.real and any(t.family == "real" for t in tasks):
+        _run_controls(job)
     order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
     mine = {v.id for v in evaluated.verdicts}  # this run's verdicts replace earlier ones of the same id
     kept = [v for v in previous if v.id not in mine]
@@ -221,6 +238,15 @@ def _reproduce(job: Job, claim) -> list[Verdict]:
     timings.write(job.out)
     write_report(job.out, report, config, kept=[v.id for v in kept])
     return evaluated.verdicts
+
+
+def _run_controls(job: Job) -> None:
+    """The real-network claims' positive and negative controls into ``OUT/controls`` (read back when done)."""
+    from .real.controls import ControlSizes, run_controls
+
+    sizes = ControlSizes.tiny() if job.real_config.controls == "tiny" else ControlSizes()
+    with timings.timed("controls"):
+        run_controls(job.out / "controls", sizes)
 
 
 def _write_config(job: Job, resumed: bool) -> tuple[list[Verdict], dict]:

@@ -18,7 +18,9 @@ Layout:
 * one module per family of claims: :mod:`.single_step` (fig. 2, 13), :mod:`.same_basin` (fig. 3),
   :mod:`.schedule_equivalence` (fig. 5, 6), :mod:`.gradient_alignment` (fig. 7), :mod:`.distance_saturation`
   (fig. 8), :mod:`.stationary_radius` (eq. 13), :mod:`.linear_model` (App. A.1);
-* :mod:`.claims` -- :data:`REAL_CLAIMS`, in report order.
+* :mod:`.claims` -- :data:`REAL_CLAIMS`, in report order;
+* :mod:`.controls` -- the claims' analysis on the paper's linear model where each claim holds (positive) and
+  where it does not (negative): ``python -m validation controls``.
 """
 from .claims import REAL_CLAIMS
 from .config import RealConfig

@@ -38,7 +38,7 @@ class RealConfig:
     premise_batches: int = 10  # (b): held-out and fresh training batches at the branch point
     sweep_batch_size: int = 128  # fixed-batch's batch (fig. 3); fig. 2 sweeps at the run's own batch size
     sweep_batch_sizes: list = field(default_factory=lambda: [16, 32, 64, 256])  # Fig. 13 (32: also fig. 2's)
-    noise_batches: int = 16  # fresh training batches of the gradient noise scale B_noise at the branch point
+    noise_batches: int = 64  # fresh training batches of the gradient noise scale B_noise at the branch point
     sweep_num_lrs: int = 49  # step sizes of each lr-sweep's log grid (1e-4 .. 100)
     sweep_heldout_batches: int = 10  # held-out batches of each lr-sweep (paper: >= 10)
     fixed_batch_alphas: int = 11  # interpolation points of fixed-batch (Fig. 3)
@@ -66,6 +66,7 @@ class RealConfig:
     linear_fit_blocks: int = 20  # jackknife blocks
     linear_fit_noise_batches: int = 100
     linear_fit_curvature_batches: int = 16
+    controls: str = "default"  # sizes of the controls run with the claims: "default" or "tiny" (tests)
     eval_samples: int = 2048  # train / validation examples per evaluation
     threads: int = 1  # torch threads: one is faster for this small model on 2 shared cores (32 vs 1.5-40 it/s)
     device: str = "auto"

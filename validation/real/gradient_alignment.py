@@ -16,7 +16,8 @@ from .requests import alignment_request
 
 __all__ = ["claim_fig7", "FIG7"]
 
-FIG7_QUOTE = ("the gradient norm changed less than 5%, while cos stayed generally above 0.5. For high dimensional space "
+FIG7_QUOTE = ("the gradient norm changed less than 5%, while cos stayed generally above 0.5. For high dimensional "
+              "space "
               "this means that the gradient on a fixed batch stays within a very narrow cone throughout the "
               "trajectory (sec. 5, Fig. 7)")
 FIG7_MARGIN_MIN = 0.0  # min_t cos(fixed batch, start) - (mean + 2 std of different-batch cosines)

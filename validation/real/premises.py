@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from ..verdict import Verdict, decide, premise_entry
 
 __all__ = ["PLATEAU_TOL", "MEMORISED_MAX", "FIT_MIN", "GRADNORM_FACTOR_MAX", "Condition", "Premise",
-           "plateau_premise", "memorisation_premise", "lemma2_premise", "batch_range_premise", "schedule_effect_premise",
+           "plateau_premise", "memorisation_premise", "lemma2_premise", "batch_range_premise",
+           "schedule_effect_premise",
            "lemma1_premise", "Lemma2Window",
            "lemma2_window", "lemma2_window_premise", "alignment_windows", "divergence_windows", "LEMMA2_COS_MIN",
            "LEMMA2_NORM_TOL", "unmeasured", "alignment_changes",

@@ -21,7 +21,7 @@ def claim_fig3(ctx: RealContext) -> Verdict:
     """Fig. 3. The paper (sec. 3): "the side-trip using the same fixed batch along the main training trajectory
     leads to the same basin. Remarkably, the held-out batch loss while increasing dramatically also stays in the
     same basin as the main trajectory"."""
-    cfg, out = ctx.cfg, ctx.out
+    out = ctx.out
     S, S2 = ctx.branch.step, ctx.branch.step2
     s = ctx.sidetrip(*fixed_batch_request(ctx))
     scale_tr = max(s.train_loss_first[0], s.train_loss_second[0])
@@ -39,7 +39,8 @@ def claim_fig3(ctx: RealContext) -> Verdict:
                   "loss (training batch)",
         value=tb, comparison="<", threshold=FIG3_TRAIN_BARRIER_MAX, figure=fig,
         details=dict(step=S, step2=S2, lr=s.lr, heldout_relative_barrier=hb,
-                     quote=FIG3_QUOTE, train_loss_after_3_steps=s.train_loss_first[min(3, len(s.train_loss_first) - 1)]))
+                     quote=FIG3_QUOTE,
+                     train_loss_after_3_steps=s.train_loss_first[min(3, len(s.train_loss_first) - 1)]))
     v.check("heldout_barrier", hb, "<", FIG3_HELDOUT_BARRIER_MAX, "same on the held-out batches")
     return v
 
