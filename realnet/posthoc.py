@@ -19,7 +19,8 @@ constant lr with checkpoints can therefore be "cooled down" after the fact by me
   state_dict files or ``.safetensors`` files, read one file at a time into a float64 accumulator (memory: the
   accumulator plus one checkpoint; safetensors and state_dict files are read tensor by tensor / memory-mapped).
   Integer buffers (``num_batches_tracked``) come from the last file; every tensor is returned in that file's
-  dtype. :func:`save_state_dict` writes the result atomically (``.safetensors`` or ``torch.save``),
+  dtype; while one file is summed the kernel reads the next one ahead (``posix_fadvise``), so I/O and arithmetic
+  overlap. :func:`save_state_dict` writes the result atomically (``.safetensors`` or ``torch.save``),
   :func:`save_merged_checkpoint` as a realnet checkpoint (when the inputs are realnet checkpoints).
 * :func:`parse_candidate` -- a candidate spec: a quadsgd kernel spec (``twopoint:400``, ``npoint:4:200``,
   ``swa:800``, ``ema:0.002``, ``last``) or a cooldown ``cooldown:SHAPE:L[:final]`` (shapes of
@@ -34,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -316,6 +318,19 @@ def _iter_tensors(path) -> Iterator[tuple[str, torch.Tensor]]:
     yield from _state_dict_of(obj, path).items()
 
 
+def _read_ahead(path: Path) -> None:
+    """Ask the kernel to read ``path`` into the page cache in the background (no memory of this process)."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """The state_dict in a realnet checkpoint, a ``torch.save`` state_dict file or a ``.safetensors`` file."""
     return {k: v.clone() for k, v in _iter_tensors(path)}
@@ -346,6 +361,8 @@ def average_checkpoints(paths, weights) -> dict[str, torch.Tensor]:
     meta: dict[str, tuple[tuple, torch.dtype]] = {}
     first = None
     for i, (p, wi) in enumerate(used):
+        if i + 1 < len(used):
+            _read_ahead(used[i + 1][0])  # the kernel reads the next file while this one is summed
         seen = set()
         for name, t in _iter_tensors(p):
             seen.add(name)
@@ -360,7 +377,7 @@ def average_checkpoints(paths, weights) -> dict[str, torch.Tensor]:
             if t.is_floating_point() or t.is_complex():
                 if name not in acc:
                     acc[name] = torch.zeros(t.shape, dtype=torch.complex128 if t.is_complex() else torch.float64)
-                acc[name].add_(t.to(acc[name].dtype), alpha=wi)
+                acc[name].add_(t, alpha=wi)  # promoted element by element: no float64 copy of t
             else:
                 acc[name] = t.clone()  # integer buffers: the last file's
             meta[name] = (tuple(t.shape), t.dtype)
