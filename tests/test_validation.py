@@ -154,7 +154,7 @@ TINY_REAL = dict(steps=24, batch_size=16, lr=0.05, width=4, sweep_batch_size=32,
                  linear_fit_blocks=5, linear_fit_noise_batches=8, linear_fit_curvature_batches=4)
 REAL_IDS = ["fig2-single-step", "fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr",
             "fig7-gradient-alignment", "fig8-distance-saturates", "fig13-batch-size", "linear-model-fit",
-            "eq13-real-sqrt-lr"]
+            "eq13-real-sqrt-lr", "posthoc-merge-equals-cooldown"]
 
 
 def _judged(v):
@@ -181,7 +181,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         assert not math.isnan(v.value)
     data = json.loads((out / "verdicts.json").read_text())
     assert all(REQUIRED <= set(d) for d in data)
-    lfv = data[-2]
+    lfv = data[REAL_IDS.index("linear-model-fit")]
     assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
     assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
     assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
@@ -196,7 +196,9 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     by_id = {d["id"]: d for d in data}
     for d in data:
         ids = [p["id"] for p in d["details"]["premises"]]
-        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"]}
+        extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"],
+                 "posthoc-merge-equals-cooldown": ["lemma2-window: not fit", "lemma2-window: gradient norm",
+                                                   "constant-lr", "gain-resolved"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
     with open(out / "run" / "metrics.csv", newline="") as fh:
@@ -232,6 +234,13 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     assert e13["value"] == pytest.approx(abs(slope - 0.5) + half) and e13["threshold"] == 0.15
     assert e13["details"]["lrs"] == pytest.approx([0.05, 0.025, 0.0125]) and e13["details"]["slope_at_t"]
     assert len(e13["details"]["function_distance_end"]) == 3
+
+    # the merge verdict: its premises (regime first) and a state
+    ph = by_id["posthoc-merge-equals-cooldown"]
+    assert [p["name"].split(":")[0] for p in ph["premises"]][:2] == ["plateau", "not-memorised"]
+    assert ph["state"] == ("NOT DECIDED" if not all(p["met"] for p in ph["premises"]) else
+                           "PASS" if ph["passed"] else "FAIL")
+    assert (out / "posthoc-claim" / "result.json").is_file()
 
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()
