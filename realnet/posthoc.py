@@ -278,10 +278,25 @@ def _realnet_model(path: Path) -> dict[str, torch.Tensor]:
             h.update(chunk)
         if h.digest() != head[n + 8:n + 40]:
             raise CheckpointError(f"corrupt checkpoint {str(path)!r}: SHA-256 of the payload does not match")
-        obj = torch.load(_Window(fh, n + 40, size), map_location="cpu", weights_only=True)
+        obj = _load_mapped(path, fh, n + 40, size)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(f"unexpected checkpoint format in {str(path)!r} (no model state_dict)")
     return obj["model"]
+
+
+def _load_mapped(path: Path, fh, offset: int, size: int):
+    """The ``torch.save`` payload at ``offset`` of ``path``, its storages memory-mapped (only the pages of the tensors
+    used are read: the model, not the optimizer's momentum); torch's own reader when its private loader is not
+    there (a future torch), which reads every storage."""
+    import torch.serialization as ser
+
+    try:
+        whole = torch.UntypedStorage.from_file(str(path), False, offset + size)
+        with ser._open_zipfile_reader(_Window(fh, offset, size)) as zf:
+            return ser._load(zf, "cpu", torch._weights_only_unpickler, overall_storage=whole[offset:],
+                             weights_only=True, encoding="utf-8")
+    except (AttributeError, TypeError):
+        return torch.load(_Window(fh, offset, size), map_location="cpu", weights_only=True)
 
 
 def _state_dict_of(obj, path: Path) -> dict[str, torch.Tensor]:
