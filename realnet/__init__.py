@@ -9,7 +9,9 @@ Main trajectory: :func:`train` (CLI ``python -m realnet train``); side-trips fro
 :data:`realnet.sidetrips.SIDETRIPS`). Averaging in anyone's training loop: :class:`KernelAveragedModel` (any
 quadsgd kernel as an averaged model) and :class:`EquivalentScheduleLR` (its equivalent lr schedule), in
 :mod:`realnet.averaging`. The regime of a run at a checkpoint (plateau, memorisation, a fixed batch along a
-side-trip): :mod:`realnet.regime`.
+side-trip): :mod:`realnet.regime`. Merging stored checkpoints after training (any kernel or cooldown on the
+checkpoint grid, streaming): :mod:`realnet.posthoc` (``grid_weights``, ``average_checkpoints``) and the command
+``python -m realnet posthoc`` (:mod:`realnet.posthoc_run`).
 """
 from . import averaging
 from .averaging import EquivalentScheduleLR, KernelAveragedModel, equivalent_multipliers, unwrap_model

@@ -245,6 +245,10 @@ def evaluate_merges(run_dir, at_step: int, out_dir, options: MergeOptions | None
     claim = claim_output(out_dir, POSTHOC_KIND, ident, holder="realnet posthoc")
     out = claim.path
     try:
+        if claim.resumed and (out / "summary.json").is_file():  # the same job, finished: read it back
+            saved = read_json(out / "summary.json")
+            return MergeResult(run=saved["run"], at_step=T, lr=saved["lr"], checkpoints=saved["checkpoints"],
+                               rows=saved["candidates"], realisations=plan, wall_s=saved["wall_s"])
         result = _evaluate_claimed(run, T, out, opts, plan, steps, claim)
     except BaseException:
         claim.abandon()

@@ -275,6 +275,17 @@ def test_command_outputs(merged, tiny_run):
     assert info["git"] and "torch" in info["versions"]
 
 
+def test_finished_command_is_read_back(merged, tiny_run):
+    from realnet.posthoc_run import evaluate_merges
+
+    out, res = merged
+    before = (out / "candidates.csv").stat().st_mtime_ns
+    again = evaluate_merges(tiny_run, 30, out, kernels=["twopoint:10", "npoint:3:5", "cooldown:1-sqrt:10", "ema:0.1"],
+                            save_models=True, **MERGE)
+    assert (out / "candidates.csv").stat().st_mtime_ns == before
+    assert [r["val_loss"] for r in again.rows] == [r["val_loss"] for r in res.rows]
+
+
 def test_merged_model_is_the_weighted_average_evaluated(merged, tiny_run):
     """The two-point row's validation loss is that of (theta_20 + theta_30)/2 after update_bn, recomputed here."""
     from torch.optim.swa_utils import update_bn

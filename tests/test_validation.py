@@ -446,6 +446,13 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         for kind, state in (("positive", "PASS"), ("negative", "FAIL"))}
     assert "## Controls" in (out / "report.md").read_text()
 
+    # the merge verdict: its premises (regime first) and a state
+    ph = by_id["posthoc-merge-equals-cooldown"]
+    assert [p["name"].split(":")[0] for p in ph["premises"]][:2] == ["plateau", "not-memorised"]
+    assert ph["state"] == ("NOT DECIDED" if not all(p["met"] for p in ph["premises"]) else
+                           "PASS" if ph["passed"] else "FAIL")
+    assert (out / "posthoc-claim" / "result.json").is_file()
+
     # the report states the regime before any verdict; timings of every part
     report = (out / "report.md").read_text()
     assert report.index("## Regime at the branch point") < report.index("| id | statistic |")
