@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
 
-from sgdtraj.provenance import provenance  # noqa: E402
-from sgdtraj.files import write_json  # noqa: E402
 from realnet.averaging import KernelAveragedModel  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
+from sgdtraj.files import write_json  # noqa: E402
+from sgdtraj.provenance import provenance  # noqa: E402
 
 BIG = 10 ** 5  # swa:BIG at at_step=BIG: every call of the benchmark is a point of the running mean
 

@@ -54,10 +54,10 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sgdtraj.provenance import package_versions  # noqa: E402
-from sgdtraj.files import write_json  # noqa: E402
 from realnet.hessian import FlatModel, SampleLoss, lanczos  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
+from sgdtraj.files import write_json  # noqa: E402
+from sgdtraj.provenance import package_versions  # noqa: E402
 
 
 def _sync(device):

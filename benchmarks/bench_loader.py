@@ -37,11 +37,10 @@ if str(REPO) not in sys.path:  # run from a checkout without installing it
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sgdtraj.provenance import git_info, package_versions  # noqa: E402
-from sgdtraj.files import write_json  # noqa: E402
-from realnet.pipeline import (ImageFolderSplit, available_cores, decode_rgb, eval_view,  # noqa: E402
-                              train_view)
+from realnet.pipeline import ImageFolderSplit, available_cores, decode_rgb, eval_view, train_view  # noqa: E402
 from realnet.synthetic_images import write_image_folder  # noqa: E402
+from sgdtraj.files import write_json  # noqa: E402
+from sgdtraj.provenance import git_info, package_versions  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

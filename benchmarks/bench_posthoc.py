@@ -41,11 +41,11 @@ if str(REPO) not in sys.path:  # run from a checkout without installing it
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sgdtraj.provenance import provenance  # noqa: E402
-from sgdtraj.files import write_json  # noqa: E402
 from realnet.checkpoint import save_checkpoint  # noqa: E402
 from realnet.models import create_model  # noqa: E402
 from realnet.posthoc import average_checkpoints, save_state_dict  # noqa: E402
+from sgdtraj.files import write_json  # noqa: E402
+from sgdtraj.provenance import provenance  # noqa: E402
 
 CHUNK = 16 << 20
 

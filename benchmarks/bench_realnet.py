@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing it
@@ -33,14 +32,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import realnet  # noqa: E402
-from sgdtraj.provenance import package_versions  # noqa: E402
-from sgdtraj.files import write_json  # noqa: E402
 from realnet import sidetrips  # noqa: E402
 from realnet.config import TrainConfig  # noqa: E402
 from realnet.models import count_parameters, create_model  # noqa: E402
 from realnet.sidetrips import _losses  # noqa: E402
 from realnet.trainer import Runtime, train_step  # noqa: E402
-
+from sgdtraj.files import write_json  # noqa: E402
+from sgdtraj.provenance import package_versions  # noqa: E402
 
 _CAL = {"best": float("inf"), "rejected": 0}
 _A = torch.randn(256, 256)

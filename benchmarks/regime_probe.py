@@ -58,17 +58,26 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgdtraj.provenance import provenance  # noqa: E402
-from sgdtraj.files import read_csv  # noqa: E402
 from realnet.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from realnet.config import TrainConfig, build_options, resolve_config  # noqa: E402
 from realnet.data import BatchOrder, build_data  # noqa: E402
 from realnet.probes import memorisation  # noqa: E402
 from realnet.regime import fixed_batch_change, training_plateau  # noqa: E402
 from realnet.sidetrips.alignment import FIXED_BATCH_SEED as FIXED_SEED  # noqa: E402  (the alignment's fixed batch)
-from realnet.trainer import (build_model, build_optimizer, deterministic_mode, load_config, lr_at,  # noqa: E402
-                             restore_checkpoint, train, train_step)
+from realnet.trainer import (  # noqa: E402
+    build_model,
+    build_optimizer,
+    deterministic_mode,
+    load_config,
+    lr_at,
+    restore_checkpoint,
+    train,
+    train_step,
+)
+from sgdtraj.files import read_csv  # noqa: E402
+from sgdtraj.provenance import provenance  # noqa: E402
 from validation.real.premises import FIT_MIN, GRADNORM_FACTOR_MAX, MEMORISED_MAX, PLATEAU_TOL  # noqa: E402,F401
+
 SAT_TOL = 0.10  # (e) saturated if last-quarter mean distance within 10% of the quarter before
 
 

@@ -29,6 +29,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from sgdtraj.arguments import check_array, check_int, check_real, check_size
+
 from ._linalg import Ops, Transition, triangular_geometric
 
 __all__ = ["AveragingKernel", "Last", "TwoPoint", "NPoint", "SWA", "EMA", "Kernel", "Tracking", "parse_kernel",

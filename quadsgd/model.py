@@ -17,6 +17,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from sgdtraj.arguments import check_array, check_real
+
 from ._heavy_ball import stable_lr_bound
 
 __all__ = ["LinearModel", "stability_bound"]

@@ -39,6 +39,7 @@ import math
 import numpy as np
 
 from sgdtraj.arguments import check_array, check_choice, check_int, check_real
+
 from .kernels import EMA, SWA, AveragingKernel, Kernel, Last, NPoint, TwoPoint
 
 __all__ = ["kernel_for_schedule", "cooldown", "COOLDOWN_SHAPES"]

@@ -19,8 +19,18 @@ from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save
 from .config import ConfigError, TrainConfig, resolve_config
 from .data import BatchOrder, DataBundle, build_data
 from .models import ResNet20, count_parameters, create_model
-from .sidetrips import (AlignmentOptions, AveragingOptions, DivergenceOptions, FixedBatchOptions, LinearFitOptions,
-                        LrSweepOptions, averaging_sidetrip, fit_linear_model, kernel_at, parse_kernel)
+from .sidetrips import (
+                        AlignmentOptions,
+                        AveragingOptions,
+                        DivergenceOptions,
+                        FixedBatchOptions,
+                        LinearFitOptions,
+                        LrSweepOptions,
+                        averaging_sidetrip,
+                        fit_linear_model,
+                        kernel_at,
+                        parse_kernel,
+)
 from .sidetrips.alignment import alignment
 from .sidetrips.divergence import divergence
 from .sidetrips.fixed_batch import fixed_batch

@@ -34,8 +34,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from sgdtraj.arguments import check_bool, check_int
 from quadsgd.kernels import AveragingKernel, parse_kernel
+from sgdtraj.arguments import check_bool, check_int
 
 __all__ = ["KernelAveragedModel", "EquivalentScheduleLR", "unwrap_model", "equivalent_multipliers"]
 

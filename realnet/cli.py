@@ -27,7 +27,6 @@ import inspect
 import json
 import os
 import re
-import signal
 import sys
 
 from sgdtraj.commands import EXIT_FAILED, EXIT_USAGE, run_command

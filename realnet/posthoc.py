@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 import quadsgd as qs
+from quadsgd.kernels import AveragingKernel, parse_kernel
 from sgdtraj.arguments import check_array, check_int, check_size
 from sgdtraj.files import atomic_output
-from quadsgd.kernels import AveragingKernel, parse_kernel
 
 from .checkpoint import MAGIC, CheckpointError, load_checkpoint, save_checkpoint
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .regime import Memorisation, NoiseScale, noise_scale_from_gradients
 from .sidetrips import RunContext, SideTripOptions, batch_grad, functional_model, grad_vector

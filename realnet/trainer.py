@@ -49,12 +49,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from sgdtraj.outputs import register_kind, OutputError, claim_output, describe_diff
 from sgdtraj.files import atomic_write_text, read_json, write_json
+from sgdtraj.outputs import OutputError, claim_output, describe_diff, register_kind
 from sgdtraj.provenance import provenance
 
-from .checkpoint import (CheckpointWriter, RetentionRule, capture_rng_state, checkpoint_path, list_checkpoints,
-                         load_run_checkpoint, plan_disk, restore_rng_state, save_checkpoint)
+from .checkpoint import (
+    CheckpointWriter,
+    RetentionRule,
+    capture_rng_state,
+    checkpoint_path,
+    list_checkpoints,
+    load_run_checkpoint,
+    plan_disk,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import RUNTIME_FIELDS, ConfigError, TrainConfig, build_options, config_diff, resolve_config
 from .data import BatchOrder, build_data
 from .models import create_model

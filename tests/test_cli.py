@@ -127,10 +127,9 @@ def run_driver(module: str, cases: list[Case], setup: str = "", timeout: int = 6
 def outputs(tmp_path_factory):
     """One finished output of every kind (made through the Python API): run, side-trip, sweep, report."""
     import realnet
-    from realnet.config import TrainConfig
     from quadsgd.sweeps import run_spec
+    from realnet.config import TrainConfig
     from validation.reproduction import reproduce
-    from validation.synthetic import SyntheticConfig
 
     base = tmp_path_factory.mktemp("outputs")
     run = base / "run"
@@ -617,8 +616,8 @@ def test_ctrl_c_on_validation_reproduce_exits_130_and_keeps_finished_claims(tmp_
 
 # ================================================================================================ API-level rules
 def test_sweep_spec_changes_are_refused_with_the_keys_named(tmp_path):
-    from sgdtraj.outputs import OutputError
     from quadsgd.sweeps import run_spec
+    from sgdtraj.outputs import OutputError
 
     out = tmp_path / "o"
     spec = copy.deepcopy(SPEC)

@@ -16,10 +16,9 @@ import torch
 from scipy import signal, stats
 from torch import nn
 
+import quadsgd as qs
 from quadsgd import fitting as lf
 from realnet.hessian import SampleLoss, lanczos, projected_gradients
-
-import quadsgd as qs
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 
 import quadsgd as qs
 from realnet.checkpoint import save_checkpoint
-from realnet.posthoc import (average_checkpoints, grid_weights, parse_candidate, read_state_dict, realise,
-                             save_state_dict)
+from realnet.posthoc import (
+    average_checkpoints,
+    grid_weights,
+    parse_candidate,
+    read_state_dict,
+    realise,
+    save_state_dict,
+)
 
 GRID = np.arange(0, 2401, 100)
 
@@ -404,8 +410,8 @@ def test_killed_command_keeps_finished_candidates(merged, tiny_run, tmp_path):
 def test_predict_reads_the_linear_fit(tiny_run, tmp_path):
     """--predict: the gains of the fitted linear model for the realised kernels (here exact: the kernels
     themselves), equal to quadsgd.fitting.predict of the same kernels."""
-    from realnet import fit_linear_model
     from quadsgd.fitting import predict
+    from realnet import fit_linear_model
     from realnet.posthoc_run import evaluate_merges
 
     fit = fit_linear_model(tiny_run, 30, tmp_path / "lf", k=3, steps=84, lags=2, kernels=["twopoint:2"], n_blocks=5,

@@ -14,8 +14,14 @@ import realnet
 from realnet.checkpoint import checkpoint_path, load_checkpoint
 from realnet.config import ConfigError, TrainConfig, resolve_config
 from realnet.data import BatchOrder, DigitsAugment, build_data
-from realnet.trainer import (build_model, build_optimizer, deterministic_mode, load_config, restore_checkpoint,
-                             train_step)
+from realnet.trainer import (
+    build_model,
+    build_optimizer,
+    deterministic_mode,
+    load_config,
+    restore_checkpoint,
+    train_step,
+)
 
 AUG = dict(dataset="digits", augment_strength=1.0)
 TINY = dict(**AUG, model="resnet20", width=4, batch_size=16, lr=0.1, progress=False, eval_samples=100, threads=1)

@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from realnet.hessian import (FlatModel, ParamLayout, SampleLoss, lanczos, projected_gradients, rayleigh_quotients,
-                             residual_norms)
+from realnet.hessian import (
+    FlatModel,
+    ParamLayout,
+    SampleLoss,
+    lanczos,
+    projected_gradients,
+    rayleigh_quotients,
+    residual_norms,
+)
 from realnet.models import create_model
 from realnet.trainer import train_step
 

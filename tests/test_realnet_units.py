@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import quadsgd as qs
 from realnet import checkpoint as ck
 from realnet.config import ConfigError, TrainConfig, build_options, config_diff, parse_overrides, resolve_config
 from realnet.data import BatchOrder, build_data, digits_split_indices
 from realnet.models import ResNet20, count_parameters, create_model
 from realnet.sidetrips import AveragingOptions, KernelSpec, kernel_at, parse_kernel
 from realnet.trainer import lr_at
-
-import quadsgd as qs
-
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -240,8 +238,8 @@ def test_tables_round_trip_exactly_with_blank_and_non_finite_cells(tmp_path):
 
 
 def test_sidetrip_sizes_come_from_the_run_config(tmp_path):
-    from sgdtraj.files import write_json
     from realnet.config import sidetrip_sizes
+    from sgdtraj.files import write_json
     from validation.__main__ import main as validation_main
     from validation.real import RealConfig
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import subprocess
 import sys
@@ -13,12 +12,13 @@ import pytest
 import scipy.linalg as sla
 
 import quadsgd as qs
-from quadsgd.simulation._reference import exact_event_times, reference_exact, reference_step
+import quadsgd.simulation as S
 from quadsgd.simulation import draw_normals, simulate
+from quadsgd.simulation.exact import k_step_transition, one_step_matrices, sqrt_psd
+from quadsgd.simulation.plan import make_plan
+from quadsgd.simulation._reference import exact_event_times, reference_exact, reference_step
 
 from .simtruth import step_system
-
-import quadsgd.simulation as S
 
 KERNELS = (qs.Last(), qs.EMA(0.1), qs.TwoPoint(5), qs.SWA(4), qs.NPoint(3, 2),
            qs.Kernel([0.5, 0.0, 0.2, 0.3]), qs.EMA(0.3), qs.SWA(1))
@@ -108,13 +108,13 @@ def test_exact_matches_numpy_twin(name):
                    per_chain_loss=True, record_states=2)
     zeta = _exact_zeta(m, KERNELS, res.times, lr, C, 4)
     # (a) the same transition matrices: agreement to rounding
-    plan = S.make_plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
+    plan = make_plan(KERNELS, res.times, "exact", C, d, 8, 2**30, 7, m.momentum != 0)
     has_S = any(sp.block for sp in plan.specs)
 
     def trans(k, lam):
-        M, N = S.one_step_matrices(m, lam, plan.ema_a, has_S)
-        A, Q = S.k_step_transition(M, N, k)
-        return A, S.sqrt_psd(Q)
+        M, N = one_step_matrices(m, lam, plan.ema_a, has_S)
+        A, Q = k_step_transition(M, N, k)
+        return A, sqrt_psd(Q)
 
     cl, avg = reference_exact(m.omega, m.loss_matrix(), u0, lr, m.momentum, KERNELS, res.times, zeta,
                               transitions=trans)
@@ -166,13 +166,13 @@ def test_kernels_defined_only_in_this_module_are_simulated(method):
         E = exact_event_times(ks, res.times, lr)
         p = 1 + 1 + 1 + 1  # u, b, one EMA, the window sum S of _Window(5)
         zeta = draw_normals(6, C, E.size * d * p).reshape(C, E.size, d, p)
-        plan = S.make_plan(ks, res.times, "exact", C, d, 8, 2**30, 4, True)
+        plan = make_plan(ks, res.times, "exact", C, d, 8, 2**30, 4, True)
         assert plan.has_S and plan.ema_a.tolist() == [0.2]
 
         def trans(k, lam):
-            M, N = S.one_step_matrices(m, lam, plan.ema_a, True)
-            A, Q = S.k_step_transition(M, N, k)
-            return A, S.sqrt_psd(Q)
+            M, N = one_step_matrices(m, lam, plan.ema_a, True)
+            A, Q = k_step_transition(M, N, k)
+            return A, sqrt_psd(Q)
 
         cl, avg = reference_exact(m.omega, m.loss_matrix(), u0, lr, m.momentum, ks, res.times, zeta,
                                   transitions=trans)
@@ -184,7 +184,7 @@ def test_k_step_transition_against_brute_force_and_lyapunov():
     m = MODELS["nonnormal"]
     M, N = step_system(m)
     for k in (1, 2, 3, 7, 64, 1000):
-        A, Q = S.k_step_transition(M, N, k)
+        A, Q = k_step_transition(M, N, k)
         P = np.eye(M.shape[0])
         Qb = np.zeros_like(M)
         for _ in range(k):
@@ -193,10 +193,10 @@ def test_k_step_transition_against_brute_force_and_lyapunov():
         np.testing.assert_allclose(A, P, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(Q, Qb, rtol=1e-9, atol=1e-12)
     # k -> infinity: the stationary covariance (scipy Lyapunov)
-    A, Q = S.k_step_transition(M, N, 1 << 20)
+    A, Q = k_step_transition(M, N, 1 << 20)
     np.testing.assert_allclose(Q, sla.solve_discrete_lyapunov(M, N @ N.T), rtol=1e-8, atol=1e-10)
     # and the simulator's one-step matrices are the (u, buf) system of the model
-    M2, N2 = S.one_step_matrices(m, m.lr, [], False)
+    M2, N2 = one_step_matrices(m, m.lr, [], False)
     np.testing.assert_allclose(M2, M, rtol=0, atol=1e-15)
     np.testing.assert_allclose(N2, N, rtol=0, atol=0)
 
@@ -330,10 +330,10 @@ def test_trackers_memory_is_a_few_states():
     times = S.record_times(4 * 10**5, 10**5)
     for k in (qs.TwoPoint(10**5), qs.SWA(10**5), qs.NPoint(3, 5 * 10**4)):
         for method in ("step", "exact"):
-            plan = S.make_plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
+            plan = make_plan((qs.Last(), k), times, method, 1000, 1000, 8, 2**30, 10**5, False)
             assert plan.n_slots <= 2
     with pytest.raises(ValueError, match=r"record_every=1 .*TwoPoint\(delta=100000\)"):
-        S.make_plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
+        make_plan((qs.TwoPoint(10**5),), S.record_times(10**6, 1), "step", 1000, 1000, 8, 2**30, 1, False)
     m = qs.LinearModel(np.ones(1000), lr=0.5)
     with pytest.raises(ValueError, match="record_every"):
         simulate(m, 10**6, 1000, (qs.SWA(10**5),), record_every=10)
@@ -352,7 +352,7 @@ def test_huge_uniform_kernels_cost_no_weight_arrays():
     try:
         for k in (qs.SWA(10**9), qs.NPoint(10**7, 3)):
             for method in ("step", "exact"):
-                plan = S.make_plan((qs.Last(), k), times, method, 10, 10, 8, 2**30, 10**9, False)
+                plan = make_plan((qs.Last(), k), times, method, 10, 10, 8, 2**30, 10**9, False)
                 assert plan.n_slots <= 2
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -219,9 +219,9 @@ def test_one_module_per_name():
 
 
 def test_the_readme_api_imports():
-    import realnet.averaging as ra
     import quadsgd.simulation as sim
     import quadsgd.sweeps as sw
+    import realnet.averaging as ra
 
     assert ra.KernelAveragedModel.__module__ == "realnet.averaging"
     assert callable(sim.simulate) and callable(sw.sweep)

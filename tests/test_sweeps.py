@@ -599,9 +599,8 @@ def test_killed_cli_run_resumes_without_loss_or_duplicates(tmp_path):
 
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_local_table(tmp_path):
-    from distributed import LocalCluster
-
     import tomli_w
+    from distributed import LocalCluster
 
     spec = small_spec()
     spec["params"].update(chains=64, steps=500)

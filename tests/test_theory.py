@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import quadsgd as qs
 from quadsgd import testing as qst
 
-from .groundtruth import brute_expected_loss, brute_stationary_cov, kernel_weights, state_system
+from .groundtruth import brute_expected_loss, brute_stationary_cov, state_system
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -34,9 +34,9 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from sgdtraj.files import read_json
 from sgdtraj.outputs import claim_output, register_kind
 from sgdtraj.provenance import environment
-from sgdtraj.files import read_json
 
 from . import timings
 from .report import write_json_atomic, write_report

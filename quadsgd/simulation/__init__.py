@@ -23,9 +23,7 @@ Layout of the Python and compiled layers, and how averages are tracked: ``docs/s
 """
 from __future__ import annotations
 
-from .api import SimConfig, draw_normals, record_times, simulate
-from .exact import exact_schedule, exact_transitions, k_step_transition, one_step_matrices, sqrt_psd
-from .plan import Plan, SlotSpec, make_plan
+from .api import draw_normals, record_times, simulate
 from .result import SimulationResult
 
 __all__ = ["simulate", "SimulationResult", "draw_normals", "record_times"]

@@ -11,19 +11,28 @@ stream produces, for the numpy twins in :mod:`quadsgd.simulation._reference`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from sgdtraj.arguments import check_array, check_bool, check_choice, check_dtype, check_int, check_lr_schedule, check_real, check_seed, check_size
+from sgdtraj.arguments import (
+    check_array,
+    check_bool,
+    check_choice,
+    check_dtype,
+    check_int,
+    check_lr_schedule,
+    check_real,
+    check_seed,
+    check_size,
+)
+
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import _rng
-from .simconfig import SimConfig
 from .exact import run_exact
 from .plan import make_plan
 from .result import SimulationResult
 from .runtime import Job, RunOutputs, threads_for
+from .simconfig import SimConfig
 from .step import run_step
 
 __all__ = ["simulate", "SimConfig", "draw_normals", "record_times"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _jit
-from .simconfig import SimConfig
 from .plan import Plan, init0
+from .simconfig import SimConfig
 
 #: per-segment cap of the chain-loss buffer (bytes)
 _SEG_LOSS_BYTES = 1 << 25

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _rng, _step
-from .plan import SLOTS, GEOMETRIC, events_per_step, step_events
+from .plan import GEOMETRIC, SLOTS, events_per_step, step_events
 from .runtime import Job, threads_for
 
 #: dense omega with d <= this runs the per-chain mat-vec in Numba; larger d uses BLAS over chains

@@ -37,10 +37,11 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from sgdtraj.workers import exit_with_parent as _exit_with_parent
-from sgdtraj.workers import mp_context as _mp_context
 from sgdtraj.files import atomic_write_bytes, jsonable, write_json
 from sgdtraj.provenance import provenance
+from sgdtraj.workers import exit_with_parent as _exit_with_parent
+from sgdtraj.workers import mp_context as _mp_context
+
 from .designs import cell, expand_grid, point_id, point_label, point_seed, varying_keys
 from .store import Store, deps, write_table
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sgdtraj.files import atomic_output
+
 from .quantities import kernel_class
 
 __all__ = ["plot_loss_curves", "plot_loss_per_kappa", "plot_line", "plot_heatmap", "select_rows", "FIGURES",

@@ -35,6 +35,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (declared in pypr
     import tomli as tomllib
 
 from sgdtraj.outputs import claim_output
+
 from . import quantities as Q
 from .designs import (
     MAX_POINTS,
@@ -47,8 +48,8 @@ from .designs import (
     varying_keys,
 )
 from .engine import sweep
-from .store import SWEEP_KIND
 from .figures import FIGURE_KEYS, FIGURES, draw_figures
+from .store import SWEEP_KIND
 
 __all__ = ["Spec", "SpecError", "load_spec", "run_spec", "spec_identity"]
 

@@ -20,8 +20,8 @@ import os
 import time
 from pathlib import Path
 
-from sgdtraj.outputs import DirectoryLock, claim_output, register_kind
 from sgdtraj.files import atomic_output, remove_stale_temps
+from sgdtraj.outputs import claim_output, register_kind
 
 __all__ = ["Store", "write_table", "deps", "SWEEP_KIND"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from sgdtraj.arguments import check_choice, check_int, check_real
+
 from ..kernels import AveragingKernel
 from ..model import LinearModel
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sgdtraj.arguments import check_array, check_choice, check_int, check_lr_schedule, check_real
+
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel
 from . import messages

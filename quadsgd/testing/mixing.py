@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from sgdtraj.arguments import check_real
+
 from .._heavy_ball import spectral_radius
 from ..kernels import AveragingKernel, Last
 from ..model import LinearModel

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from sgdtraj.arguments import check_int, check_real
+
 from .._heavy_ball import spectral_radius
 from ..kernels import EMA, SWA, Kernel, Last, NPoint, TwoPoint
 from ..model import LinearModel

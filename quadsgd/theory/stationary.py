@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from sgdtraj.arguments import check_choice
+
 from .._heavy_ball import companion, companion_roots, companion_shifted_inverse, i_minus_m
 from .._linalg import Ops, Transition
 from ..kernels import AveragingKernel, Last

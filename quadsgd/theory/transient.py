@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from sgdtraj.arguments import check_array, check_int, check_lr_schedule, check_size
+
 from ..kernels import AveragingKernel, Last
 from .stationary import _check_model_kernel
 

@@ -33,14 +33,44 @@ from typing import Any, Mapping
 from . import alignment, divergence, fixed_batch, kernel_averages, linear_fit, lr_sweep
 from ._losses import batch_grad, batch_losses, functional_model, grad_vector
 from ._results import Metrics, SideTripResult, Table
-from ._runner import (BN_SEED, HELDOUT_SEED, Branch, ResumeState, RunContext, SideTrip, SideTripOptions, prepare_out,
-                      resolve_options, run_sidetrip)
+from ._runner import (
+    BN_SEED,
+    HELDOUT_SEED,
+    Branch,
+    ResumeState,
+    RunContext,
+    SideTrip,
+    SideTripOptions,
+    prepare_out,
+    resolve_options,
+    run_sidetrip,
+)
 from .alignment import AlignmentOptions, AlignmentRecords, AlignmentResult, DifferentBatches
-from .kernel_averages import (AveragingOptions, AveragingResult, AveragingTable, KernelPoint, KernelResults, KernelSpec,
-                        ScheduleTable, TrajectoryLosses, TrajectoryPoint, averaging_sidetrip, kernel_at, parse_kernel)
-from .divergence import (CheckpointDistances, DivergenceDistances, DivergenceEvaluations, DivergenceFixedBatch,
-                         DivergenceOptions, DivergenceResult, EndpointDistances, PairDistances)
+from .divergence import (
+    CheckpointDistances,
+    DivergenceDistances,
+    DivergenceEvaluations,
+    DivergenceFixedBatch,
+    DivergenceOptions,
+    DivergenceResult,
+    EndpointDistances,
+    PairDistances,
+)
 from .fixed_batch import FixedBatchEndpoints, FixedBatchInterpolation, FixedBatchOptions, FixedBatchResult
+from .kernel_averages import (
+    AveragingOptions,
+    AveragingResult,
+    AveragingTable,
+    KernelPoint,
+    KernelResults,
+    KernelSpec,
+    ScheduleTable,
+    TrajectoryLosses,
+    TrajectoryPoint,
+    averaging_sidetrip,
+    kernel_at,
+    parse_kernel,
+)
 from .linear_fit import LinearFitOptions, LinearFitResult, fit_linear_model
 from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResult
 

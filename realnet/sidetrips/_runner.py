@@ -36,16 +36,27 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
+from sgdtraj.files import read_json, write_json
 from sgdtraj.outputs import claim_output, register_kind
 from sgdtraj.provenance import provenance
-from sgdtraj.files import read_json, write_json
 
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_checkpoint, save_checkpoint
 from ..config import ConfigError, TrainConfig, build_options
 from ..data import BatchOrder, DataBundle, build_data
 from ..pipeline import auto_workers
-from ..trainer import (DivergenceError, Runtime, build_model, build_optimizer, deterministic_mode, evaluate,
-                       load_config, lr_at, make_runtime, restore_checkpoint, train_step)
+from ..trainer import (
+    DivergenceError,
+    Runtime,
+    build_model,
+    build_optimizer,
+    deterministic_mode,
+    evaluate,
+    load_config,
+    lr_at,
+    make_runtime,
+    restore_checkpoint,
+    train_step,
+)
 from ._results import Metrics, SideTripResult
 
 __all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED",

@@ -28,7 +28,6 @@ Resumable (``save_every_s``): the branches (A, B, H and the pairs' members), the
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 

@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, check_choice, check_int
-from ._losses import (BATCHED_MODES, batch_grad, batch_losses, functional_model, nanargmin, resolve_batched,
-                      row_stats, sweep_line)
+from ._losses import (
+    BATCHED_MODES,
+    batch_grad,
+    batch_losses,
+    functional_model,
+    nanargmin,
+    resolve_batched,
+    row_stats,
+    sweep_line,
+)
 from ._results import SideTripResult, Table, column
 from ._runner import RunContext, SideTrip, SideTripOptions, check_lr, dist, run_sidetrip
 

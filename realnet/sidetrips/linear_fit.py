@@ -50,11 +50,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdtraj.files import jsonable
-from sgdtraj.timing import Stopwatch
-from sgdtraj.provenance import provenance as _provenance
-
 from quadsgd import fitting as lf
+from sgdtraj.files import jsonable
+from sgdtraj.provenance import provenance as _provenance
+from sgdtraj.timing import Stopwatch
+
 from ..config import ConfigError, check_choice, check_int, check_real
 from ..hessian import BN_MODES, HVP_METHODS, LanczosResult, SampleLoss, lanczos, projected_gradients, rayleigh_quotients
 from ._results import SideTripResult, Table, column

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from sgdtraj.outputs import OutputError
 from sgdtraj.files import atomic_write_text, read_json, write_json
+from sgdtraj.outputs import OutputError
 
 from .. import timings
 from . import premises

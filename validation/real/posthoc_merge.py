@@ -191,7 +191,6 @@ def measure(cfg, run: Path, out: Path) -> dict:
     from realnet.posthoc_run import _per_example
     from realnet.sidetrips import RunContext, SideTripOptions
     from realnet.trainer import deterministic_mode, lr_at
-
     from sgdtraj.files import read_json, write_json
 
     steps = list_checkpoints(run)

@@ -10,8 +10,8 @@ import numpy as np
 
 from .. import plots
 from ..verdict import Verdict
-from .context import RealClaim, RealContext
 from . import premises
+from .context import RealClaim, RealContext
 from .requests import lr_sweep_request
 
 __all__ = ["claim_fig2", "claim_fig13", "grid_margin", "FIG2", "FIG13"]
