@@ -142,7 +142,7 @@ def speed(overrides: dict[str, str], repeats: int = 5, steps: int = 20) -> dict:
             x, y = data.batch_at(order, t, "cpu", augment=cfg.augment)
             train_step(model, opt, x, y, cfg.lr)
         tb, tp, ts = [], [], []
-        for r in range(repeats):
+        for _r in range(repeats):
             t0 = time.perf_counter()
             for t in range(steps):
                 x, y = data.batch_at(order, t, "cpu", augment=cfg.augment)
@@ -152,7 +152,7 @@ def speed(overrides: dict[str, str], repeats: int = 5, steps: int = 20) -> dict:
                 pdata.batch_at(order, t, "cpu", augment=False)
             tp.append((time.perf_counter() - t0) / steps)
             t0 = time.perf_counter()
-            for t in range(steps):
+            for _t in range(steps):
                 train_step(model, opt, x, y, cfg.lr)
             ts.append((time.perf_counter() - t0) / steps)
     b, p, s = statistics.median(tb), statistics.median(tp), statistics.median(ts)
@@ -289,7 +289,7 @@ def _filters(model) -> torch.Tensor:
     """Conv filters (each output channel) normalised to unit norm, flattened: the scale-free part of the
     weights that BatchNorm makes the function invariant to."""
     out = []
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if p.dim() == 4:
             w = p.detach().double().reshape(p.shape[0], -1)
             out.append((w / w.norm(dim=1, keepdim=True).clamp_min(1e-300)).reshape(-1))

@@ -62,7 +62,6 @@ def brute_stationary_cov(m, kernel) -> np.ndarray:
 
 def brute_expected_loss(m, kernel, steps, lrs=None, u0=None) -> np.ndarray:
     """Full joint Gaussian of a shift register of the last L (u, buf) states (plus the EMA state)."""
-    om = dense_omega(m)
     H = m.loss_matrix()
     H = np.diag(H) if H.ndim == 1 else H
     d = m.dim

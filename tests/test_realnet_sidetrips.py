@@ -119,7 +119,7 @@ def test_fixed_batch(untouched, tmp_path):
 def test_averaging_equivalent_schedules(untouched, tmp_path):
     out = tmp_path / "avg"
     kernels = ["swa", "ema:0.2", "twopoint", "npoint:3", "swa:3", "twopoint:2", "npoint:3:2"]
-    s = realnet.averaging_sidetrip(untouched, 100, out, steps=6, report_steps=[1, 4], kernels=kernels, bn_batches=2,
+    realnet.averaging_sidetrip(untouched, 100, out, steps=6, report_steps=[1, 4], kernels=kernels, bn_batches=2,
                           train_eval_samples=256, val_samples=300, **QUICK)
     saved = _common_outputs(out, "averaging", 100)
     assert saved["report_steps"] == [1, 4, 6] and saved["lr"] == pytest.approx(0.1)

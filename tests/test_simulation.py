@@ -14,9 +14,9 @@ import scipy.linalg as sla
 import quadsgd as qs
 import quadsgd.simulation as S
 from quadsgd.simulation import draw_normals, simulate
+from quadsgd.simulation._reference import exact_event_times, reference_exact, reference_step
 from quadsgd.simulation.exact import k_step_transition, one_step_matrices, sqrt_psd
 from quadsgd.simulation.plan import make_plan
-from quadsgd.simulation._reference import exact_event_times, reference_exact, reference_step
 
 from .simtruth import step_system
 

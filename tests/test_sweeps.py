@@ -264,7 +264,6 @@ def test_spec_table_equals_direct_theory_calls(tmp_path):
     for (lr, delta), g in df.groupby(["lr", "delta"]):
         p = {"spectrum": "two-scale", "fast": 1.0, "slow": 0.015, "n_fast": 2, "n_slow": 3, "lr": lr, "momentum": 0.0}
         m = point_model(p)
-        om = m.omega
         kernels = {"Last": qs.Last(), "EMA": qs.EMA(0.01), "TwoPoint": qs.TwoPoint(int(delta))}
         times, _ = record_schedule(600, 8, "log")
         assert times[0] == 1 and times[-1] == 600

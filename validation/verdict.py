@@ -88,7 +88,7 @@ class Verdict:
         self.threshold = _num(self.threshold)
         self.uncertainty = _num(self.uncertainty)
         ok = decide(self.value, self.comparison, self.threshold)
-        for name, c in self.checks.items():
+        for _name, c in self.checks.items():
             c["value"] = _num(c["value"])
             c["threshold"] = _num(c["threshold"])
             c["passed"] = decide(c["value"], c["comparison"], c["threshold"])

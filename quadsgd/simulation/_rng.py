@@ -257,7 +257,7 @@ def normal_sums(rng, n, out):
     for c in prange(C):
         s0, s1, s2, s3 = rng[c, 0], rng[c, 1], rng[c, 2], rng[c, 3]
         acc = 0.0
-        for i in range(n):
+        for _i in range(n):
             z, s0, s1, s2, s3 = normal(s0, s1, s2, s3)
             acc += z
         out[c] = acc
