@@ -9,7 +9,8 @@ job records itself in ``OUT/timings.json`` (:mod:`validation.timings`): training
 fixed-batch, averaging, alignment, divergence, the eq. 13 pairs inside it, linear-fit), the premises'
 measurement, the rest of the real-network claims (figures, statistics) and the synthetic part -- each as wall
 time AND process CPU time. The side-trips run in 2 worker processes at once on a 2-core CPU (``--workers``, the
-job's default; ``--workers 1``: one after the other, the baseline of that speed-up). The machine may be shared: wall time is then inflated while CPU time is not (torch
+job's default; ``--workers 1``: one after the other, the baseline of that speed-up). The machine may be shared: wall
+time is then inflated while CPU time is not (torch
 runs one thread in the quick job, so on a quiet machine wall ~ CPU for the real-network parts; numba may use
 more than one thread in the synthetic part). The budget is <= 12 minutes on a 2-core CPU.
 """

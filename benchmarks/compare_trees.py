@@ -1,4 +1,5 @@
-"""Speed of the same public calls (quadsgd, and realnet's averaging API) in two checkouts (before / after a change), in one run.
+"""Speed of the same public calls (quadsgd, and realnet's averaging API) in two checkouts (before / after a change), in
+one run.
 
     python benchmarks/compare_trees.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--repeat 5] [--only TEXT]
 

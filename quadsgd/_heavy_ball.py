@@ -10,7 +10,8 @@ with :math:`1\mp z` computed without cancellation (:func:`companion_roots`). Sta
 form, without forming the spectral radius (:func:`stable_lr_bound`, :func:`is_stable`). The
 state-space form on :math:`(u, b, e^{(1..m)}, S)` (:func:`one_step_matrices`) drives the simulator's exact
 transitions, and :func:`i_minus_m` the cancellation-free :math:`E = I - M` of its (u, b) part (the
-stationary Lyapunov solve, :mod:`quadsgd.theory._stein`). The compiled transient-moment kernels (:mod:`quadsgd.theory._moments`, ``_fill_transition``)
+stationary Lyapunov solve, :mod:`quadsgd.theory._stein`). The compiled transient-moment kernels
+(:mod:`quadsgd.theory._moments`, ``_fill_transition``)
 and the simulator's step loops evaluate the same recursion inline in Numba.
 """
 from __future__ import annotations
@@ -82,7 +83,8 @@ def companion(lam, lr: float, beta: float):
 
 
 class Roots(NamedTuple):
-    r"""Roots :math:`z_{hi}, z_{lo}` of :math:`z^2-(1+\beta-\epsilon)z+\beta` per mode, with :math:`1\mp z` cancellation-free.
+    r"""Roots :math:`z_{hi}, z_{lo}` of :math:`z^2-(1+\beta-\epsilon)z+\beta` per mode, with :math:`1\mp z`
+    cancellation-free.
 
     Real roots: ``z_hi >= z_lo``; complex roots: ``z_hi`` has the positive imaginary part. ``one_minus``
     and ``one_plus`` are (2, ...) arrays for (z_hi, z_lo); ``gap`` = z_hi - z_lo; ``real``: bool mask.
@@ -103,8 +105,10 @@ def companion_roots(eps, beta: float) -> Roots:
     :math:`(1-\beta)^2 - \epsilon\delta` (no cancellation at either edge) and, for real roots
     (:math:`s = \sqrt{\mathrm{disc}}`), :math:`1 - z_{hi} = 2\epsilon/(A+s)`, :math:`1 - z_{lo} = (A+s)/2`,
     :math:`1 + z_{lo} = 2\delta/(B+s)`, :math:`1 + z_{hi} = (B+s)/2` (Vieta: :math:`(1-z_{hi})(1-z_{lo}) = \epsilon`,
-    :math:`(1+z_{hi})(1+z_{lo}) = \delta`); complex roots (:math:`t = \sqrt{-\mathrm{disc}}`): :math:`z = (1+\beta-\epsilon \pm it)/2`,
-    :math:`1 - z = (A \mp it)/2`, :math:`1 + z = (B \pm it)/2`. Small roots come from Vieta (:math:`z_{hi}z_{lo} = \beta`).
+    :math:`(1+z_{hi})(1+z_{lo}) = \delta`); complex roots (:math:`t = \sqrt{-\mathrm{disc}}`):
+    :math:`z = (1+\beta-\epsilon \pm it)/2`,
+    :math:`1 - z = (A \mp it)/2`, :math:`1 + z = (B \pm it)/2`. Small roots come from Vieta
+    (:math:`z_{hi}z_{lo} = \beta`).
     """
     eps = np.asarray(eps, dtype=np.float64)
     c = 1.0 + beta
@@ -230,7 +234,8 @@ def i_minus_m(m, lr: float, scaled: bool = True):
     SGD: :math:`E = \lambda\Omega`, :math:`N = \lambda I` (state u). Heavy ball, ``scaled=False`` (state (u, b)):
     :math:`E = \begin{pmatrix}\lambda\Omega & \lambda\beta I\\ -\Omega & (1-\beta)I\end{pmatrix}`,
     :math:`N = (\lambda I; -I)`. ``scaled=True`` uses the state :math:`(u, \lambda b)` (the velocity
-    :math:`u_t - u_{t+1}`): :math:`E = \begin{pmatrix}\lambda\Omega & \beta I\\ -\lambda\Omega & (1-\beta)I\end{pmatrix}`,
+    :math:`u_t - u_{t+1}`):
+    :math:`E = \begin{pmatrix}\lambda\Omega & \beta I\\ -\lambda\Omega & (1-\beta)I\end{pmatrix}`,
     :math:`N = \lambda(I; -I)` -- all blocks on the scale of :math:`\epsilon = \lambda\kappa`, so that
     :math:`\|E\| \le 4` for any stable model (a Schur form of E then has small absolute errors). The u-block
     of :math:`P` and every kernel average are the same in both bases.

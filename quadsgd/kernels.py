@@ -212,7 +212,8 @@ class AveragingKernel:
         return c[0] * I + 2.0 * acc
 
     def variance_ratio(self, g) -> np.ndarray:
-        r""":math:`K(g) = \mathrm{Var}\,\hat u/\mathrm{Var}\,u = C_0 + 2\sum_\delta C_\delta g^\delta` of a scalar AR(1).
+        r""":math:`K(g) = \mathrm{Var}\,\hat u/\mathrm{Var}\,u = C_0 + 2\sum_\delta C_\delta g^\delta` of a scalar
+        AR(1).
 
         g: real or complex array (any shape) with every :math:`|g| < 1` (a stationary AR(1)); ValueError
         naming ``g`` otherwise.
@@ -336,12 +337,14 @@ def _abs_log(T: Transition, neg):
 
 
 def _one_minus_power(L, n: int):
-    r""":math:`1 - M^n` for M < 0 with :math:`\log|M| = L`: n even :math:`-\mathrm{expm1}(nL)`, n odd :math:`1 + e^{nL}`."""
+    r""":math:`1 - M^n` for M < 0 with :math:`\log|M| = L`: n even :math:`-\mathrm{expm1}(nL)`, n odd
+    :math:`1 + e^{nL}`."""
     return -np.expm1(n * L) if n % 2 == 0 else 1.0 + np.exp(n * L)
 
 
 def _one_plus_power(L, n: int):
-    r""":math:`1 + M^n` for M < 0 with :math:`\log|M| = L`: n odd :math:`-\mathrm{expm1}(nL)`, n even :math:`1 + e^{nL}`."""
+    r""":math:`1 + M^n` for M < 0 with :math:`\log|M| = L`: n odd :math:`-\mathrm{expm1}(nL)`, n even
+    :math:`1 + e^{nL}`."""
     return -np.expm1(n * L) if n % 2 == 1 else 1.0 + np.exp(n * L)
 
 

@@ -80,7 +80,8 @@ def kernel_for_schedule(multipliers) -> AveragingKernel:
 
     multipliers: 1-D array, ``multipliers[r-1]`` the lr multiplier of the step r steps before the averaging
     time (r = 1..L: the reverse of the time order of :func:`quadsgd.equivalent_schedule`'s output, so
-    ``kernel_for_schedule(equivalent_schedule(k, 1.0)[::-1])`` is ``k``); non-decreasing in r, in [0, 1], ending at 1 (or an EMA's truncated schedule
+    ``kernel_for_schedule(equivalent_schedule(k, 1.0)[::-1])`` is ``k``); non-decreasing in r, in [0, 1], ending at 1
+    (or an EMA's truncated schedule
     :math:`1-(1-a)^r`, see the module docstring); tolerance 1e-9. Returns the canonical kernel of the
     weights (module docstring). ValueError naming ``multipliers`` for a schedule that no non-negative
     kernel gives (a decrease, a value outside [0, 1], an end below 1 that is not geometric).

@@ -1,4 +1,5 @@
-"""Command line: ``python -m realnet train ...``, ``python -m realnet sidetrip NAME ...`` and ``python -m realnet posthoc ...``.
+"""Command line: ``python -m realnet train ...``, ``python -m realnet sidetrip NAME ...`` and
+``python -m realnet posthoc ...``.
 
     python -m realnet train --dataset digits --out runs/d0 [--model resnet20] [--steps 600] [--lr 0.1]
         [--batch-size 32] [--seed 0] [--checkpoint-every 100] [--config file.toml] [--key=value ...]

@@ -1,7 +1,9 @@
 r"""``python -m realnet posthoc``: merge a run's checkpoints for many kernels / cooldowns after the fact and evaluate.
 
-Python: ``realnet.posthoc_run.evaluate_merges(run_dir, at_step, out_dir, options=None, **overrides)`` -> :class:`MergeResult`.
-CLI: ``python -m realnet posthoc --run DIR --at-step T --out OUT [--kernels SPEC,SPEC,...] [--predict] [--key=value ...]``.
+Python: ``realnet.posthoc_run.evaluate_merges(run_dir, at_step, out_dir, options=None, **overrides)`` ->
+:class:`MergeResult`.
+CLI: ``python -m realnet posthoc --run DIR --at-step T --out OUT [--kernels SPEC,SPEC,...] [--predict] [--key=value
+...]``.
 
 For every candidate kernel (:func:`realnet.posthoc.parse_candidate`: quadsgd specs and ``cooldown:SHAPE:L``; default
 :func:`default_candidates`: the last iterate, two-point at 1, 2, 4 checkpoint spacings, n-point / LAWA, SWA windows,
@@ -29,7 +31,8 @@ Outputs: ``candidates.csv`` (one row per kernel: ``kernel``, ``kernel_repr``, ``
 ``predicted_variance_ratio``, ``predicted_loss_gain``), ``summary.json`` (the same rows, the grid, the best
 candidate), ``posthoc.png`` (gain against effective averaging length; the realised schedules), ``config.json``,
 ``run_info.json``, the output marker (kind ``posthoc``) and with ``save_models`` every merge as a realnet
-checkpoint ``models/<kernel>.pt`` (:func:`realnet.posthoc.save_merged_checkpoint`). Killed or interrupted, a re-run of the same command
+checkpoint ``models/<kernel>.pt`` (:func:`realnet.posthoc.save_merged_checkpoint`). Killed or interrupted, a re-run of
+the same command
 keeps the finished candidates (``.resume-state.pt``, saved after each) and computes only the rest.
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ whether a claim's premise holds are in :mod:`validation.real.premises`.
   of the batch of update t at the parameters before it) over the last quarter of the run and over the
   quarter before, and their ratio :class:`Plateau`. A constant-lr run of length N is exactly the first N
   steps of a longer one, so ``length`` evaluates a prefix.
-* :class:`Memorisation` (measured by :func:`realnet.probes.memorisation`) -- at checkpoint S: mean loss of ``n_batches`` fixed held-out batches (seed
+* :class:`Memorisation` (measured by :func:`realnet.probes.memorisation`) -- at checkpoint S: mean loss of
+  ``n_batches`` fixed held-out batches (seed
   :data:`realnet.sidetrips.HELDOUT_SEED`, the side-trips' held-out batches, augmented like the stream when the
   data set augments fixed batches) over the mean loss of the ``n_batches`` fresh training batches of updates
   S .. S + n_batches - 1, both with batch-statistics BatchNorm (as in training, running statistics untouched)
@@ -14,7 +15,8 @@ whether a claim's premise holds are in :mod:`validation.real.premises`.
 * :func:`fixed_batch_change` -- a fixed batch's loss and gradient norm along a side-trip summarised as
   Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
   :math:`\max_t \max(r_t, 1/r_t)`, :math:`r_t = \|g_t\| / \|g_0\|` (:class:`FixedBatchChange`).
-* :func:`noise_scale_from_gradients` (measured on a run by :func:`realnet.probes.gradient_noise_scale`) -- McCandlish et al.'s (2018) simple noise scale
+* :func:`noise_scale_from_gradients` (measured on a run by :func:`realnet.probes.gradient_noise_scale`) -- McCandlish
+  et al.'s (2018) simple noise scale
   :math:`B_\text{noise} = \operatorname{tr}\Sigma / |G|^2` at checkpoint S from the gradients of the fresh
   training batches of updates S, S+1, ... (:class:`NoiseScale`).
 

@@ -125,7 +125,8 @@ def mp_ar2_average_var(kappa, lr, beta, weights=None, window=None, dps=60):
 
 def mp_ar2_ema_var(kappa, lr, beta, a, dps=60):
     r"""Var of the EMA (weight a) of the stationary scalar AR(2), as a sum over its two roots at 60 digits:
-    :math:`\lambda^2/(z_1-z_2)^2\sum_{ij}s_is_jz_iz_j(K(z_i)+K(z_j))/(2(1-z_iz_j))`, :math:`K(z) = \frac{a}{2-a}\frac{1+(1-a)z}{1-(1-a)z}`."""
+    :math:`\lambda^2/(z_1-z_2)^2\sum_{ij}s_is_jz_iz_j(K(z_i)+K(z_j))/(2(1-z_iz_j))`,
+    :math:`K(z) = \frac{a}{2-a}\frac{1+(1-a)z}{1-(1-a)z}`."""
     with mp.workdps(dps):
         kappa, lr, beta, a = (mp.mpf(float(x)) for x in (kappa, lr, beta, a))
         phi1 = 1 + beta - lr * kappa

@@ -1,4 +1,5 @@
-"""Argument checks shared by the checks and the mixing time of :mod:`quadsgd.testing` (built on :mod:`sgdtraj.arguments`)."""
+"""Argument checks shared by the checks and the mixing time of :mod:`quadsgd.testing` (built on
+:mod:`sgdtraj.arguments`)."""
 from __future__ import annotations
 
 import numpy as np

@@ -43,7 +43,8 @@ def kernel_time(kernel: AveragingKernel) -> tuple[float, int]:
 
 
 def burn_in_steps(model: LinearModel, kernel=Last(), burn_in: float = 40.0) -> int:
-    r"""Steps from :math:`u_0 = 0` after which the averaged iterate is stationary to :math:`O(e^{-2\,\mathrm{burn\_in}})`.
+    r"""Steps from :math:`u_0 = 0` after which the averaged iterate is stationary to
+    :math:`O(e^{-2\,\mathrm{burn\_in}})`.
 
     ``ceil(burn_in * max(mixing_time(model), 1/a of every EMA)) + max support of the finite kernels``
     (momentum enters through :func:`mixing_time`). kernel: one averaging kernel or a sequence of them.

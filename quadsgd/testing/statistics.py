@@ -67,7 +67,8 @@ def sidak(pmin: float, n: int) -> float:
 
 
 def fisher(pvalues) -> tuple[float, float]:
-    r"""Fisher's combination of independent p-values: ``(X, p)``, :math:`X = -2\sum\log p_k`, :math:`p = P(\chi^2_{2n} > X)`.
+    r"""Fisher's combination of independent p-values: ``(X, p)``, :math:`X = -2\sum\log p_k`,
+    :math:`p = P(\chi^2_{2n} > X)`.
 
     p-values are floored at 1e-300 (so that a p-value of 0 gives a finite X).
     """
@@ -108,7 +109,8 @@ class WishartTest(NamedTuple):
 
 
 def wishart_test(samples, cov, combine: str = "sidak") -> WishartTest:
-    r"""Exact test of :math:`\mathrm{Cov} = \Sigma_0` (``cov``) for i.i.d. zero-mean Gaussian rows of ``samples`` (N, d).
+    r"""Exact test of :math:`\mathrm{Cov} = \Sigma_0` (``cov``) for i.i.d. zero-mean Gaussian rows of ``samples`` (N,
+    d).
 
     Whiten by the hypothesis, :math:`y = L_0^{-1}x` (:math:`\Sigma_0 = L_0L_0^\top`), form
     :math:`W = \sum_c y_cy_c^\top\sim\mathcal W_d(N, I)` under :math:`H_0` and its Cholesky factor

@@ -204,7 +204,8 @@ def stationary_covariance(m, kernel: AveragingKernel = Last(), method: str = "ex
       :math:`\propto 1/(1+z_{lo})` (accuracy: docs/stationary-theory.md);
     * dense diagonalizable :math:`\Omega = V\Lambda V^{-1}`: one eigendecomposition; in eigen-coordinates
       the noise has covariance :math:`\Sigma' = V^{-1}V^{-H}` and
-      :math:`\mathrm{Cov}'_{ij} = \Sigma'_{ij}\,[\Psi_i p_{ij} + \Psi_{i,01} r_{ij} + \bar\Psi_j p_{ij} + \bar\Psi_{j,01} q_{ij}]`
+      :math:`\mathrm{Cov}'_{ij} = \Sigma'_{ij}\,[\Psi_i p_{ij} + \Psi_{i,01} r_{ij}
+      + \bar\Psi_j p_{ij} + \bar\Psi_{j,01} q_{ij}]`
       (see :func:`_pair_moments`; the eigen-root form for pairs of fast-edge modes), O(d^2) plus two
       d x d products;
     * defective or badly conditioned :math:`V` (cond >= 1e8), or ``method="lyapunov"``: the stationary
@@ -320,7 +321,8 @@ def _lyapunov_covariance(m, kernel, reason: str):
     kernel transform of the last refinement correction, plus the change of the result when :math:`\Psi` is
     evaluated on :math:`DMD^{-1}` (a fixed diagonal D: equal in exact arithmetic, so the difference measures
     the rounding inside :math:`\Psi`, e.g. SWA at the fast stability edge), plus the rounding floor
-    :math:`4\epsilon_{mach}|\Psi||P|` of the product. An :class:`~quadsgd.AccuracyWarning` stating it is emitted when it exceeds
+    :math:`4\epsilon_{mach}|\Psi||P|` of the product. An :class:`~quadsgd.AccuracyWarning` stating it is emitted when
+    it exceeds
     ``max(1e-8, 64 eps kappa_lr)``, :math:`\kappa_{lr} = \lambda^*/(\lambda^*-\lambda)` the sensitivity of the
     stationary covariance to one rounding of lr (inherent to the input: every method has it).
     """
