@@ -56,7 +56,8 @@ def _variants(model):
     }
 
 
-def bench_model(name: str, batch: int, size: int, rounds: int, inner: int, seed: int = 0, clock=time.perf_counter) -> dict:
+def bench_model(name: str, batch: int, size: int, rounds: int, inner: int, seed: int = 0,
+                clock=time.perf_counter) -> dict:
     torch.manual_seed(seed)
     model = create_model(name, 10, small_stem=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -131,7 +132,8 @@ def main(argv=None) -> dict:
         for k, v in r["ratio_to_sgd_step"].items():
             print(f"  {k:22s} {r['median_s'][k] * 1e3:8.3f} ms  = {v:6.4f} x SGD step")
         e, m = r["kam_ema_over_avgmodel_ema"], r["kam_mean_over_avgmodel_swa"]
-        print(f"  paired per round: kam_ema / avgmodel_ema = {e['median']:.3f} (quartiles {e['q25']:.3f}..{e['q75']:.3f});"
+        print(f"  paired per round: kam_ema / avgmodel_ema = {e['median']:.3f} "
+              f"(quartiles {e['q25']:.3f}..{e['q75']:.3f});"
               f" kam_mean / avgmodel_swa = {m['median']:.3f} ({m['q25']:.3f}..{m['q75']:.3f})")
     path = Path(a.out) / f"bench_averaging_{res['date']}.json"
     write_json(path, res)

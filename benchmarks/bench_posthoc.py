@@ -177,7 +177,8 @@ def main(argv=None) -> int:
             r = bench(a.model, n, fmt, a.rounds, a.threads)
             rows.append(r)
             c, w, pk = r["cold"], r["warm"], r["peak_extra_model_sizes"]
-            print(f"{fmt:12s} N={n:2d}  cold: floor {c['floor_s_median']:.2f} s ({r['cold_floor_MBps']:.0f} MB/s) merge "
+            print(f"{fmt:12s} N={n:2d}  cold: floor {c['floor_s_median']:.2f} s "
+                  f"({r['cold_floor_MBps']:.0f} MB/s) merge "
                   f"{c['merge_s_median']:.2f} s ratio {c['ratio_median']:.2f} [{c['ratio_quartiles'][0]:.2f}, "
                   f"{c['ratio_quartiles'][1]:.2f}]  warm: ratio {w['ratio_median']:.2f}  peak +{pk['default']:.2f} "
                   f"(allocator retention off: +{pk['mmap_threshold']:.2f}) model sizes", flush=True)

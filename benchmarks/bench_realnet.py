@@ -171,7 +171,8 @@ def main(argv=None) -> dict:
     for name, size, batch in shapes:
         r = bench_train_step(name, size, batch, 3 * rep if name == "resnet20" else max(2, rep // 2))
         res["train_step"].append(r)
-        print(f"{name:9s} {size:3d}px batch {batch:4d}: {r['steps_per_s']:8.2f} steps/s  {r['images_per_s']:8.1f} img/s")
+        print(f"{name:9s} {size:3d}px batch {batch:4d}: {r['steps_per_s']:8.2f} steps/s  "
+              f"{r['images_per_s']:8.1f} img/s")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         res["train_digits"] = bench_train_digits(60 if a.quick else 300, tmp)
@@ -184,7 +185,8 @@ def main(argv=None) -> dict:
           f"{sw['auto_mode']}):")
     for mode, m in sw["modes"].items():
         print(f"  {mode:8s} {m['t_sweep_s']:6.2f} s  (one forward {m['t_forward_s'] * 1e3:.2f} ms) = "
-              f"{m['ratio_per_step_size']:5.2f} forwards per step size ({m['ratio_per_forward']:.2f} per batch-forward)")
+              f"{m['ratio_per_step_size']:5.2f} forwards per step size "
+              f"({m['ratio_per_forward']:.2f} per batch-forward)")
     out = Path(a.out)
     path = out / f"bench_realnet_{res['date']}.json"
     write_json(path, res)

@@ -130,7 +130,8 @@ def bench_diag(repeat, quick):
         s = rate[f"simulate, record_every={rec}"]
         print(f"    record_every={rec}: {s / rate[f'numpy, record_every={rec}']:5.2f}x numpy (target >= 3x), "
               f"{100 * s / raw:5.1f}% of the raw sampling rate (target >= 60%)")
-    print(f"    simulator streams vs numpy Generator (raw sampling): {raw / rate['raw normals (numpy Generator)']:.2f}x")
+    print(f"    simulator streams vs numpy Generator (raw sampling): "
+          f"{raw / rate['raw normals (numpy Generator)']:.2f}x")
 
 
 def bench_dense(repeat, quick):

@@ -134,7 +134,8 @@ def main(argv=None):
         "stationary covariance, Wishart/Bartlett + Fisher (exact)": lambda m, k, i: qst.check_stationary(
             qs.stationary_covariance(m, k), m, k, chains=C, seed=i, combine="fisher"),
         "stationary variances (d,), chi-square + Sidak": lambda m, k, i: qst.check_stationary(
-            np.diag(np.atleast_2d(qs.stationary_covariance(m, k))) if not m.diagonal else qs.stationary_covariance(m, k),
+            np.diag(np.atleast_2d(qs.stationary_covariance(m, k))) if not m.diagonal
+            else qs.stationary_covariance(m, k),
             m, k, chains=C, seed=i),
         "stationary loss (scalar), z-test": lambda m, k, i: qst.check_stationary(
             qs.stationary_loss(m, k), m, k, chains=C, seed=i),
@@ -149,7 +150,8 @@ def main(argv=None):
 
     print("\n=== 2. Power against a formula off by 5% in coordinate 0 ===")
     print(f"  {'check':<44} {'chains':>7} {'seeds':>6} {'rate@1e-6':>10} {'rate@0.01':>10}")
-    plan = [("covariance (Sidak)", c, lambda m, k, i, c=c: qst.check_stationary(_off_by_5(m, k), m, k, chains=c, seed=i))
+    plan = [("covariance (Sidak)", c,
+             lambda m, k, i, c=c: qst.check_stationary(_off_by_5(m, k), m, k, chains=c, seed=i))
             for c in (4000, 20000, 60000)]
     plan += [("covariance (Fisher)", 60000, lambda m, k, i: qst.check_stationary(
         _off_by_5(m, k), m, k, chains=60000, seed=i, combine="fisher"))]
@@ -163,7 +165,8 @@ def main(argv=None):
         p = np.asarray(ps)
         r6, r2 = float(np.mean(p <= 1e-6)), float(np.mean(p <= 0.01))
         print(f"  {name:<44} {c:>7d} {npow:>6d} {r6:>10.3f} {r2:>10.3f}   ({sec:.0f} s)")
-        out["power"][f"{name}, chains={c}"] = {"chains": c, "seeds": npow, "rate_at_1e-6": r6, "rate_at_0.01": r2, "seconds": sec}
+        out["power"][f"{name}, chains={c}"] = {"chains": c, "seeds": npow, "rate_at_1e-6": r6, "rate_at_0.01": r2,
+                                               "seconds": sec}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=float)

@@ -185,7 +185,8 @@ def verdict_values(path) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", default="all", choices=("simulate", "train", "averaging", "verdicts", "all", "_simulate_here"))
+    ap.add_argument("--part", default="all",
+                    choices=("simulate", "train", "averaging", "verdicts", "all", "_simulate_here"))
     ap.add_argument("--verdicts", help="a verdicts.json (for --part verdicts/all)")
     a = ap.parse_args(argv)
     if a.part == "_simulate_here":

@@ -357,7 +357,8 @@ def _eq13(cfg, data, order, ckpt, S, lr, K, factors, every) -> dict:
             pair[key + "_summary"] = {"end": float(d_[-1]), "last_quarter_mean": plateau_d, "t90": t90,
                                       "growth_last_vs_prev_quarter": growth,
                                       "saturated": bool(abs(growth - 1) <= SAT_TOL)}
-        pair.update(end_distance=pair["dist_summary"]["end"], last_quarter_mean=pair["dist_summary"]["last_quarter_mean"],
+        pair.update(end_distance=pair["dist_summary"]["end"],
+                    last_quarter_mean=pair["dist_summary"]["last_quarter_mean"],
                     t90=pair["dist_summary"]["t90"],
                     growth_last_vs_prev_quarter=pair["dist_summary"]["growth_last_vs_prev_quarter"],
                     saturated=pair["dist_summary"]["saturated"])
@@ -451,7 +452,8 @@ def main(argv=None):
 def table(results: list[dict]) -> str:
     """Markdown rows: configuration, (a) at the branch run's length, (b), worst case of (c)."""
     head = ("| run | strength | lr | wd | N | S | (a) last/prev quarter | (b) held-out/fresh | (c) min loss end/start "
-            "| (c) max grad-norm change | (c) steps | clean val acc at S |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "| (c) max grad-norm change | (c) steps | clean val acc at S |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for r in results:
         p = r.get("probe", r)
@@ -464,13 +466,15 @@ def table(results: list[dict]) -> str:
             a_txt = f"n/a (metrics < {N} steps)"
         m = p["memorisation"]
         if "premise" in p:
-            items = [v for sch in p["premise"]["schedules"].values() for k, v in sch.items() if k in ("heldout", "train")]
+            items = [v for sch in p["premise"]["schedules"].values()
+                     for k, v in sch.items() if k in ("heldout", "train")]
             lo = min(v["loss_end_over_start"] for v in items)
             gn = max(v["gradnorm_max_change"] for v in items)
             prem = f"{lo:.2f} | {gn:.2f} | {p['premise']['steps']}"
         else:
             prem = "- | - | -"
-        rows.append(f"| {Path(p['run']).name} | {c.get('augment_strength', 0.0):g} | {c['lr']:g} | {c['weight_decay']:g} "
+        rows.append(f"| {Path(p['run']).name} | {c.get('augment_strength', 0.0):g} | {c['lr']:g} "
+                    f"| {c['weight_decay']:g} "
                     f"| {N} | {S} | {a_txt} | {m['ratio']:.3f} | {prem} | {m['clean_val']['acc']:.3f} |")
     return "\n".join(rows)
 
@@ -491,7 +495,8 @@ def _headline(res: dict) -> dict:
         m = p["memorisation"]
         h["memorisation"] = {"ratio": m["ratio"], "holds": m["holds"], "batch_bn": m["batch_bn"],
                              "eval_bn": m["eval_bn"], "clean_train": m["clean_train"], "clean_val": m["clean_val"]}
-        h["premise"] = {} if "premise" not in p else {name: {k: {kk: v[kk] for kk in ("loss_end_over_start", "loss_min_over_start",
+        h["premise"] = {} if "premise" not in p else {name: {k: {kk: v[kk] for kk in ("loss_end_over_start",
+                                                                                     "loss_min_over_start",
                                                          "gradnorm_max_change", "min_cos_start", "holds")}
                                for k, v in sch.items() if k in ("heldout", "train")}
                         for name, sch in p["premise"]["schedules"].items()}
