@@ -397,7 +397,8 @@ def digits_split_indices(heldout_size: int = 300) -> tuple[np.ndarray, np.ndarra
     y = _load_digits_arrays()[1]
     idx = np.arange(len(y))
     if not (10 <= heldout_size <= len(y) - DIGITS_VAL_SIZE - 100):
-        raise ValueError(f"heldout_size for digits must be in [10, {len(y) - DIGITS_VAL_SIZE - 100}]; got {heldout_size}")
+        raise ValueError(f"heldout_size for digits must be in [10, {len(y) - DIGITS_VAL_SIZE - 100}]; "
+                         f"got {heldout_size}")
     rest, val = train_test_split(idx, test_size=DIGITS_VAL_SIZE, stratify=y, random_state=0)
     train, held = train_test_split(rest, test_size=heldout_size, stratify=y[rest], random_state=1)
     out = tuple(np.sort(a) for a in (train, held, val))
@@ -430,16 +431,19 @@ def _digits(image_size: int, heldout_size: int, augment: DigitsAugment | None = 
 
 def _require_dir(data_dir: str | None, dataset: str, layout: str) -> Path:
     if not data_dir:
-        raise FileNotFoundError(f"dataset {dataset!r} needs --data-dir (nothing is downloaded); expected layout: {layout}")
+        raise FileNotFoundError(f"dataset {dataset!r} needs --data-dir (nothing is downloaded); "
+                                f"expected layout: {layout}")
     p = Path(data_dir).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"data_dir {str(p)!r} for dataset {dataset!r} does not exist; expected layout: {layout}")
+        raise FileNotFoundError(f"data_dir {str(p)!r} for dataset {dataset!r} does not exist; "
+                                f"expected layout: {layout}")
     return p
 
 
 def _heldout_split(n: int, heldout_size: int, dataset: str) -> tuple[np.ndarray, np.ndarray]:
     if not (1 <= heldout_size < n):
-        raise ValueError(f"heldout_size must be in [1, {n - 1}] for {dataset} ({n} training examples); got {heldout_size}")
+        raise ValueError(f"heldout_size must be in [1, {n - 1}] for {dataset} ({n} training examples); "
+                         f"got {heldout_size}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).numpy()
     return np.sort(perm[heldout_size:]), np.sort(perm[:heldout_size])
 

@@ -113,7 +113,8 @@ class MergeResult:
     def headline(self) -> dict[str, Any]:
         best = max(self.rows, key=lambda r: r["gain"] if math.isfinite(r["gain"]) else -math.inf)
         return {"at_step": self.at_step, "candidates": len(self.rows), "best": best["kernel"],
-                "best_gain": best["gain"], "best_gain_se": best["gain_se"], "last_val_loss": self.row("last")["val_loss"]}
+                "best_gain": best["gain"], "best_gain_se": best["gain_se"],
+                "last_val_loss": self.row("last")["val_loss"]}
 
 
 # ============================================================================================ candidates
@@ -268,7 +269,8 @@ def _evaluate_claimed(run: Path, T: int, out: Path, opts: MergeOptions, plan, st
         det = ctx.rt.device.type == "cpu" if opts.deterministic is None else opts.deterministic
         with deterministic_mode(det):
             t0 = time.perf_counter()
-            config = {"command": "posthoc", "run": str(run.resolve()), "at_step": T, "options": dataclasses.asdict(opts),
+            config = {"command": "posthoc", "run": str(run.resolve()), "at_step": T,
+                      "options": dataclasses.asdict(opts),
                       "candidates": list(plan), "run_config": dataclasses.asdict(ctx.cfg)}
             if not (out / "config.json").is_file():
                 write_json(out / "config.json", config)
@@ -326,7 +328,8 @@ def _evaluate_claimed(run: Path, T: int, out: Path, opts: MergeOptions, plan, st
     result = MergeResult(run=str(run), at_step=T, lr=float(_lr(ctx, T)), checkpoints=[int(s) for s in steps],
                          rows=table, realisations=plan, wall_s=wall)
     write_csv(out / "candidates.csv", COLUMNS, table)
-    write_json(out / "summary.json", {"run": result.run, "at_step": T, "lr": result.lr, "checkpoints": result.checkpoints,
+    write_json(out / "summary.json", {"run": result.run, "at_step": T, "lr": result.lr,
+                                      "checkpoints": result.checkpoints,
                                       "predict": bool(opts.predict), "headline": result.headline(), "candidates": table,
                                       "wall_s": wall})
     _figure(result, out / "posthoc.png")

@@ -54,7 +54,8 @@ def _is_bool(x) -> bool:
     return isinstance(x, (bool, np.bool_))
 
 
-def check_int(name: str, value, low: int | None = None, high: int | None = None, *, error: type[Exception] = ValueError) -> int:
+def check_int(name: str, value, low: int | None = None, high: int | None = None, *,
+              error: type[Exception] = ValueError) -> int:
     """``value`` as an int; ValueError naming ``name`` unless it is an integer in [low, high]."""
     rng = interval(low, high, integer=True)
     what = "an integer" + ("" if rng == "any value" else f" {rng}")
@@ -71,7 +72,8 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None,
     return v
 
 
-def check_real(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False, *, error: type[Exception] = ValueError) -> float:
+def check_real(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False, *,
+               error: type[Exception] = ValueError) -> float:
     """``value`` as a finite float in the interval; ValueError naming ``name`` otherwise."""
     rng = interval(low, high, low_open, high_open)
     what = "a finite real number" + ("" if rng == "any value" else f" {rng}")
@@ -99,7 +101,8 @@ def check_bool(name: str, value, *, error: type[Exception] = ValueError) -> bool
 
 
 def check_array(name: str, x, ndim: Iterable[int] = (1, 2), shape: tuple | None = None, finite: bool = True,
-                square: bool = True, nonempty: bool = True, copy: bool = True, *, error: type[Exception] = ValueError) -> np.ndarray:
+                square: bool = True, nonempty: bool = True, copy: bool = True, *,
+                error: type[Exception] = ValueError) -> np.ndarray:
     """``x`` as a real float64 array (a copy unless ``copy=False``); ValueError naming ``name`` for strings,
     objects, complex or non-finite values, the wrong ``ndim``/``shape``, an empty or non-square 2-D array."""
     ndim = tuple(ndim)
@@ -161,7 +164,8 @@ def check_dtype(dtype, *, error: type[Exception] = ValueError) -> np.dtype:
     return dt
 
 
-def check_size(name: str, n, what: str, itemsize: int = 8, hint: str = "", *, error: type[Exception] = ValueError) -> int:
+def check_size(name: str, n, what: str, itemsize: int = 8, hint: str = "", *,
+               error: type[Exception] = ValueError) -> int:
     """``n`` (the number of entries of a dense array ``what`` whose size ``name`` sets) if it fits in
     :data:`MAX_ARRAY_BYTES`; a ValueError saying so otherwise (instead of a MemoryError)."""
     nbytes = float(n) * itemsize

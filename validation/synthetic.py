@@ -317,7 +317,8 @@ def claim_eq21(cfg: SyntheticConfig, out: Path) -> Verdict:
                      theory_lr_eff={f"n={k[0]},delta={k[1]}": v for k, v in th.items()},
                      eq21_vs_exact_max_rel=gap))
     # eq. 21 inverts (I - Gamma^Delta), which costs digits for slow directions at small Delta
-    v.check("eq21_equals_exact", gap, "<", 1e-6, "max relative difference of eq. 21 (as printed) and the exact variance")
+    v.check("eq21_equals_exact", gap, "<", 1e-6,
+            "max relative difference of eq. 21 (as printed) and the exact variance")
     return v
 
 

@@ -155,7 +155,8 @@ def plot_loss_curves(ax, table, *, series=("lr",), select=None, theory="expected
     from matplotlib.lines import Line2D
 
     handles, labels = ax.get_legend_handles_labels()
-    proxies = {"exact": Line2D([], [], color="0.3", lw=1.6), "dots": Line2D([], [], color="0.3", marker="o", ls="", ms=3),
+    proxies = {"exact": Line2D([], [], color="0.3", lw=1.6),
+               "dots": Line2D([], [], color="0.3", marker="o", ls="", ms=3),
                "dotted": Line2D([], [], color="0.3", ls=":", lw=1.0)}
     for kind in sorted(kinds, key=lambda k: ("lines" not in k, "dots" not in k)):
         handles.append(proxies["exact" if kind.startswith("lines") else kind.split(":")[0]])

@@ -134,7 +134,8 @@ def _stationary_outcome(k, kind, P, X, model, quantity, combine, chains) -> _Ker
                                   dict(where=f"Var[{j}]", predicted=float(P[j]), simulated=float(np.mean(X[:, j] ** 2)),
                                        z=-math.inf, relative_error=None))
         r = variance_test(X, P, combine)
-        return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, messages.variance_text(r), messages.variance_worst(r, P))
+        return _KernelOutcome(k, kind, P, r.pvalue, r.statistic, messages.variance_text(r),
+                              messages.variance_worst(r, P))
     scale = float(np.max(np.abs(P))) or 1.0
     asym = np.abs(P - P.T)
     if asym.max() > _SYM_RTOL * scale:

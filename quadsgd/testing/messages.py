@@ -193,7 +193,8 @@ def head_lines(passed: bool, what: str, p: float, alpha: float, text: str, ks, k
     summary, rep = model_text(model)
     lines = [f"quadsgd.testing: the simulation {'agrees with' if passed else 'contradicts'} the predicted "
              f"{what} (p = {p:.3g} {'>' if passed else '<='} alpha = {alpha:g})",
-             f"  test: {text}" + (f"; Bonferroni over {len(ks)} kernels (kernel p = {kp_min:.3g})" if len(ks) > 1 else ""),
+             f"  test: {text}"
+             + (f"; Bonferroni over {len(ks)} kernels (kernel p = {kp_min:.3g})" if len(ks) > 1 else ""),
              f"  largest discrepancy: {fmt_worst(worst)}",
              f"  model: {summary}",
              kernel_line(k, ks)]

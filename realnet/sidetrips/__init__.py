@@ -77,7 +77,8 @@ from .lr_sweep import LrSweepCurve, LrSweepHeldout, LrSweepOptions, LrSweepResul
 __all__ = [
     "SideTripOptions", "LrSweepOptions", "FixedBatchOptions", "AveragingOptions", "AlignmentOptions",
     "DivergenceOptions", "averaging_sidetrip", "fit_linear_model", "SIDETRIPS",
-    "SideTrip", "run_sidetrip", "RunContext", "Branch", "ResumeState", "prepare_out", "resolve_options", "parse_kernel", "kernel_at", "KernelSpec", "batch_losses", "batch_grad", "functional_model", "grad_vector",
+    "SideTrip", "run_sidetrip", "RunContext", "Branch", "ResumeState", "prepare_out", "resolve_options",
+    "parse_kernel", "kernel_at", "KernelSpec", "batch_losses", "batch_grad", "functional_model", "grad_vector",
     "headline", "BN_SEED", "HELDOUT_SEED",
     # results
     "SideTripResult", "Table", "Metrics", "LrSweepResult", "LrSweepCurve", "LrSweepHeldout", "FixedBatchResult",

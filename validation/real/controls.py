@@ -44,7 +44,8 @@ from ..verdict import FAIL, NOT_DECIDED, PASS, Verdict
 from .config import RealConfig
 from .context import Branch
 
-__all__ = ["CONTROLS_KIND", "ControlContext", "ControlRecord", "ControlSizes", "CONTROLS", "run_controls", "controls_table",
+__all__ = ["CONTROLS_KIND", "ControlContext", "ControlRecord", "ControlSizes", "CONTROLS", "run_controls",
+           "controls_table",
            "linear_pairs", "linear_sweep", "sweep_gradients", "read_controls"]
 
 #: the output-directory kind of ``validation controls --out``
