@@ -474,7 +474,8 @@ def test_simulate_with_a_huge_kernel(kernel, method, peak_memory):
         want = (u[:, T - 1 - lags].sum(axis=1) + (kernel.n - lags.size) * u0) / kernel.n
     # (uniform kernels up to 1e6 points keep cumsum weights in the plan, bit-compatible with earlier versions:
     # their rounding, ~n eps, shows at NPoint(1e6, .))
-    np.testing.assert_allclose(r.final[1], want, rtol=1e-10 if getattr(kernel, "n", 0) == 10 ** 6 else 1e-12, atol=1e-15)
+    np.testing.assert_allclose(r.final[1], want, rtol=1e-10 if getattr(kernel, "n", 0) == 10 ** 6 else 1e-12,
+                               atol=1e-15)
     # one pending average at a time when record_every covers the run: one slot
     from quadsgd.simulation.plan import make_plan
     plan = make_plan((kernel,), np.array([T]), method, 1000, 1000, 8, 2 ** 30, T, True)
@@ -608,10 +609,12 @@ CASES = [
     ("check_curve record_every", lambda v: qs.testing.check_curve(np.zeros(3), _M, qs.Last(), 2, record_every=v),
      "record_every", BAD),
     ("mixing_time", lambda v: qs.testing.mixing_time(v), "model", ("string", "nan", "bool")),
-    ("burn_in_steps", lambda v: qs.testing.burn_in_steps(_M, qs.Last(), v), "burn_in", ("string", "nan", "inf", "bool")),
+    ("burn_in_steps", lambda v: qs.testing.burn_in_steps(_M, qs.Last(), v), "burn_in",
+     ("string", "nan", "inf", "bool")),
     ("models dim", lambda v: qs.testing.models(dim=v), "dim", ("string", "nan", "inf", "bool")),
     ("models lr_fraction", lambda v: qs.testing.models(lr_fraction=v), "lr_fraction", BAD),
-    ("kernels max_support", lambda v: qs.testing.kernels(max_support=v), "max_support", ("string", "nan", "inf", "bool")),
+    ("kernels max_support", lambda v: qs.testing.kernels(max_support=v), "max_support",
+     ("string", "nan", "inf", "bool")),
 ]
 PARAMS = [pytest.param(fn, name, BAD[b], id=f"{label}-{b}") for label, fn, name, bads in CASES for b in bads]
 
@@ -685,7 +688,8 @@ def test_one_rule_for_per_step_learning_rates():
 
 
 @pytest.mark.parametrize("H", [np.array([1.0, -0.5]), np.array([[1.0, 0.0], [0.0, -1.0]]),
-                               np.array([[1.0, 2.0], [2.0, 1.0]]), -np.eye(2)], ids=["diag", "neg", "indefinite", "negdef"])
+                               np.array([[1.0, 2.0], [2.0, 1.0]]), -np.eye(2)],
+                         ids=["diag", "neg", "indefinite", "negdef"])
 def test_an_indefinite_hessian_is_refused(H):
     # it gave a negative "stationary loss" before
     om = np.array([1.0, 0.3]) if H.ndim == 1 else np.array([[1.0, 0.1], [0.1, 0.3]])
@@ -717,6 +721,7 @@ def test_kernel_variance_ratio_domain():
 def test_brute_force_still_agrees_after_the_changes():
     # a sanity anchor on the ordinary regime: the refactored paths against the Lyapunov + lagged-sum oracle
     for m in (qs.LinearModel(np.array([1.0, 0.3, 0.02]), 0.7, momentum=0.9),
-              qs.LinearModel.from_quadratic(np.diag([1.0, 0.2]), np.array([[1.0, 0.6], [0.6, 1.0]]), 0.9, momentum=0.5)):
+              qs.LinearModel.from_quadratic(np.diag([1.0, 0.2]), np.array([[1.0, 0.6], [0.6, 1.0]]), 0.9,
+                                            momentum=0.5)):
         for k in (qs.SWA(6), qs.TwoPoint(3), qs.EMA(0.2), qs.Kernel([0.5, 0.0, 0.5])):
             assert rel(qs.stationary_covariance(m, k), brute_stationary_cov(m, k)) < 1e-9

@@ -180,8 +180,8 @@ def test_formats_agree_bitwise(tmp_path, fmt):
     assert set(got) == set(ref)
     for k in ref:
         assert torch.equal(got[k], ref[k]) and got[k].dtype == ref[k].dtype
-    mixed = average_checkpoints([_write(sds, tmp_path / "m", "safetensors")[0], *_write(sds, tmp_path / "n", "realnet")[1:]],
-                                w)
+    mixed = average_checkpoints([_write(sds, tmp_path / "m", "safetensors")[0],
+                                 *_write(sds, tmp_path / "n", "realnet")[1:]], w)
     assert all(torch.equal(mixed[k], ref[k]) for k in ref)
 
 
@@ -320,7 +320,8 @@ def test_saved_merges_are_realnet_checkpoints(merged, tiny_run):
     out, res = merged
     ck = load_checkpoint(out / "models" / "twopoint_10.pt")
     a, b = (read_state_dict(checkpoint_path(tiny_run, s)) for s in (20, 30))
-    assert torch.equal(ck["model"]["fc.weight"], (0.5 * a["fc.weight"].double() + 0.5 * b["fc.weight"].double()).float())
+    assert torch.equal(ck["model"]["fc.weight"],
+                       (0.5 * a["fc.weight"].double() + 0.5 * b["fc.weight"].double()).float())
     assert ck["step"] == 30 and ck["posthoc"]["weights"] == [0.5, 0.5] and "optimizer" in ck
     assert (out / "models" / "cooldown_1-sqrt_10.pt").is_file()
 

@@ -336,8 +336,9 @@ def test_averaging_accepts_a_kernel_defined_in_this_test(trained_run, tmp_path):
     """Lemma 2 with a kernel quadsgd does not ship: the average equals its equivalent side-trip's end point."""
     out = tmp_path / "avg-new-kernel"
     spec = "test_unequal_pair:0.3:2"
-    s = realnet.averaging_sidetrip(trained_run, 200, out, lr=1e-4, steps=4, report_steps=[1, 4], kernels=[spec, "ema:0.3"],
-                          bn_batches=1, train_eval_samples=64, val_samples=64, **QUICK)
+    s = realnet.averaging_sidetrip(trained_run, 200, out, lr=1e-4, steps=4, report_steps=[1, 4],
+                                   kernels=[spec, "ema:0.3"], bn_batches=1, train_eval_samples=64, val_samples=64,
+                                   **QUICK)
     assert realnet.sidetrips.kernel_at(spec, 4) == _UnequalPair(0.3, 2)
     kres = s.kernels[spec]
     assert kres.skipped == [1] and [r.k for r in kres.results] == [4]

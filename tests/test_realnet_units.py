@@ -27,7 +27,8 @@ def test_overrides_toml_and_cli_precedence(tmp_path):
     cfg = build_options(TrainConfig, toml, over)
     assert cfg.lr == 0.2 and cfg.steps == 7 and cfg.model == "resnet18" and cfg.batch_size == 16
     assert cfg.checkpoint_steps == [3, 5] and cfg.small_stem is True and cfg.compile is True and cfg.data_seed is None
-    cfg2 = build_options(TrainConfig, overrides={"checkpoint_steps": "10, 20", "deterministic": "false", "steps": "1e3"})
+    cfg2 = build_options(TrainConfig,
+                         overrides={"checkpoint_steps": "10, 20", "deterministic": "false", "steps": "1e3"})
     assert cfg2.checkpoint_steps == [10, 20] and cfg2.deterministic is False and cfg2.steps == 1000
 
 

@@ -350,17 +350,21 @@ def test_same_seed_same_result_for_any_worker_count_and_order(tmp_path):
 # =============================================================================================
 @pytest.mark.parametrize("mutate, pattern", [
     (lambda s: s["grid"].update(lrr=[0.1]), r"\[grid\]: unknown parameter 'lrr' \(did you mean 'lr'\?\)"),
-    (lambda s: s["params"].update(momentm=0.9), r"\[params\]: unknown parameter 'momentm' \(did you mean 'momentum'\?\)"),
+    (lambda s: s["params"].update(momentm=0.9),
+     r"\[params\]: unknown parameter 'momentm' \(did you mean 'momentum'\?\)"),
     (lambda s: s.update(grids={}), r"unknown section 'grids' \(did you mean 'grid'\?\)"),
-    (lambda s: s["sweep"].update(quantities=["stationary_los"]), r"\[sweep\] quantities: unknown quantity 'stationary_los' \(did you mean 'stationary_loss'\?\)"),
+    (lambda s: s["sweep"].update(quantities=["stationary_los"]),
+     r"\[sweep\] quantities: unknown quantity 'stationary_los' \(did you mean 'stationary_loss'\?\)"),
     (lambda s: s["sweep"].update(kernels=["EMA", "Median"]), r"unknown kernel 'Median'"),
     (lambda s: s["grid"].update(lr=[0.05, "0.5"]),
-     r"point #2 \(lr='0\.5', delta=1\): parameter 'lr' must be a float in \(0, inf\), got '0\.5' \(str\) \(set in \[grid\]\)"),
+     r"point #2 \(lr='0\.5', delta=1\): parameter 'lr' must be a float in \(0, inf\), got '0\.5' \(str\) "
+     r"\(set in \[grid\]\)"),
     (lambda s: s["grid"].update(delta=[1, 2.5]),
      r"point #1 \(lr=0\.05, delta=2\.5\): parameter 'delta' must be an integer >= 1, got 2\.5 \(float\)"),
     (lambda s: s["params"].update(momentum=1.0), r"parameter 'momentum' must be a float in \[0, 1\), got 1\.0"),
     (lambda s: s["params"].update(chains=True), r"parameter 'chains' must be an integer >= 2, got True \(bool\)"),
-    (lambda s: s["params"].pop("decay"), r"point #0 \(lr=0\.05, delta=1\): missing parameter 'decay' \(needed by EMA\)"),
+    (lambda s: s["params"].pop("decay"),
+     r"point #0 \(lr=0\.05, delta=1\): missing parameter 'decay' \(needed by EMA\)"),
     (lambda s: s["params"].update(lr=0.1), r"'lr' is both fixed in \[params\] and varied in \[grid\]"),
     (lambda s: s["grid"].update(lr=[0.05, 2.5]),
      r"point #2 \(lr=2\.5, delta=1\): lr = 2\.5 is unstable: .*needs 0 < lr < 2\. .*on_unstable = \"skip\""),
@@ -526,14 +530,17 @@ def test_example_fig9_fig11_quantities(tmp_path):
     np.testing.assert_allclose(val("stationary_loss", 0.02, "Last"), last(0.02), rtol=1e-12)
     np.testing.assert_allclose(val("stationary_loss", 0.05, "EMA"), ema(0.05), rtol=1e-12)
     # Fig. 9: EMA at lr0 reaches (below) the stationary loss of lr1 ...
-    assert val("stationary_loss", 0.05, "EMA") < val("stationary_loss", 0.02, "Last") < 0.5 * val("stationary_loss", 0.05, "Last")
+    assert (val("stationary_loss", 0.05, "EMA") < val("stationary_loss", 0.02, "Last")
+            < 0.5 * val("stationary_loss", 0.05, "Last"))
     # ... without the slow convergence of lr1: at t = 2000 its loss is already well below lr1's
     t = df.loc[df["quantity"] == "expected_loss", "time"]
     t2k = t.iloc[np.argmin(np.abs(t.to_numpy() - 2000))]
     assert val("expected_loss", 0.05, "EMA", time=t2k) < 0.6 * val("expected_loss", 0.02, "Last", time=t2k)
     # Fig. 11b: EMA cuts the fast coordinate's stationary contribution > 20x, the slow one's by < 30%
-    fast = val("stationary_loss_per_kappa", 0.05, "EMA", kappa=1.0) / val("stationary_loss_per_kappa", 0.05, "Last", kappa=1.0)
-    slow = val("stationary_loss_per_kappa", 0.05, "EMA", kappa=0.015) / val("stationary_loss_per_kappa", 0.05, "Last", kappa=0.015)
+    fast = (val("stationary_loss_per_kappa", 0.05, "EMA", kappa=1.0)
+            / val("stationary_loss_per_kappa", 0.05, "Last", kappa=1.0))
+    slow = (val("stationary_loss_per_kappa", 0.05, "EMA", kappa=0.015)
+            / val("stationary_loss_per_kappa", 0.05, "Last", kappa=0.015))
     assert fast < 0.05 and 0.7 < slow < 1.0
     # the simulation (1000 chains) agrees with the exact curves within its standard errors
     key = ["lr", "kernel", "time"]
@@ -553,8 +560,8 @@ def _kill_spec(tmp_path) -> Path:
     import tomli_w
 
     spec = {
-        "sweep": {"name": "killme", "seed": 3, "kernels": ["Last", "EMA"], "quantities": ["sim_loss", "stationary_loss"],
-                  "batch_size": 1},
+        "sweep": {"name": "killme", "seed": 3, "kernels": ["Last", "EMA"],
+                  "quantities": ["sim_loss", "stationary_loss"], "batch_size": 1},
         "params": {"lr": 0.05, "decay": 0.01, "steps": 4000, "chains": 3000, "records": 4,
                    "record_spacing": "linear"},
         "grid": {"replicate": list(range(10))},
@@ -651,7 +658,8 @@ def test_plot_functions_draw_the_table_values():
     ax = Figure().add_subplot()
     plot_line(ax, df, x="delta", quantity="effective_lr", hue=["lr", "kappa"], normalize="lr",
               reference="effective_lr_paper", select={"kernel": "TwoPoint"})
-    sel = df[(df["quantity"] == "effective_lr") & (df["kernel"] == "TwoPoint") & (df["lr"] == 0.5) & (df["kappa"] == 1.0)]
+    sel = df[(df["quantity"] == "effective_lr") & (df["kernel"] == "TwoPoint")
+             & (df["lr"] == 0.5) & (df["kappa"] == 1.0)]
     line = [ln for ln in ax.lines if ln.get_label() == "λ = 0.5, κ = 1, two-point: effective_lr"][0]
     np.testing.assert_array_equal(line.get_xdata(), sel.sort_values("delta")["delta"])
     np.testing.assert_array_equal(line.get_ydata(), sel.sort_values("delta")["value"] / 0.5)
@@ -735,7 +743,8 @@ def test_a_kernel_defined_outside_the_library_works_in_specs(tmp_path):
         load_spec(bad)
     # the spec names it by class name, spec name or lower case; the table always says "Triangle"
     for name in ("triangle_test", "triangle"):
-        assert load_spec({**spec, "sweep": {**spec["sweep"], "kernels": [name]}}).designs[None]["kernels"] == ("Triangle",)
+        assert (load_spec({**spec, "sweep": {**spec["sweep"], "kernels": [name]}}).designs[None]["kernels"]
+                == ("Triangle",))
     from matplotlib.figure import Figure
 
     from quadsgd.sweeps.figures import plot_line
@@ -771,7 +780,8 @@ def test_spec_module_works_without_tomllib(tmp_path):
             load_spec(bad)
         except SpecError as e:
             msg = str(e)
-        print(len(spec.points), len(calls), "is not valid TOML" in msg, sys.modules["quadsgd.sweeps.spec"].tomllib is tomli)
+        print(len(spec.points), len(calls), "is not valid TOML" in msg,
+              sys.modules["quadsgd.sweeps.spec"].tomllib is tomli)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr

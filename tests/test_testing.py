@@ -287,7 +287,8 @@ def test_mean_z_test_and_hotelling_against_scipy():
     v = rng.exponential(2.0, 400)
     r = mean_z_test(v, 2.1)
     t = stats.ttest_1samp(v, 2.1)
-    assert r.z == pytest.approx(t.statistic, rel=1e-12) and r.pvalue == pytest.approx(2 * stats.norm.sf(abs(t.statistic)))
+    assert (r.z == pytest.approx(t.statistic, rel=1e-12)
+            and r.pvalue == pytest.approx(2 * stats.norm.sf(abs(t.statistic))))
     assert not r.deterministic and r.n == 400
     assert mean_z_test(np.full(10, 3.0), 3.0).pvalue == 1.0 and mean_z_test(np.full(10, 3.0), 3.1).pvalue == 0.0
     E = rng.standard_normal((300, 3)) + np.array([0.0, 0.1, -0.2])
@@ -392,7 +393,8 @@ _P = qs.stationary_covariance(_M, qs.Last())
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: qst.check_stationary(np.ones(3), _M, qs.Last()), r"shape \(3,\); expected a scalar .* \(2,\) variances or \(2, 2\)"),
+    (lambda: qst.check_stationary(np.ones(3), _M, qs.Last()),
+     r"shape \(3,\); expected a scalar .* \(2,\) variances or \(2, 2\)"),
     (lambda: qst.check_stationary(np.ones((2, 3)), _M, qs.Last()), r"shape \(2, 3\)"),
     (lambda: qst.check_stationary([np.nan, 1.0], _M, qs.Last()), "NaN or inf"),
     (lambda: qst.check_stationary(_P, _M, qs.Last(), alpha=0.0), r"alpha must be in \(0, 1\)"),
@@ -416,7 +418,8 @@ _P = qs.stationary_covariance(_M, qs.Last())
     (lambda: qst.check_curve(np.ones(21), _M, qs.Last(), 0), "steps"),
     (lambda: qst.check_curve(np.ones(201), _M, qs.Last(), 200, max_steps=100), "max_steps = 100"),
     (lambda: qst.check_curve(np.ones(21), _M, qs.Last(), 20, record_every=30), "record_every"),
-    (lambda: qst.check_curve(np.ones(21), _M, qs.Last(), 20, chains=100, combine="hotelling"), "chains >= 10 x records"),
+    (lambda: qst.check_curve(np.ones(21), _M, qs.Last(), 20, chains=100, combine="hotelling"),
+     "chains >= 10 x records"),
     (lambda: qst.models(lr_fraction=(0.1, 1.0)), "lr_fraction"),
     (lambda: qst.models(kind="sparse"), "kind"),
     (lambda: qst.models(kind="non_normal", dim=1), "dim >= 2"),
