@@ -212,10 +212,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               rt: Runtime | None = None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               rt: Runtime | None = None, label_smoothing: float = 0.0,
+               bn_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD update on batch ``(x, y)`` with learning rate ``lr`` (train-mode BatchNorm).
 
-    Returns the batch loss and the number of correct predictions (detached tensors; no host sync).
+    ``bn_groups`` > 1: the update of a DDP run of that many ranks without SyncBN -- BatchNorm normalises each
+    of ``bn_groups`` equal consecutive parts of the batch separately, the gradient is the mean of the parts'
+    gradients (the running statistics are updated once per part). Returns the batch loss and the number of
+    correct predictions (detached tensors; no host sync).
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
@@ -223,10 +227,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     ctx = rt.autocast() if rt is not None else contextlib.nullcontext()
     if rt is not None:
         x = rt.prep(x)
+    optimizer.zero_grad(set_to_none=True)
+    if bn_groups > 1:
+        if len(y) % bn_groups:
+            raise ValueError(f"a batch of {len(y)} cannot be split into {bn_groups} equal BatchNorm groups")
+        losses, correct = [], []
+        for xk, yk in zip(x.chunk(bn_groups), y.chunk(bn_groups)):
+            with ctx:
+                out = model(xk)
+                lk = F.cross_entropy(out.float(), yk, label_smoothing=label_smoothing)
+            (lk / bn_groups).backward()
+            losses.append(lk.detach())
+            correct.append((out.detach().argmax(1) == yk).sum())
+        optimizer.step()
+        return torch.stack(losses).mean(), torch.stack(correct).sum()
     with ctx:
         out = model(x)
         loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach(), (out.detach().argmax(1) == y).sum()
