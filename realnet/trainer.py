@@ -217,9 +217,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     """One SGD update on batch ``(x, y)`` with learning rate ``lr`` (train-mode BatchNorm).
 
     ``bn_groups`` > 1: the update of a DDP run of that many ranks without SyncBN -- BatchNorm normalises each
-    of ``bn_groups`` equal consecutive parts of the batch separately, the gradient is the mean of the parts'
-    gradients (the running statistics are updated once per part). Returns the batch loss and the number of
-    correct predictions (detached tensors; no host sync).
+    rank's share separately (rank ``r`` takes positions ``r, r + bn_groups, ...``, as the data loader deals
+    them), the gradient is the mean of the shares' gradients (running statistics: updated once per share).
+    Returns the batch loss and the number of correct predictions (detached tensors; no host sync).
     """
     for g in optimizer.param_groups:
         g["lr"] = lr
@@ -232,7 +232,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         if len(y) % bn_groups:
             raise ValueError(f"a batch of {len(y)} cannot be split into {bn_groups} equal BatchNorm groups")
         losses, correct = [], []
-        for xk, yk in zip(x.chunk(bn_groups), y.chunk(bn_groups)):
+        for xk, yk in ((x[r::bn_groups], y[r::bn_groups]) for r in range(bn_groups)):
             with ctx:
                 out = model(xk)
                 lk = F.cross_entropy(out.float(), yk, label_smoothing=label_smoothing)
@@ -426,6 +426,10 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, distributed=True)
         if cfg.batch_size % rt.world:
             raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({rt.world})")
+        if cfg.sync_bn and rt.world > 1 and rt.device.type != "cuda":
+            raise ConfigError(f"sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); got device "
+                              f"{str(rt.device)!r} with {rt.world} ranks: drop --sync-bn (each rank then normalises "
+                              f"its own share, which side-trips reproduce)")
         det = (rt.device.type == "cpu") if cfg.deterministic is None else cfg.deterministic
         with deterministic_mode(det, cfg.threads):
             return _train_claimed(cfg, out, rt, claim)

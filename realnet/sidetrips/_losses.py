@@ -55,9 +55,16 @@ class BatchPlan(NamedTuple):
         return g
 
     def parts(self, x: torch.Tensor, y: torch.Tensor, batch_stats: bool):
-        """``[(x_k, y_k, weight_k)]``: consecutive parts of the batch, weights = part size / batch size."""
+        """``[(x_k, y_k, weight_k)]``, weights = part size / batch size: with batch statistics the ranks' shares
+        (rank ``r`` of ``w`` took positions ``r, r + w, ...``, as :meth:`realnet.data.DataBundle.train_batches`
+        deals them), else consecutive parts."""
         n = len(y)
         g = self.part_size(n, batch_stats)
+        if g == n:
+            return [(x, y, 1.0)]
+        if batch_stats:
+            w = self.bn_world
+            return [(x[r::w], y[r::w], 1.0 / w) for r in range(w)]
         return [(x[i:i + g], y[i:i + g], min(g, n - i) / n) for i in range(0, n, g)]
 
     def splits(self, n: int, batch_stats: bool) -> bool:
@@ -129,6 +136,9 @@ def batch_losses(fmodel: nn.Module, buffers: dict, theta: dict[str, torch.Tensor
     when ``buffers`` is empty); the vmapped modes hold at most ``plan.max_images`` examples per forward.
     """
     batch_stats = not buffers
+    if not batch_stats and any(plan.splits(len(y), False) for _, y in batches):
+        return _independent_losses(fmodel, buffers, theta, direction, coeffs, batches, rt, plan.max_images,
+                                   on_progress)
     if any(plan.splits(len(y), batch_stats) for _, y in batches):
         parts, owner = [], []
         for j, (x, y) in enumerate(batches):
@@ -175,6 +185,28 @@ def batch_losses(fmodel: nn.Module, buffers: dict, theta: dict[str, torch.Tensor
                 out[i, j] = loss_at(c, x, y)
             tick(1)
     return out
+
+
+@torch.no_grad()
+def _independent_losses(fmodel, buffers, theta, direction, coeffs, batches, rt: Runtime, max_images: int,
+                        on_progress=None) -> torch.Tensor:
+    """:func:`batch_losses` with eval-mode BatchNorm, where examples are independent: all batches' examples in
+    forward passes of at most ``max_images``, per-example losses summed per batch."""
+    X = torch.cat([x for x, _ in batches])
+    Y = torch.cat([y for _, y in batches])
+    owner = torch.cat([torch.full((len(y),), j, dtype=torch.long) for j, (_, y) in enumerate(batches)]).to(Y.device)
+    sizes = torch.tensor([len(y) for _, y in batches], dtype=torch.float32, device=rt.device)
+    out = torch.zeros(len(coeffs), len(batches), device=rt.device)
+    for i, c in enumerate(coeffs.to(rt.device, torch.float32)):
+        p = {k: theta[k] - c * direction[k] for k in theta}
+        for a in range(0, len(Y), max_images):
+            with rt.autocast():
+                logits = functional_call(fmodel, (p, buffers), (rt.prep(X[a:a + max_images]),))
+            per = F.cross_entropy(logits.float(), Y[a:a + max_images], reduction="none")
+            out[i].index_add_(0, owner[a:a + max_images], per)
+        if on_progress:
+            on_progress(1)
+    return out / sizes
 
 
 def sweep_line(ctx, br, train_batch, heldout, lrs: np.ndarray, opts, direction: str = "grad",
