@@ -224,7 +224,7 @@ def sidetrips_stage(device: torch.device, tiny: bool, tmp: Path, run: Path) -> d
     common = dict(device=str(device), progress=False)
     n = 1 if tiny else 20  # side-trip length
     tiny_opts = {
-        "lr-sweep": dict(num_lrs=5, heldout_batches=2, micro_batch=0 if tiny else 32),
+        "lr-sweep": dict(num_lrs=5, heldout_batches=2, batched="batches", micro_batch=4 if tiny else 64),
         "fixed-batch": dict(step2=S2, gd_steps=1, num_alphas=3, heldout_batches=2, lr=0.02),
         "averaging": dict(steps=n, report_steps=[n], kernels=["swa"], bn_batches=1, train_eval_samples=8,
                           val_samples=8),
