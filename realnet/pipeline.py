@@ -382,7 +382,10 @@ class ImageFolderSplit:
         """Normalised float32 ``(B, 3, S, S)`` batches and int64 targets on ``device`` for ``batches`` of
         ``(indices, seeds)``; :class:`ImageDecodeError` at the first file that cannot be decoded."""
         device = torch.device(device)
-        gpu = self.decode == "cuda" and device.type == "cuda"
+        if self.decode == "cuda" and device.type != "cuda":
+            raise ValueError(f"this data set is decoded on the GPU (decode='cuda': nvjpeg pixels); its batches cannot "
+                             f"be reproduced on device {str(device)!r}: use a CUDA device")
+        gpu = self.decode == "cuda"
         host = self._host_batches(batches, train, num_workers, pin=device.type == "cuda", raw=gpu)
         if gpu:
             yield from self._gpu_batches(host, device)

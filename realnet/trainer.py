@@ -225,9 +225,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-               rt: Runtime | None = None, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               rt: Runtime | None = None, label_smoothing: float = 0.0,
+               bn_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD update on batch ``(x, y)`` with learning rate ``lr`` (train-mode BatchNorm).
 
+    ``bn_groups`` > 1: the update of a DDP run of that many ranks without SyncBN -- BatchNorm normalises each
+    rank's share separately (rank ``r`` takes positions ``r, r + bn_groups, ...``, as the data loader deals
+    them), the gradient is the mean of the shares' gradients (running statistics: updated once per share).
     Returns the batch loss and the number of correct predictions (detached tensors; no host sync).
     """
     for g in optimizer.param_groups:
@@ -236,10 +240,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     ctx = rt.autocast() if rt is not None else contextlib.nullcontext()
     if rt is not None:
         x = rt.prep(x)
+    optimizer.zero_grad(set_to_none=True)
+    if bn_groups > 1:
+        if len(y) % bn_groups:
+            raise ValueError(f"a batch of {len(y)} cannot be split into {bn_groups} equal BatchNorm groups")
+        losses, correct = [], []
+        for xk, yk in ((x[r::bn_groups], y[r::bn_groups]) for r in range(bn_groups)):
+            with ctx:
+                out = model(xk)
+                lk = F.cross_entropy(out.float(), yk, label_smoothing=label_smoothing)
+            (lk / bn_groups).backward()
+            losses.append(lk.detach())
+            correct.append((out.detach().argmax(1) == yk).sum())
+        optimizer.step()
+        return torch.stack(losses).mean(), torch.stack(correct).sum()
     with ctx:
         out = model(x)
         loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach(), (out.detach().argmax(1) == y).sum()
@@ -417,6 +434,10 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, distributed=True)
         if cfg.batch_size % rt.world:
             raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks ({rt.world})")
+        if cfg.sync_bn and rt.world > 1 and rt.device.type != "cuda":
+            raise ConfigError(f"sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); got device "
+                              f"{str(rt.device)!r} with {rt.world} ranks: drop --sync-bn (each rank then normalises "
+                              f"its own share, which side-trips reproduce)")
         det = (rt.device.type == "cpu") if cfg.deterministic is None else cfg.deterministic
         with deterministic_mode(det, cfg.threads):
             return _train_claimed(cfg, out, rt, claim)

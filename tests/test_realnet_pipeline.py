@@ -111,6 +111,9 @@ def test_unreadable_images_and_missing_folders_are_refused(folder, tmp_path):
     shutil.rmtree(bad / "val")
     with pytest.raises(FileNotFoundError, match="has no 'val' folder; expected layout: DATA_DIR/train/<class>"):
         _bundle(bad, 0)
+    gpu_split = pipeline.ImageFolderSplit([(str(victim), 0)], [0], 48, (0.5,) * 3, (0.5,) * 3, decode="cuda")
+    with pytest.raises(ValueError, match="decoded on the GPU .*cannot be reproduced on device 'cpu'"):
+        next(gpu_split.iterate([([0], [1])], True, "cpu"))
     with pytest.raises(realnet.ConfigError, match="decode='cuda' needs dataset 'imagenet' on a CUDA device"):
         realnet.resolve_config(TrainConfig(dataset="imagenet", data_dir=str(folder), device="cpu", decode="cuda"))
 

@@ -170,29 +170,47 @@ def test_resnet34_trains_on_digits(tmp_path):
     assert "layer4.2.bn2.running_var" in load_checkpoint(checkpoint_path(out, 2))["model"]
 
 
-def test_imagefolder_dataset_trains_and_resumes(tmp_path):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imnet"
-    for split, n in (("train", 10), ("val", 3)):
-        for c in ("n01", "n02"):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    kw = dict(dataset="imagenet", data_dir=str(root), model="resnet20", width=4, image_size=32, heldout_size=4,
-              batch_size=4, num_workers=0, progress=False, eval_samples=6, checkpoint_every=2, eval_every=0)
-    data = realnet.build_data(realnet.resolve_config(TrainConfig(**kw)))
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    from realnet.synthetic_images import write_image_folder
+
+    root = tmp_path_factory.mktemp("jpegs")
+    write_image_folder(root, classes=2, train_per_class=10, val_per_class=3, size=(96, 72), gray=0.2, cmyk=0.1)
+    return root
+
+
+JPEG_RUN = dict(dataset="imagenet", model="resnet18", image_size=64, heldout_size=4, batch_size=4, lr=0.02,
+                progress=False, eval_samples=6, eval_batch_size=4, checkpoint_every=2, eval_every=2)
+
+
+def test_jpeg_imagefolder_resnet18_with_workers_resumes_bit_identically(jpeg_folder, tmp_path, monkeypatch):
+    """ResNet-18 (ImageNet stem) at 64 px on generated JPEGs, 2 loader workers and evaluation on, killed and
+    resumed, equals an uninterrupted run with the loading done in the main process (0 workers)."""
+    kw = dict(JPEG_RUN, data_dir=str(jpeg_folder))
+    data = realnet.build_data(realnet.resolve_config(TrainConfig(**kw, num_workers=2)))
     assert (len(data.train), len(data.heldout), len(data.val), data.num_classes) == (16, 4, 6, 2)
     order = realnet.BatchOrder(len(data.train), 4, seed=0)
     x1, y1 = data.batch_at(order, 3, "cpu")
-    x2, y2 = data.batch_at(order, 3, "cpu")
-    assert x1.shape == (4, 3, 32, 32) and torch.equal(x1, x2) and torch.equal(y1, y2)  # seeded augmentation
-    ref, res = tmp_path / "a", tmp_path / "b"
-    realnet.train(TrainConfig(**kw, steps=4), ref)
-    realnet.train(TrainConfig(**kw, steps=2), res)
-    realnet.train(TrainConfig(**kw, steps=4), res)
-    _assert_same_state(checkpoint_path(ref, 4), checkpoint_path(res, 4))
+    assert x1.shape == (4, 3, 64, 64) and torch.equal(x1, data.batch_at(order, 3, "cpu")[0])  # seeded views
+    ref, res = tmp_path / "ref", tmp_path / "res"
+    realnet.train(TrainConfig(**kw, steps=6, num_workers=0), ref)
+    real_step, calls = trainer.train_step, {"n": 0}
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # what the CLI turns SIGTERM into
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(trainer, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        realnet.train(TrainConfig(**kw, steps=6, num_workers=2), res)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert list_checkpoints(res) == [0, 2]
+    assert realnet.train(TrainConfig(**kw, steps=6, num_workers=2), res)["resumed_from"] == 2
+    _assert_same_state(checkpoint_path(ref, 6), checkpoint_path(res, 6))
+    assert _rows(ref / "metrics.csv") == _rows(res / "metrics.csv")
+    assert _rows(ref / "evals.csv") == _rows(res / "evals.csv") and len(_rows(res / "evals.csv")) == 4
 
 
 def test_cli_train_and_errors(tmp_path, capsys):
@@ -229,3 +247,46 @@ def test_ddp_two_cpu_ranks_with_torchrun(tmp_path):
     info = json.loads((out / "run_info.json").read_text())["sessions"][0]
     assert info["world_size"] == 2
     assert len(_rows(out / "metrics.csv")) == 4 and len(_rows(out / "evals.csv")) == 3
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_on_jpegs_and_sync_bn_refused_on_cpu(jpeg_folder, tmp_path):
+    """torchrun, 2 gloo ranks on the JPEG folder: the step-0 loss is the mean over the ranks' shares of the
+    single-process global batch, each normalised separately (what side-trips reproduce with ``bn_groups``);
+    rank 0 writes everything; a DDP run resumes; SyncBN on CPU is refused (torch runs it on GPUs only)."""
+    import copy
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kw = dict(JPEG_RUN, data_dir=str(jpeg_folder), num_workers=1)
+    cfg = realnet.resolve_config(TrainConfig(**kw, steps=2))
+    data = realnet.build_data(cfg)
+    x, y = data.batch_at(realnet.BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed), 0, "cpu")
+    model = trainer.build_model(cfg, data.num_classes)
+    expected = {}
+    for groups in (1, 2):
+        m = copy.deepcopy(model)
+        expected[groups] = float(trainer.train_step(m, trainer.build_optimizer(m, cfg), x, y, cfg.lr,
+                                                    bn_groups=groups)[0])
+    assert abs(expected[1] - expected[2]) > 1e-4  # per-rank BatchNorm is not the global batch's
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "realnet",
+               "train", "--out", str(out), *args, *extra]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+    r = torchrun(tmp_path / "sync", "--steps=2", "--sync-bn=true")  # torch's SyncBatchNorm is GPU-only
+    assert r.returncode != 0 and "error: sync_bn needs CUDA devices" in r.stderr
+    assert not (tmp_path / "sync").exists()
+    out = tmp_path / "ddp"
+    for steps in (2, 4):
+        r = torchrun(out, f"--steps={steps}", "--schedule-steps=0")
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = _rows(out / "metrics.csv")
+        assert [int(row["step"]) for row in rows] == list(range(steps)) and list_checkpoints(out)[-1] == steps
+        sessions = json.loads((out / "run_info.json").read_text())["sessions"]
+        assert sessions[-1]["world_size"] == 2 and len(sessions) == steps // 2
+        assert load_checkpoint(checkpoint_path(out, steps))["world_size"] == 2
+    assert sessions[-1]["resumed_from"] == 2
+    # the global batch of each step is the single-process one, normalised per rank's share
+    assert float(rows[0]["train_loss"]) == pytest.approx(expected[2], rel=1e-5)

@@ -57,6 +57,7 @@ from ..trainer import (
     restore_checkpoint,
     train_step,
 )
+from ._losses import BatchPlan
 from ._results import Metrics, SideTripResult
 
 __all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch", "BN_SEED", "HELDOUT_SEED",
@@ -66,7 +67,7 @@ __all__ = ["SideTripOptions", "SideTrip", "run_sidetrip", "RunContext", "Branch"
 SIDETRIP_KIND = register_kind("sidetrip", "a realnet side-trip")
 
 #: option keys that do not change a side-trip's result (left out of its identity: a resume may change them)
-RUNTIME_OPTIONS = frozenset({"progress", "threads", "data_dir", "save_every_s"})
+RUNTIME_OPTIONS = frozenset({"progress", "threads", "data_dir", "save_every_s", "micro_batch"})
 
 BN_SEED = 7_000_003  # seed of the fixed training batches used by update_bn
 HELDOUT_SEED = 1_000_003  # seed of the fixed held-out batches
@@ -82,6 +83,8 @@ class SideTripOptions:
     progress: bool = True  # tqdm progress bars
     eval_batch_size: int = 256  # batch size of evaluation passes
     save_every_s: float = 300.0  # save the resume state of long side-trips at most this often (seconds; 0 = every step)
+    micro_batch: int = 0  # most examples per forward pass of the batch evaluations (memory bound; 0 = none);
+    #   BatchNorm groups (the run's per-rank batch) are never split
 
     def validate(self, step: int) -> None:
         """Refuse invalid values with a :class:`ConfigError` naming the key (subclasses extend it)."""
@@ -289,6 +292,21 @@ class RunContext:
         self.order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
         self.data: DataBundle = data.to(self.rt.device)
         self.progress = opts.progress
+        self.world_size = 1  # ranks of the run (read from the checkpoint a branch starts at)
+
+    @property
+    def bn_world(self) -> int:
+        """Ranks whose per-rank batches BatchNorm normalised separately in the run (1 with SyncBN)."""
+        return 1 if self.cfg.sync_bn else self.world_size
+
+    def batch_plan(self, opts) -> BatchPlan:
+        """The :class:`~realnet.sidetrips._losses.BatchPlan` of this run and the options' memory bound."""
+        return BatchPlan(self.bn_world, int(getattr(opts, "micro_batch", 0) or 0))
+
+    def ghost_groups(self, batches):
+        """``batches`` cut into the run's BatchNorm groups (unchanged for a one-process or SyncBN run)."""
+        plan = BatchPlan(self.bn_world)
+        return [(xk, yk) for x, y in batches for xk, yk, _ in plan.parts(x, y, True)]
 
     def branch(self, step: int) -> "Branch":
         """Model + optimizer (with momentum buffers) restored from the checkpoint at ``step``."""
@@ -301,6 +319,7 @@ class RunContext:
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer(model, self.cfg)
         restore_checkpoint(ckpt, model, opt, rng=False)
+        self.world_size = int(ckpt.get("world_size", 1) or 1)
         return Branch(self, model, opt, int(step))
 
     def batches(self, start: int, stop: int, order: BatchOrder | None = None):
@@ -339,7 +358,7 @@ class RunContext:
     def evaluate(self, model: nn.Module, bn_batches, opts) -> Metrics:
         """Train / val loss and accuracy of a copy of ``model`` after ``update_bn`` on ``bn_batches``."""
         m = copy.deepcopy(model)
-        update_bn(bn_batches, m)
+        update_bn(self.ghost_groups(bn_batches), m)  # running statistics of per-rank batches, as the run's
         rt, data = self.rt, self.data
         tr = evaluate(m, data.eval_batches("train", opts.train_eval_samples, opts.eval_batch_size, rt.device), rt)
         va = evaluate(m, data.eval_batches("val", opts.val_samples, opts.eval_batch_size, rt.device), rt)
@@ -366,7 +385,8 @@ class Branch:
     def sgd_step(self, x, y, lr: float) -> torch.Tensor:
         """One SGD update; :class:`DivergenceError` (naming the step, the loss and the lr) when the batch's
         loss is not finite."""
-        loss, _ = train_step(self.model, self.optimizer, x, y, lr, self.ctx.rt, self.ctx.cfg.label_smoothing)
+        loss, _ = train_step(self.model, self.optimizer, x, y, lr, self.ctx.rt, self.ctx.cfg.label_smoothing,
+                             bn_groups=self.ctx.bn_world)
         if not bool(torch.isfinite(loss)):
             raise DivergenceError(f"the side-trip diverged at step {self.step}: train_loss = {float(loss)!r} "
                                   f"(lr = {lr:g}); use a smaller lr")

@@ -151,7 +151,7 @@ def _compute(ctx: RunContext, step: int, opts: FixedBatchOptions) -> FixedBatchR
         p = {k: v.detach().clone() for k, v in br.model.named_parameters()}
         pts = [p]
         for _ in range(opts.gd_steps):
-            _, g = batch_grad(fmodel, pts[-1], *batch, rt)
+            _, g = batch_grad(fmodel, pts[-1], *batch, rt, plan=ctx.batch_plan(opts))
             pts.append({k: pts[-1][k] - lr * g[k] for k in p})
         P.append(pts)
     alphas = np.linspace(opts.alpha_min, opts.alpha_max, opts.num_alphas)
@@ -169,7 +169,7 @@ def _compute(ctx: RunContext, step: int, opts: FixedBatchOptions) -> FixedBatchR
         p1, p2 = P[0][j], P[1][j]
         d = {k: p1[k] - p2[k] for k in p1}  # theta(alpha) = p1 - alpha * (p1 - p2)
         L = batch_losses(fmodel, {}, p1, d, coeffs, [batch] + list(heldout), rt, mode,
-                         opts.chunk_size).double().cpu().numpy()
+                         opts.chunk_size, plan=ctx.batch_plan(opts)).double().cpu().numpy()
         tr, ho = L[:, 0], L[:, 1:]
         ho_mean = ho.mean(1)
         for i, a in enumerate(alphas):
