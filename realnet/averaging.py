@@ -180,12 +180,12 @@ def _divisors(weights: np.ndarray) -> np.ndarray:
 class _GroupStore:
     """The averaged tensors grouped by dtype, and the ring / running-sum buffers of sliding windows.
 
-    Buffers are registered on ``host`` (``avg_ring_{g}``: (ring_length, N) rows of flat iterates;
-    ``avg_sum_{g}``: (N,) float64 running sum) so they are part of its ``state_dict``.
+    Buffers are registered on the averaged model ``host`` passed to each method (``avg_ring_{g}``:
+    (ring_length, N) rows of flat iterates; ``avg_sum_{g}``: (N,) float64 running sum), so they are part of its
+    ``state_dict`` and follow it through ``.to()``, deepcopy and pickling; the store keeps no reference to it.
     """
 
-    def __init__(self, host: nn.Module, avg: list[torch.Tensor], ring_length: int, needs_sum: bool):
-        self.host = host
+    def __init__(self, avg: list[torch.Tensor], ring_length: int, needs_sum: bool):
         self.ring_length = int(ring_length)
         self.needs_sum = bool(needs_sum)
         self.views: dict = {}  # (group, row) -> (ring data_ptr, views of the row shaped like the tensors)
@@ -214,37 +214,38 @@ class _GroupStore:
                 f"({self.extra_bytes / 2 ** 20:.1f} MiB) > memory_limit={memory_limit:.4g} bytes: pass at_step=T (no "
                 "extra memory), a shorter kernel, or a larger memory_limit")
 
-    def allocate(self, avg: list[torch.Tensor]) -> None:
+    def allocate(self, host: nn.Module, avg: list[torch.Tensor]) -> None:
         """Register the ring (every slot padded with theta_s) and the running sum."""
         for g, (idx, _shapes, numels) in enumerate(self.groups):
             t0 = avg[idx[0]]
             N = int(sum(numels))
             if self.ring_length:
-                self.host.register_buffer(f"avg_ring_{g}", torch.empty((self.ring_length, N), dtype=t0.dtype,
+                host.register_buffer(f"avg_ring_{g}", torch.empty((self.ring_length, N), dtype=t0.dtype,
                                                                        device=t0.device))
             if self.needs_sum:
-                self.host.register_buffer(f"avg_sum_{g}", torch.zeros(N, dtype=_acc_dtype(t0.dtype),
+                host.register_buffer(f"avg_sum_{g}", torch.zeros(N, dtype=_acc_dtype(t0.dtype),
                                                                       device=t0.device))
         if self.ring_length:
             with torch.no_grad():
                 for g, (idx, _s, _n) in enumerate(self.groups):
                     cur = [avg[i] for i in idx]
                     for row in range(self.ring_length):
-                        torch._foreach_copy_(self.row_views(g, row), cur)
+                        torch._foreach_copy_(self.row_views(host, g, row), cur)
                     if self.needs_sum:
-                        self.recompute_sum(g)
+                        self.recompute_sum(host, g)
 
-    def ring(self, g: int) -> torch.Tensor:
-        return getattr(self.host, f"avg_ring_{g}")
+    def ring(self, host: nn.Module, g: int) -> torch.Tensor:
+        return getattr(host, f"avg_ring_{g}")
 
-    def sum(self, g: int) -> torch.Tensor:
-        return getattr(self.host, f"avg_sum_{g}")
+    def sum(self, host: nn.Module, g: int) -> torch.Tensor:
+        return getattr(host, f"avg_sum_{g}")
 
-    def row_views(self, g: int, row: int | None, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def row_views(self, host: nn.Module, g: int, row: int | None,
+                  flat: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Views of ring row ``row`` (or of the flat tensor ``flat``) of group g, shaped like its tensors."""
         idx, shapes, numels = self.groups[g]
         if flat is None:
-            ring = self.ring(g)
+            ring = self.ring(host, g)
             hit = self.views.get((g, row))
             if hit is not None and hit[0] == ring.data_ptr():
                 return hit[1]
@@ -253,11 +254,11 @@ class _GroupStore:
         if row is not None:
             if len(self.views) > 4 * len(self.groups) * max(self.ring_length, 1):
                 self.views.clear()
-            self.views[(g, row)] = (self.ring(g).data_ptr(), views)
+            self.views[(g, row)] = (self.ring(host, g).data_ptr(), views)
         return views
 
-    def recompute_sum(self, g: int) -> None:
-        _sum_rows_(self.sum(g), self.ring(g))
+    def recompute_sum(self, host: nn.Module, g: int) -> None:
+        _sum_rows_(self.sum(host, g), self.ring(host, g))
 
 
 class _Tracker:
@@ -276,7 +277,7 @@ class _Tracker:
         """Parameter-sized copies held besides the averaged module."""
         return self.ring_length + int(self.needs_sum)
 
-    def update(self, store: _GroupStore, avg: list, src: list, i: int) -> None:
+    def update(self, store: _GroupStore, host: nn.Module, avg: list, src: list, i: int) -> None:
         raise NotImplementedError
 
 
@@ -289,7 +290,7 @@ class _Copy(_Tracker):
         super().__init__()
         self.at = at
 
-    def update(self, store, avg, src, i):
+    def update(self, store, host, avg, src, i):
         if self.at is None or i == self.at:
             torch._foreach_copy_(avg, src)
 
@@ -303,7 +304,7 @@ class _Ema(_Tracker):
         super().__init__()
         self.decay = float(decay)
 
-    def update(self, store, avg, src, i):
+    def update(self, store, host, avg, src, i):
         torch._foreach_lerp_(avg, src, self.decay)
 
 
@@ -320,7 +321,7 @@ class _PointsAt(_Tracker):
         if self.n_points and calls[0] == 0:  # the model at construction is the first point
             self.next_point = 1
 
-    def update(self, store, avg, src, i):
+    def update(self, store, host, avg, src, i):
         j = self.next_point
         if j < self.n_points and self.calls[j] == i:
             _mean_step(avg, src, float(self.divisors[j]))
@@ -338,20 +339,20 @@ class _Window(_Tracker):
         super().__init__()
         self.ring_length = int(width)
 
-    def update(self, store, avg, src, i):
+    def update(self, store, host, avg, src, i):
         W = self.ring_length
         row = i % W
         for g, (idx, _s, _n) in enumerate(store.groups):
-            ring, S = store.ring(g), store.sum(g)
+            ring, S = store.ring(host, g), store.sum(host, g)
             cur = [src[j] for j in idx]
             if row == 0:
-                torch._foreach_copy_(store.row_views(g, row), cur)
-                store.recompute_sum(g)
+                torch._foreach_copy_(store.row_views(host, g, row), cur)
+                store.recompute_sum(host, g)
             else:
                 _acc_(S, ring[row], -1.0)
-                torch._foreach_copy_(store.row_views(g, row), cur)
+                torch._foreach_copy_(store.row_views(host, g, row), cur)
                 _acc_(S, ring[row], 1.0)
-            _mean_into_([avg[j] for j in idx], store.row_views(g, None, S), W)
+            _mean_into_([avg[j] for j in idx], store.row_views(host, g, None, S), W)
 
 
 class _Ring(_Tracker):
@@ -365,14 +366,14 @@ class _Ring(_Tracker):
         self.lags, self.divisors = lags, divisors
         self.ring_length = int(length)
 
-    def update(self, store, avg, src, i):
+    def update(self, store, host, avg, src, i):
         R = self.ring_length
         for g, (idx, _s, _n) in enumerate(store.groups):
             dst = [avg[j] for j in idx]
             cur = [src[j] for j in idx]
             for lag, d in zip(self.lags.tolist(), self.divisors.tolist()):
-                _mean_step(dst, cur if lag == 0 else store.row_views(g, (i - lag) % R), d, in_place=True)
-            torch._foreach_copy_(store.row_views(g, i % R), cur)
+                _mean_step(dst, cur if lag == 0 else store.row_views(host, g, (i - lag) % R), d, in_place=True)
+            torch._foreach_copy_(store.row_views(host, g, i % R), cur)
 
 
 def _make_tracker(kernel: AveragingKernel, at_step: int | None, start_step: int) -> _Tracker:
@@ -475,9 +476,9 @@ class KernelAveragedModel(nn.Module):
             self._avg_buffer_idx, self._copy_buffer_idx = [], list(range(len(bufs)))
         self._calls = 0
         self._tracker = _make_tracker(k, self.at_step, self.start_step)
-        self._store = _GroupStore(self, self._avg_tensors(), self._tracker.ring_length, self._tracker.needs_sum)
+        self._store = _GroupStore(self._avg_tensors(), self._tracker.ring_length, self._tracker.needs_sum)
         self._store.check_memory(k, self._tracker.copies, memory_limit)
-        self._store.allocate(self._avg_tensors())
+        self._store.allocate(self, self._avg_tensors())
 
     # ------------------------------------------------------------------ tensors
     def _avg_tensors(self) -> list[torch.Tensor]:
@@ -517,7 +518,7 @@ class KernelAveragedModel(nn.Module):
         avg = self._avg_tensors()
         copied = self._copied_tensors()
         src, src_copy = self._sources(model, avg, copied)
-        self._tracker.update(self._store, avg, src, i)
+        self._tracker.update(self._store, self, avg, src, i)
         if copied:
             torch._foreach_copy_(copied, src_copy)
         self._calls = i
