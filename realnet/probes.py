@@ -4,6 +4,7 @@ are the typed records of :mod:`realnet.regime`; the rules that judge them are :m
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -15,6 +16,18 @@ from .trainer import deterministic_mode, evaluate
 __all__ = ["memorisation", "gradient_noise_scale"]
 
 
+@contextlib.contextmanager
+def _at_checkpoint(run_dir, step: int, device: str, threads: int, deterministic: bool | None):
+    """(context, branch at ``step``, options) of ``run_dir`` under the side-trips' determinism rule
+    (deterministic on CPU unless told otherwise), on ``threads`` torch threads."""
+    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
+    with deterministic_mode(False, threads):
+        ctx = RunContext(run_dir, opts)
+        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
+        with deterministic_mode(det):
+            yield ctx, ctx.branch(int(step)), opts
+
+
 def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, clean_samples: int = 0,
                  device: str = "cpu", threads: int = 0, deterministic: bool | None = None) -> Memorisation:
     """Measure :class:`Memorisation` at checkpoint ``step`` of ``run_dir`` (nothing is written).
@@ -22,30 +35,24 @@ def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, c
     n_batches: held-out and fresh batches (10 each). batch_size: 0 = the run's (held-out batches capped at the
     held-out split's size). clean_samples: examples of the clean training / validation evaluation (0 = skip).
     """
-
     if n_batches < 1:
         raise ValueError(f"n_batches must be an integer >= 1; got {n_batches}")
-    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
-    with deterministic_mode(False, threads):
-        ctx = RunContext(run_dir, opts)
-        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
-        with deterministic_mode(det):
-            br = ctx.branch(int(step))
-            B = int(batch_size) or ctx.cfg.batch_size
-            held = ctx.heldout(n_batches, min(B, len(ctx.data.heldout)))
-            fresh = [ctx.batch_at(int(step) + i, B) for i in range(n_batches)]
-            out = {}
-            for key, tm in (("", True), ("_eval_bn", False)):
-                h = evaluate(br.model, held, ctx.rt, train_mode_bn=tm)["loss"]
-                f = evaluate(br.model, fresh, ctx.rt, train_mode_bn=tm)["loss"]
-                out.update({f"heldout_loss{key}": h, f"fresh_train_loss{key}": f,
-                            f"ratio{key}": h / f if f > 0 else math.nan})
-            if clean_samples:
-                bs = opts.eval_batch_size
-                tr = evaluate(br.model, ctx.data.eval_batches("train", clean_samples, bs, ctx.rt.device), ctx.rt)
-                va = evaluate(br.model, ctx.data.eval_batches("val", clean_samples, bs, ctx.rt.device), ctx.rt)
-                out.update(clean_train_loss=tr["loss"], clean_train_acc=tr["acc"], clean_val_loss=va["loss"],
-                           clean_val_acc=va["acc"])
+    with _at_checkpoint(run_dir, step, device, threads, deterministic) as (ctx, br, opts):
+        B = int(batch_size) or ctx.cfg.batch_size
+        held = ctx.heldout(n_batches, min(B, len(ctx.data.heldout)))
+        fresh = [ctx.batch_at(int(step) + i, B) for i in range(n_batches)]
+        out = {}
+        for key, tm in (("", True), ("_eval_bn", False)):
+            h = evaluate(br.model, held, ctx.rt, train_mode_bn=tm)["loss"]
+            f = evaluate(br.model, fresh, ctx.rt, train_mode_bn=tm)["loss"]
+            out.update({f"heldout_loss{key}": h, f"fresh_train_loss{key}": f,
+                        f"ratio{key}": h / f if f > 0 else math.nan})
+        if clean_samples:
+            bs = opts.eval_batch_size
+            tr = evaluate(br.model, ctx.data.eval_batches("train", clean_samples, bs, ctx.rt.device), ctx.rt)
+            va = evaluate(br.model, ctx.data.eval_batches("val", clean_samples, bs, ctx.rt.device), ctx.rt)
+            out.update(clean_train_loss=tr["loss"], clean_train_acc=tr["acc"], clean_val_loss=va["loss"],
+                       clean_val_acc=va["acc"])
     return Memorisation(step=int(step), n_batches=int(n_batches), batch_size=B,
                         heldout_augmented=bool(ctx.data.augment_fixed), **out)
 
@@ -55,21 +62,15 @@ def gradient_noise_scale(run_dir, step: int, n_batches: int = 16, batch_size: in
     """Measure :class:`NoiseScale` at checkpoint ``step`` of ``run_dir`` from the loss gradients of the fresh
     training batches of updates ``step .. step + n_batches - 1`` (batch-statistics BatchNorm, as in training;
     batch_size 0 = the run's). Nothing is written."""
-
     if n_batches < 2:
         raise ValueError(f"n_batches must be an integer >= 2; got {n_batches}")
-    opts = SideTripOptions(device=device, threads=threads, deterministic=deterministic, progress=False)
-    with deterministic_mode(False, threads):
-        ctx = RunContext(run_dir, opts)
-        det = ctx.rt.device.type == "cpu" if deterministic is None else deterministic
-        with deterministic_mode(det):
-            br = ctx.branch(int(step))
-            B = int(batch_size) or ctx.cfg.batch_size
-            fmodel, _ = functional_model(br.model, "batch")
-            params = dict(br.model.named_parameters())
-            rows = []
-            for i in range(n_batches):
-                x, y = ctx.batch_at(int(step) + i, B)
-                _, g = batch_grad(fmodel, params, x, y, ctx.rt)
-                rows.append(grad_vector(g).double().cpu().numpy())
+    with _at_checkpoint(run_dir, step, device, threads, deterministic) as (ctx, br, _opts):
+        B = int(batch_size) or ctx.cfg.batch_size
+        fmodel, _ = functional_model(br.model, "batch")
+        params = dict(br.model.named_parameters())
+        rows = []
+        for i in range(n_batches):
+            x, y = ctx.batch_at(int(step) + i, B)
+            _, g = batch_grad(fmodel, params, x, y, ctx.rt)
+            rows.append(grad_vector(g).double().cpu().numpy())
     return noise_scale_from_gradients(np.stack(rows), B, step)
