@@ -130,6 +130,7 @@ def outputs(tmp_path_factory):
     from quadsgd.sweeps import run_spec
     from realnet.config import TrainConfig
     from validation.reproduction import reproduce
+    from validation.synthetic import SyntheticConfig
 
     base = tmp_path_factory.mktemp("outputs")
     run = base / "run"
@@ -139,7 +140,8 @@ def outputs(tmp_path_factory):
     sweep = base / "sweep"
     run_spec(copy.deepcopy(SPEC), sweep, scheduler="serial", progress=False, figures=False)
     report = base / "report"
-    reproduce(report, real=False, only=["eq20-two-point"], progress=False, synthetic_config=eval(TINY_SYNTHETIC))
+    tiny = eval(TINY_SYNTHETIC, {"SyntheticConfig": SyntheticConfig})
+    reproduce(report, real=False, only=["eq20-two-point"], progress=False, synthetic_config=tiny)
     spec = base / "spec.toml"
     spec2 = base / "spec-seed8.toml"
     import tomli_w
