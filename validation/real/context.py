@@ -219,8 +219,11 @@ class RealContext:
 @dataclass(frozen=True)
 class RealClaim:
     """A real-network claim: ``evaluate(ctx) -> Verdict`` and the side-trips it reads,
-    ``requests(ctx) -> [(name, key, options), ...]`` (:mod:`.requests`; the prefetch computes them first)."""
+    ``requests(ctx) -> [(name, key, options), ...]`` (:mod:`.requests`; the prefetch computes them first).
+    ``scale``: how its replicate values combine (:func:`.replication.combine`): ``"linear"`` (mean) or ``"log"``
+    (geometric mean: ratios spanning orders of magnitude)."""
 
     id: str
     evaluate: Callable[[RealContext], object]
     requests: Callable[[RealContext], list]
+    scale: str = "linear"

@@ -149,4 +149,4 @@ def fig2_request(ctx: RealContext) -> tuple[str, str, dict]:
 
 FIG2 = RealClaim("fig2-single-step", claim_fig2, lambda ctx: [fig2_request(ctx)])
 FIG13 = RealClaim("fig13-batch-size", claim_fig13,
-                  lambda ctx: [lr_sweep_request(ctx.cfg, b) for b in ctx.cfg.sweep_batch_sizes])
+                  lambda ctx: [lr_sweep_request(ctx.cfg, b) for b in ctx.cfg.sweep_batch_sizes], scale="log")
