@@ -81,9 +81,15 @@ def regime_section(verdicts: list[Verdict]) -> list[str]:
     if not seen:
         return []
     step = next((p.details.get("branch_step") for p, _ in seen.values() if p.id == "plateau"), None)
+    rep_steps = sorted({r["step"] for v in verdicts for r in (v.details or {}).get("replicates") or []
+                        if isinstance(r, dict) and "step" in r})
+    where = f" (step {step})" if step is not None else ""
+    if rep_steps:
+        where = (f"s of the replicates (steps {', '.join(map(str, rep_steps))}; each value is the worst replicate's, "
+                 f"the numbers below are replicate 0's)")
     lines = ["## Regime at the branch point", "",
              f"The real-network claims test the paper only where the trajectory is in the paper's regime. Measured "
-             f"at the branch point{f' (step {step})' if step is not None else ''} with rules fixed in code before "
+             f"at the branch point{where} with rules fixed in code before "
              f"measuring (`validation/real/premises.py`); a claim whose premise is not met is NOT DECIDED: its "
              f"value is still shown below, with the premise that fails.", "",
              "| premise | applies to | measured | rule | status |", "|---|---|---|---|---|"]
@@ -113,6 +119,28 @@ def regime_section(verdicts: list[Verdict]) -> list[str]:
                   f"{_fmt(d.get('clean_train_loss'))}, validation loss {_fmt(d.get('clean_val_loss'))} (accuracy "
                   f"{_fmt(d.get('clean_val_acc'))}).", ""]
     return lines
+
+
+def replicate_lines(v: Verdict) -> list[str]:
+    """Markdown lines: the interval and one row per replicate (branch step, seed, value, state, what decided it,
+    figure) of a verdict combined from replicates (:func:`validation.real.replication.combine`)."""
+    reps = v.details.get("replicates")
+    iv = v.details.get("interval")
+    if not reps or not iv:
+        return []
+    scale = "geometric mean" if iv.get("scale") == "log" else "mean"
+    lines = [f"Replicates: {iv.get('n')} ({scale} {_fmt(v.value)}, {iv.get('confidence', 0.95):.0%} t interval "
+             f"[{_fmt(iv.get('low'))}, {_fmt(iv.get('high'))}], {iv.get('dof')} degrees of freedom; the state is "
+             f"decided on the interval).", "",
+             "| replicate | branch step | seed | value | state | premises not met | figure |",
+             "|---|---|---|---|---|---|---|"]
+    for r in reps:
+        fig = f"[{r['figure']}]({r['figure']})" if r.get("figure") else "-"
+        unmet = ", ".join(r.get("unmet_premises") or []) or "-"
+        state = "ERROR: " + str(r["error"]) if r.get("error") else r.get("state")
+        lines.append(f"| {r['index']} | {r['step']} | {r['seed']} | {_fmt(r.get('value'))} | {state} | {unmet} | "
+                     f"{fig} |")
+    return lines + [""]
 
 
 def _rule_text(c: dict) -> str:
@@ -163,8 +191,10 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         "",
         *regime_section(verdicts),
         "Each row: the claim's id, the statistic that tests it, the measured value (with its standard "
-        "error or CI half-width where one applies), the pass rule (fixed in code before the "
-        "measurement) and the state. PASS: every premise met, the statistic and all sub-checks pass. FAIL: "
+        "error or CI half-width where one applies; a real-network value is the mean over independent replicates "
+        "with the half-width of its 95 % t interval, and its state is decided on that interval), the pass rule "
+        "(fixed in code before the measurement) and the state. PASS: every premise met, the statistic and all "
+        "sub-checks pass. FAIL: "
         "every premise met, the statistic or a sub-check fails (a finding; the failing sub-check is named "
         "with its value and rule). NOT DECIDED: a premise of the claim is not met (named with its value "
         "and rule); the value is shown but decides nothing. Sub-checks and premises are listed under the table.",
@@ -174,6 +204,9 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
     ]
     for v in verdicts:
         unc = "" if math.isnan(v.uncertainty) else f" +- {_fmt(v.uncertainty)}"
+        reps = v.details.get("replicate_values")
+        if reps:
+            unc += f" ({len(reps)} replicates: {', '.join(_fmt(float(x)) for x in reps)})"
         fig = f"[{v.figure}]({v.figure})" if v.figure else "-"
         stat = v.statistic.replace("|", "\\|")
         verdict = verdict_text(v).replace("|", "\\|")
@@ -207,8 +240,11 @@ def write_report(out: Path, verdicts: list[Verdict], config: dict, kept=()) -> N
         if v.checks:
             lines.append("")
         lines += premise_lines(v)
-        if isinstance(v.details.get("quote"), str):
-            lines += [f"*The paper:* \"{v.details['quote']}\"", ""]
+        lines += replicate_lines(v)
+        quote = v.details.get("quote") or next((r["details"].get("quote") for r in v.details.get("replicates") or []
+                                                if isinstance(r.get("details"), dict)), None)
+        if isinstance(quote, str):
+            lines += [f"*The paper:* \"{quote}\"", ""]
         scalars = {k: x for k, x in v.details.items()
                    if isinstance(x, (int, float, str)) and not isinstance(x, bool) and k != "quote"}
         if scalars:

@@ -41,7 +41,7 @@ from sgdtraj.outputs import claim_output, register_kind
 from sgdtraj.provenance import provenance
 
 from ..checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_run_checkpoint, save_checkpoint
-from ..config import ConfigError, TrainConfig, build_options
+from ..config import ConfigError, TrainConfig, build_options, check_int
 from ..data import BatchOrder, DataBundle, build_data
 from ..pipeline import auto_workers
 from ..trainer import (
@@ -71,6 +71,7 @@ RUNTIME_OPTIONS = frozenset({"progress", "threads", "data_dir", "save_every_s", 
 
 BN_SEED = 7_000_003  # seed of the fixed training batches used by update_bn
 HELDOUT_SEED = 1_000_003  # seed of the fixed held-out batches
+_SEED_STRIDE = 1_000_000_007  # RunContext.seeded: base + stride * seed
 
 
 @dataclass
@@ -85,6 +86,8 @@ class SideTripOptions:
     save_every_s: float = 300.0  # save the resume state of long side-trips at most this often (seconds; 0 = every step)
     micro_batch: int = 0  # most examples per forward pass of the batch evaluations (memory bound; 0 = none);
     #   BatchNorm groups (the run's per-rank batch) are never split
+    seed: int = 0  # side-trip seed: 0 = the fixed batches' own seeds (held-out, BatchNorm, fixed and reference
+    #   batches); another value draws all of them anew (independent replicates of a side-trip)
 
     def validate(self, step: int) -> None:
         """Refuse invalid values with a :class:`ConfigError` naming the key (subclasses extend it)."""
@@ -159,6 +162,7 @@ def run_sidetrip(trip: SideTrip, run_dir, step: int, out_dir, options=None,
     opts = resolve_options(trip.options, options, overrides)
     step = int(step)
     opts.validate(step)
+    check_int("seed", opts.seed, 0)
     run = _check_run(run_dir)
     prepare_out(run, out_dir)
     for s in opts.checkpoints(step):
@@ -292,6 +296,7 @@ class RunContext:
         self.order = BatchOrder(len(data.train), cfg.batch_size, cfg.data_seed)
         self.data: DataBundle = data.to(self.rt.device)
         self.progress = opts.progress
+        self.seed = int(getattr(opts, "seed", 0) or 0)  # the side-trip seed (:meth:`seeded`)
         self.world_size = 1  # ranks of the run (read from the checkpoint a branch starts at)
 
     @property
@@ -334,16 +339,22 @@ class RunContext:
             order = BatchOrder(len(self.data.train), batch_size, self.cfg.data_seed)
         return self.data.batch_at(order, step, self.rt.device, augment=self.cfg.augment)
 
+    def seeded(self, base: int) -> int:
+        """The seed of a fixed batch whose own seed is ``base``, under this side-trip's ``seed`` option (``base``
+        itself for seed 0; disjoint streams for other seeds)."""
+        return int(base) if self.seed == 0 else int(base) + _SEED_STRIDE * self.seed
+
     def heldout(self, n: int, batch_size: int):
-        """``n`` fixed held-out batches (seed :data:`HELDOUT_SEED`)."""
-        return self.data.fixed_batches("heldout", n, batch_size, HELDOUT_SEED, self.rt.device)
+        """``n`` fixed held-out batches (seed :data:`HELDOUT_SEED`, :meth:`seeded`)."""
+        return self.data.fixed_batches("heldout", n, batch_size, self.seeded(HELDOUT_SEED), self.rt.device)
 
     def bn_batches(self, n: int, batch_size: int):
         """``n`` fixed training batches for ``update_bn`` (seed :data:`BN_SEED`; 0 = the run's batch size)."""
         bs = batch_size or self.cfg.batch_size
         bs = min(bs, len(self.data.train))
         return [(self.rt.prep(x), y) for x, y in
-                self.data.fixed_batches("train", n, bs, BN_SEED, self.rt.device, augment=self.cfg.augment)]
+                self.data.fixed_batches("train", n, bs, self.seeded(BN_SEED), self.rt.device,
+                                        augment=self.cfg.augment)]
 
     def lr(self, step: int, lr: float | None) -> float:
         """``lr``, or the run's lr at ``step`` when None; ConfigError unless finite and > 0."""

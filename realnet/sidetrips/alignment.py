@@ -121,7 +121,7 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
     lr = ctx.lr(S, opts.lr)
     B = opts.batch_size or ctx.cfg.batch_size
     base = ctx.branch(S)
-    fb = ctx.data.fixed_batches(opts.fixed_batch, 1, B, FIXED_BATCH_SEED, rt.device)[0]
+    fb = ctx.data.fixed_batches(opts.fixed_batch, 1, B, ctx.seeded(FIXED_BATCH_SEED), rt.device)[0]
     fmodel, _ = functional_model(base.model, "batch")
 
     def fixed_grad(br: Branch, batch=fb):
@@ -129,7 +129,7 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
         return float(loss), grad_vector(g)
 
     # reference: gradients of different training batches at S
-    ref = ctx.data.fixed_batches("train", opts.batch_pairs + 1, B, REFERENCE_SEED, rt.device)
+    ref = ctx.data.fixed_batches("train", opts.batch_pairs + 1, B, ctx.seeded(REFERENCE_SEED), rt.device)
     gs = [fixed_grad(base, b)[1] for b in ref]
     pair_cos = [cos(gs[i], gs[j]) for i in range(len(gs)) for j in range(i + 1, len(gs))]
 

@@ -249,7 +249,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     fb_size = min(opts.fixed_batch_size or cfg.batch_size, len(ctx.data.heldout))
     fb_rows: list[list] = []
     if fb_rec:
-        fixed = ctx.data.fixed_batches("heldout", 1, fb_size, opts.fixed_batch_seed, rt.device)[0]
+        fixed = ctx.data.fixed_batches("heldout", 1, fb_size, ctx.seeded(opts.fixed_batch_seed), rt.device)[0]
         fmodel, _ = functional_model(base.model, "batch")
         g_start = grad_vector(batch_grad(fmodel, dict(base.model.named_parameters()), *fixed, rt)[1]).double()
 
@@ -260,7 +260,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
         for f in sorted(opts.pair_factors, reverse=True):
             pairs[float(f)] = (H if f == 0.5 else base.clone(), base.clone())
         probe_x = ctx.data.fixed_batches("heldout", 1, min(opts.function_samples, len(ctx.data.heldout)),
-                                         FUNCTION_SEED, rt.device)[0][0]
+                                         ctx.seeded(FUNCTION_SEED), rt.device)[0][0]
         pmodel, _ = functional_model(base.model, "batch")
         fn_pts = set(int(v) for v in np.unique(np.round(np.geomspace(1, max(K, 1), opts.function_points)))) | {K}
     else:

@@ -1,5 +1,8 @@
-"""The real-network claims in report order, each with the regime premises (a), (b) at the branch point put
-before its own premises: :data:`REAL_CLAIMS` (id -> :class:`.context.RealClaim`)."""
+"""The real-network claims in report order: :data:`REAL_CLAIMS` (id -> :class:`.context.RealClaim`).
+
+Each is evaluated on every replicate's context (:meth:`.context.RealContext.replica`), with the regime premises
+(a), (b) at that replicate's branch point put before its own premises, and the replicate verdicts combined into one
+(:func:`.replication.combine`: the mean with its t interval, the state decided on the interval)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,12 +14,13 @@ from .distance_saturation import FIG8
 from .gradient_alignment import FIG7
 from .linear_model import LINEAR_MODEL_FIT
 from .posthoc_merge import POSTHOC_MERGE
+from .replication import combine
 from .same_basin import FIG3
 from .schedule_equivalence import FIG5, FIG6
 from .single_step import FIG2, FIG13
 from .stationary_radius import EQ13_REAL
 
-__all__ = ["REAL_CLAIMS", "with_regime"]
+__all__ = ["REAL_CLAIMS", "with_regime", "replicated"]
 
 
 def with_regime(claim: RealClaim) -> RealClaim:
@@ -33,5 +37,38 @@ def with_regime(claim: RealClaim) -> RealClaim:
     return replace(claim, evaluate=evaluate)
 
 
-REAL_CLAIMS: dict[str, RealClaim] = {c.id: with_regime(c) for c in (
+def replicated(claim: RealClaim) -> RealClaim:
+    """``claim`` evaluated on every replicate of the job's context and combined; its requests are every replicate's
+    (as the job's context runs them: :meth:`.context.RealContext.request`). A replicate whose evaluation raises
+    gives a verdict with its error (the combined verdict is then NOT DECIDED, the error named)."""
+    def evaluate(ctx: RealContext) -> Verdict:
+        reps = ctx.replicates
+        verdicts = []
+        for rep in reps:
+            rctx = ctx.replica(rep)
+            try:
+                v = claim.evaluate(rctx)
+            except Exception as exc:  # noqa: BLE001 - reported in the combined verdict
+                v = Verdict(id=claim.id, claim="(not evaluated)", statistic="-", value=float("nan"),
+                            comparison="<", threshold=float("nan"), error=f"{type(exc).__name__}: {exc}",
+                            source="realnet")
+            if v.figure:
+                v.figure = f"{rctx.out.name}/{v.figure}"  # relative to the report directory
+            verdicts.append(v)
+        ok = [v for v in verdicts if v.error is None]
+        if ok:  # the rule of a replicate that could not be evaluated is the others'
+            ref = ok[0]
+            for v in verdicts:
+                if v.error is not None:
+                    v.claim, v.statistic, v.comparison, v.threshold = (ref.claim, ref.statistic, ref.comparison,
+                                                                       ref.threshold)
+        return combine(reps, verdicts, scale=claim.scale)
+
+    def requests(ctx: RealContext) -> list:
+        return [ctx.replica(rep).request(*q) for rep in ctx.replicates for q in claim.requests(ctx.replica(rep))]
+
+    return replace(claim, evaluate=evaluate, requests=requests)
+
+
+REAL_CLAIMS: dict[str, RealClaim] = {c.id: replicated(with_regime(c)) for c in (
     FIG2, FIG3, FIG5, FIG6, FIG7, FIG8, FIG13, LINEAR_MODEL_FIT, EQ13_REAL, POSTHOC_MERGE)}

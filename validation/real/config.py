@@ -27,23 +27,30 @@ class RealConfig:
     data_dir: str | None = None
     model: str = "resnet20"
     width: int = 16  # resnet20 base width
-    steps: int = 2400  # main trajectory length (trained runs)
+    steps: int = 3000  # main trajectory length (trained runs): the last replicate's block ends at 2,700
     batch_size: int = 32
     lr: float = 0.2  # constant lr of the main trajectory
     weight_decay: float = 1e-3  # coupled L2 weight decay (shortens the weight norm's relaxation to ~250 steps)
     augment_strength: float = 1.5  # digits: realnet.data.DigitsAugment strength (0 = plain digits; others: 0)
-    seed: int = 0
-    branch_fraction: float = 0.75  # side-trips start at this fraction of the run (paper: 75k of 100k)
-    second_offset_fraction: float = 0.15  # fixed-batch's second checkpoint, later by this fraction
+    seed: int = 0  # the job's seed: the trajectory's, and with it every side-trip seed (replicate r: 3 seed + r + 1)
+    # replicates: independent side-trips at `replicates` branch points S_r = S_0 + r * spacing, each with its own
+    # side-trip seed (fixed held-out / BatchNorm / reference batches); spacing >= the longest trajectory side-trip
+    # (divergence), so no two replicates' side-trips use the same training batches
+    replicates: int = 3
+    branch_fraction: float = 0.6  # S_0 at this fraction of the run (paper: 75k of 100k; here 1,800 of 3,000)
+    replicate_spacing_fraction: float = 0.1  # S_{r+1} - S_r (300 of 3,000 steps)
+    second_offset_fraction: float = 0.12  # fixed-batch's second checkpoint, later by this fraction (360 steps)
+    merge_checkpoint_every: int = 50  # checkpoints inside the replicates' blocks (the post-hoc merge's grid)
     premise_batches: int = 10  # (b): held-out and fresh training batches at the branch point
     sweep_batch_size: int = 128  # fixed-batch's batch (fig. 3); fig. 2 sweeps at the run's own batch size
-    sweep_batch_sizes: list = field(default_factory=lambda: [16, 32, 64, 256])  # Fig. 13 (32: also fig. 2's)
+    sweep_batch_sizes: list = field(default_factory=lambda: [8, 32, 256])  # Fig. 13 (32: also fig. 2's)
     noise_batches: int = 64  # fresh training batches of the gradient noise scale B_noise at the branch point
-    sweep_num_lrs: int = 49  # step sizes of each lr-sweep's log grid (1e-4 .. 100)
-    sweep_heldout_batches: int = 10  # held-out batches of each lr-sweep (paper: >= 10)
-    fixed_batch_alphas: int = 11  # interpolation points of fixed-batch (Fig. 3)
+    sweep_num_lrs: int = 25  # step sizes of each lr-sweep's log grid (1e-4 .. 100, 4 per decade)
+    sweep_heldout_batches: int = 10  # held-out batches of each lr-sweep (paper: >= 10) ...
+    sweep_heldout_images: int = 768  # ... fewer (>= 3) where this many images are reached (large batches)
+    fixed_batch_alphas: int = 7  # interpolation points of fixed-batch (Fig. 3)
     fixed_batch_gd_steps: int = 9  # GD steps on the fixed batch from each checkpoint (paper: 9)
-    fixed_batch_heldout_batches: int = 10
+    fixed_batch_heldout_batches: int = 4
     averaging_steps: int = 100  # K of the averaging side-trip
     averaging_kernels: list = field(default_factory=lambda: ["swa", "ema:0.02", "twopoint"])
     bn_batches: int = 10  # update_bn batches before each eval-mode evaluation (averaging, divergence)
@@ -77,6 +84,9 @@ class RealConfig:
         side-trips and larger evaluations. ``dataset`` other than digits (with ``--data-dir``): ResNet-34, batch
         128, lr 0.1, weight decay 1e-4, 20,000 steps, no digits augmentation (the loader's crop + flip)."""
         base = cls() if mode == "quick" else cls(averaging_steps=500, alignment_steps=300, divergence_steps=600,
+                                                 replicate_spacing_fraction=0.15, steps=4000, branch_fraction=0.45,
+                                                 sweep_num_lrs=49, sweep_heldout_images=4096,
+                                                 fixed_batch_heldout_batches=10,
                                                  eval_samples=10000, fixed_batch_alphas=21, linear_fit_k=16,
                                                  linear_fit_sample_batches=16,
                                                  linear_fit_kernels=["ema:0.02", "twopoint:100", "swa:100"],
@@ -93,6 +103,12 @@ class RealConfig:
 
     def to_dict(self):
         return asdict(self)
+
+    def heldout_batches(self, batch_size: int) -> int:
+        """Held-out batches of an lr-sweep at ``batch_size``: ``sweep_heldout_batches``, fewer (>= 3) once they hold
+        ``sweep_heldout_images`` images."""
+        need = -(-int(self.sweep_heldout_images) // max(1, int(batch_size)))
+        return int(min(self.sweep_heldout_batches, max(3, need)))
 
 
 def _run_sizes(run) -> dict:

@@ -8,7 +8,9 @@ the same batches with the merge's equivalent schedule (step r before T at lr tim
 
 Experiment (:func:`measure`; the rule and the premises are the constants below, fixed before any real run):
 
-* T = the run's last checkpoint; the window starts at the checkpoint S0 nearest :math:`(1 - W_{FRAC})T`.
+* The window [S0, T]: a replicate's block of steps (its branch point to the next one's, :func:`merge_window`) at
+  the run's checkpoints in it; without replicates T = the run's last checkpoint and S0 the checkpoint nearest
+  :math:`(1 - W_{FRAC})T`.
 * The requested cooldown: linear decay to 0 over the window (:data:`SHAPE`; ``cooldown:linear:(T - S0)``),
   realised on the checkpoints in [S0, T] by :func:`realnet.posthoc.realise` (least squares when the grid is
   coarse); the merge is :func:`realnet.posthoc.average_checkpoints` of those checkpoints.
@@ -181,9 +183,24 @@ def _fixed_batch_track(ctx, run: Path, steps: list[int]) -> tuple[np.ndarray, np
     return np.array(losses), np.array(norms), np.array(cosines)
 
 
-def measure(cfg, run: Path, out: Path) -> dict:
-    """Run the experiment on ``run`` (cached in ``OUT/posthoc-claim/result.json`` while the run and the constants are
-    unchanged); returns the per-example losses and the premise values."""
+def merge_window(steps: list[int], replicate=None) -> tuple[int, int]:
+    """(S0, T) of the merge: a replicate's block [its branch point, its end] snapped to the run's checkpoints in it,
+    or (no replicate) the checkpoint nearest the start of the run's last :data:`W_FRAC` and the last checkpoint.
+    ValueError when the block holds fewer than two checkpoints."""
+    if replicate is None or replicate.end < 0:
+        return _window(steps)
+    inside = [s for s in steps if replicate.step <= s <= replicate.end]
+    if len(inside) < 2:
+        raise ValueError(f"the merge window {replicate.step}..{replicate.end} holds checkpoints {inside}: "
+                         "at least two are needed")
+    return inside[0], inside[-1]
+
+
+def measure(cfg, run: Path, out: Path, window: tuple[int, int] | None = None, seed: int = 0) -> dict:
+    """Run the experiment on ``run`` over ``window`` = (S0, T) (None: :func:`merge_window` of the run's checkpoints;
+    cached in ``OUT/posthoc-claim/result.json`` while the run, the window and the constants are unchanged); returns
+    the per-example losses and the premise values. ``seed``: the side-trip seed of the fixed batches
+    (:meth:`realnet.sidetrips.RunContext.seeded`)."""
     from torch.optim.swa_utils import update_bn
 
     from realnet.checkpoint import checkpoint_path, list_checkpoints
@@ -194,10 +211,10 @@ def measure(cfg, run: Path, out: Path) -> dict:
     from sgdtraj.files import read_json, write_json
 
     steps = list_checkpoints(run)
-    S0, T = _window(steps)
+    S0, T = window if window is not None else _window(steps)
     W = T - S0
     ident = dict(run=str(Path(run).resolve()), S0=S0, T=T, shape=SHAPE, bn=cfg.bn_batches, n=cfg.eval_samples,
-                 batch=HELDOUT_BATCH, seed=HELDOUT_SEED)
+                 batch=HELDOUT_BATCH, seed=HELDOUT_SEED, sidetrip_seed=int(seed))
     cache = out / "posthoc-claim" / "result.json"
     if cache.is_file():
         saved = read_json(cache)
@@ -205,7 +222,7 @@ def measure(cfg, run: Path, out: Path) -> dict:
             return saved
     grid = [s for s in steps if S0 <= s <= T]
     real = realise(f"cooldown:{SHAPE}:{W}", T, grid)
-    opts = SideTripOptions(device=cfg.device, threads=cfg.threads, progress=False)
+    opts = SideTripOptions(device=cfg.device, threads=cfg.threads, progress=False, seed=int(seed))
     with deterministic_mode(False, opts.threads):
         ctx = RunContext(run, opts)
         with deterministic_mode(ctx.rt.device.type == "cpu"):
@@ -229,8 +246,8 @@ def measure(cfg, run: Path, out: Path) -> dict:
             base.model.load_state_dict(average_checkpoints([checkpoint_path(run, int(s)) for s in real.steps[use]],
                                                            real.weights[use]))
             loss_merge = evaluate(base.model)
-            loss_side = sidetrip(real.schedule(1.0))
-            loss_requested = sidetrip(real.target[:W][::-1])
+            loss_side = sidetrip(_padded(real.schedule(1.0), W))
+            loss_requested = sidetrip(_padded(real.target[:W][::-1], W))
             fb_loss, fb_norm, fb_cos = _fixed_batch_track(ctx, run, grid)
     result = dict(identity=ident, S0=S0, T=T, grid=grid, lr=float(lrs.mean()), lr_ratio=float(lrs.max() / lrs.min()),
                   weights=[float(w) for w in real.weights], residual=real.residual,
@@ -240,6 +257,13 @@ def measure(cfg, run: Path, out: Path) -> dict:
                   fixed_batch_gradnorm=fb_norm.tolist(), fixed_batch_cos=fb_cos.tolist())
     write_json(cache, result)
     return result
+
+
+def _padded(multipliers, W: int) -> np.ndarray:
+    """lr multipliers of the W updates of the window in time order: a schedule shorter than the window (a kernel
+    whose support starts later) keeps the full lr (multiplier 1) before it."""
+    m = np.asarray(multipliers, dtype=np.float64)
+    return np.concatenate([np.ones(W - m.size), m]) if m.size < W else m[-W:]
 
 
 def draw(axes, m: dict) -> None:
@@ -266,8 +290,12 @@ def draw(axes, m: dict) -> None:
 
 def claim(ctx: RealContext) -> Verdict:
     """The verdict on the context's run (the embedded quick run or ``--run``)."""
+    from realnet.checkpoint import list_checkpoints
+
     out = ctx.out
-    m = measure(ctx.cfg, ctx.run_dir, out)
+    rep = ctx.replicate
+    m = measure(ctx.cfg, ctx.run_dir, out, merge_window(list_checkpoints(ctx.run_dir), rep),
+                seed=rep.seed if rep is not None else 0)
     fig = f"{CLAIM_ID}.png"
     plots.save(lambda axes: draw(axes, m), out / fig,
                title="Post-hoc merge vs the cooldown it stands for (Lemma 2)", ncols=2)

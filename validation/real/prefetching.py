@@ -62,7 +62,7 @@ def prefetch(ctx: RealContext, requests, workers: int | None = None, progress: b
     workers = default_workers(cfg) if workers is None else int(workers)
     if workers < 2 or len(pending) < 2:
         return {}
-    queue = sorted(pending, key=lambda k: -_COST_HINT_S.get(k, math.inf))  # longest first (unknown: first)
+    queue = sorted(pending, key=lambda k: -_cost_hint(k))  # longest first (unknown: first)
     n = min(workers, len(pending))
     root = str(Path(__file__).resolve().parents[2])  # the workers import this very checkout of the packages
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, int(cfg.threads) or 1)),
@@ -125,10 +125,16 @@ def prefetch(ctx: RealContext, requests, workers: int | None = None, progress: b
     return failed
 
 
-# wall seconds of the quick job's side-trips on a 2-core CPU (2026-12-02, one after the other): only the order in
-# which prefetch submits them depends on these (longest first keeps both workers busy until the end)
-_COST_HINT_S = {"linear-fit": 150, "lr-sweep-b256": 144, "divergence": 95, "fixed-batch": 92, "lr-sweep": 61,
-                "averaging": 31, "alignment": 20, "lr-sweep-b64": 19, "lr-sweep-b16": 5}
+# CPU seconds of one replicate's side-trips in the quick job (2-core CPU, 2026-12-07): only the order in which
+# prefetch submits them depends on these (longest first keeps both workers busy until the end)
+_COST_HINT_S = {"linear-fit": 154, "divergence": 153, "fixed-batch": 40, "lr-sweep-b256": 30, "averaging": 32,
+                "alignment": 20, "lr-sweep-b32": 7, "lr-sweep-b8": 2}
+
+
+def _cost_hint(key: str) -> float:
+    """The cost hint of a side-trip key (a replicate's ``-r<i>`` suffix ignored; unknown: infinite)."""
+    base, _, tail = key.rpartition("-r")
+    return _COST_HINT_S.get(base if base and tail.isdigit() else key, math.inf)
 
 
 def prefetch_one(cfg: dict, out: str, run_dir: str, request: tuple) -> dict[str, dict]:

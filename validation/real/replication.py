@@ -41,12 +41,14 @@ class Replicate:
 
     index: 0 .. R-1. step: its branch point S_r (the run's checkpoint the side-trips start at). step2: its second
     checkpoint (fixed-batch, Fig. 3). seed: the side-trip seed (fixed held-out, BatchNorm and reference batches;
-    0 = the side-trips' own constants)."""
+    0 = the side-trips' own constants). end: where the replicate's block of steps ends (the next replicate's branch
+    point; the post-hoc merge's window is [step, end]; -1: not set)."""
 
     index: int
     step: int
     step2: int
     seed: int
+    end: int = -1
 
     @property
     def suffix(self) -> str:
@@ -114,8 +116,9 @@ def _combine_premises(reps: list[Verdict]) -> list[P.Premise]:
                 vals.append(math.nan if cc is None else cc.value)
             conds.append(P.Condition(c.name, c.description + " (worst replicate)", _worst(vals, c.comparison),
                                      c.comparison, c.threshold))
-        details = {"replicates": [None if p is None else {"met": p.met, "values": {c.name: c.value
-                                                                                    for c in p.conditions}}
+        details = {**first.details,
+                   "replicates": [None if p is None else {"met": p.met, "values": {c.name: c.value
+                                                                                   for c in p.conditions}}
                                   for p in found]}
         out.append(P.Premise(pid, first.title, first.applies_to, tuple(conds), details))
     return out
@@ -139,9 +142,9 @@ def combine(replicates: list[Replicate], verdicts: list[Verdict], *, scale: str 
     values = np.array([v.value for v in verdicts], dtype=np.float64)
     if scale == "log":
         with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.where(values > 0, np.log(values), np.nan)
+            logs = np.where(values >= 0, np.log(values), np.nan)
         m, half, dof = t_interval(logs)
-        value = math.exp(m) if math.isfinite(m) else math.nan
+        value = math.exp(m) if not math.isnan(m) else math.nan  # +-inf: a replicate of ratio infinity or 0
         lo, hi = (math.exp(m - half), math.exp(m + half)) if math.isfinite(half) else (math.nan, math.nan)
         resolve = _resolve_condition(m, half, first.threshold, n, "log")
     else:
@@ -155,7 +158,7 @@ def combine(replicates: list[Replicate], verdicts: list[Verdict], *, scale: str 
         checks[name] = dict(value=_worst(vals, c["comparison"]), comparison=c["comparison"],
                             threshold=c["threshold"],
                             description=(c.get("description") or "") + f" (worst of {n} replicates)")
-    rep_records = [dict(index=r.index, step=r.step, step2=r.step2, seed=r.seed, value=v.value,
+    rep_records = [dict(index=r.index, step=r.step, step2=r.step2, seed=r.seed, end=r.end, value=v.value,
                         uncertainty=v.uncertainty, state=v.state, rule_holds=v.rule_holds(), error=v.error,
                         unmet_premises=[p["name"] for p in v.unmet_premises()], details=v.details,
                         checks={k: c["value"] for k, c in v.checks.items()}, figure=v.figure)

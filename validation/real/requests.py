@@ -15,7 +15,7 @@ __all__ = ["lr_sweep_request", "fixed_batch_request", "averaging_request", "dive
 
 def lr_sweep_request(cfg: RealConfig, batch_size: int, key: str | None = None) -> tuple[str, str, dict]:
     return "lr-sweep", key or f"lr-sweep-b{batch_size}", dict(
-        batch_size=batch_size, heldout_batches=cfg.sweep_heldout_batches, num_lrs=cfg.sweep_num_lrs)
+        batch_size=batch_size, heldout_batches=cfg.heldout_batches(batch_size), num_lrs=cfg.sweep_num_lrs)
 
 
 def fixed_batch_request(ctx: RealContext) -> tuple[str, str, dict]:

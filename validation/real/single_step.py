@@ -68,7 +68,7 @@ def claim_fig2(ctx: RealContext) -> Verdict:
         claim="After its best single step the training batch's loss is far below the loss the held-out "
               "batches reach after their best step; both curves are smooth, low-degree-polynomial-like (Fig. 2)",
         statistic="(training-batch loss after its best step / before it) divided by (mean held-out loss after "
-                  f"its best step / before it) (batch {B} = the training batch size, {cfg.sweep_heldout_batches} "
+                  f"its best step / before it) (batch {B} = the training batch size, {cfg.heldout_batches(B)} "
                   f"held-out batches, step {S})",
         value=ratio, comparison="<", threshold=FIG2_RATIO_MAX, figure=fig,
         details=dict(step=S, batch_size=B, quote=FIG2_QUOTE,
