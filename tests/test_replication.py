@@ -114,8 +114,11 @@ def test_planned_replicates_and_checkpoints():
 
 def test_existing_replicates():
     reps = existing_replicates(RealConfig(), list(range(0, 20001, 1000)))
-    assert [(r.step, r.step2, r.end) for r in reps] == [(12000, 13000, 14000), (14000, 15000, 16000),
-                                                       (16000, 17000, 20000)]
+    assert [(r.step, r.step2, r.end) for r in reps] == [(12000, 14000, 14000), (14000, 16000, 16000),
+                                                       (16000, 18000, 18000)]
+    cfg = RealConfig()  # a run trained by the job's own plan gets exactly the planned replicates
+    planned = planned_replicates(cfg, cfg.steps)
+    assert existing_replicates(cfg, planned_checkpoints(cfg, planned) + [cfg.steps]) == planned
     with pytest.raises(ValueError, match="at least 4"):
         existing_replicates(RealConfig(), [0, 10, 20])
 

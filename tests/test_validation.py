@@ -347,22 +347,42 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     for v in verdicts:
         assert v.error is None, (v.id, v.error)
         assert v.source == "realnet" and (out / v.figure).stat().st_size > 10_000
-        assert not math.isnan(v.value)
+        assert v.figure.startswith("r0/")
+        assert not math.isnan(v.value) or v.id == "fig13-batch-size"  # tiny: a held-out drop can be 0 (ratio inf)
     data = json.loads((out / "verdicts.json").read_text())
     assert all(REQUIRED <= set(d) for d in data)
+    # three replicates: branch points 14, 16, 18 (S0 = 0.6 * 24, 2 apart), second checkpoints 3 later, seeds 1..3
+    reps = [(14, 17, 1), (16, 19, 2), (18, 21, 3)]
+    for d in data:
+        assert [(r["step"], r["step2"], r["seed"]) for r in d["details"]["replicates"]] == reps, d["id"]
+        assert len(d["details"]["replicate_values"]) == 3 and d["details"]["interval"]["dof"] == 2
+        rv = [r["value"] for r in d["details"]["replicates"]]
+        if d["id"] != "fig13-batch-size" and all(math.isfinite(x) for x in rv):
+            from scipy import stats
+
+            assert d["value"] == pytest.approx(np.mean(rv))
+            assert d["uncertainty"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std(rv, ddof=1) / math.sqrt(3))
+    rep0 = {d["id"]: d["details"]["replicates"][0]["details"] for d in data}
+
     lfv = data[REAL_IDS.index("linear-model-fit")]
+    lf0 = lfv["details"]["replicates"][0]
     assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
     assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
-    assert len(lfv["details"]["directions"]) == 2 and set(lfv["details"]["breaks"]) >= {"near_edge", "ratio_off",
+    assert len(lf0["details"]["directions"]) == 2 and set(lf0["details"]["breaks"]) >= {"near_edge", "ratio_off",
                                                                                          "variance_off"}
-    assert (out / "sidetrips" / "linear-fit" / "directions.csv").exists()
-    assert (out / "run" / "checkpoints").is_dir() and (out / "sidetrips" / "lr-sweep-b16" / "summary.json").exists()
-    assert not (out / "sidetrips" / "lr-sweep").exists()  # fig. 2 sweeps at the training batch, shared with fig. 13
+    for r in range(3):
+        assert (out / "sidetrips" / f"linear-fit-r{r}" / "directions.csv").exists()
+        assert (out / "sidetrips" / f"lr-sweep-b16-r{r}" / "summary.json").exists()
+        trip_cfg = json.loads((out / "sidetrips" / f"lr-sweep-b16-r{r}" / "config.json").read_text())
+        assert (trip_cfg["step"], trip_cfg["options"]["seed"]) == (reps[r][0], r + 1)
+    assert (out / "run" / "checkpoints").is_dir()
+    assert not list((out / "sidetrips").glob("lr-sweep-r*"))  # fig. 2 sweeps at the training batch, shared with fig. 13
     run_cfg = json.loads((out / "run" / "config.json").read_text())
     assert (run_cfg["augment_strength"], run_cfg["weight_decay"], run_cfg["lr_schedule"]) == (1.5, 1e-3, "constant")
-    assert {18, 22} <= {int(p.stem.split("_")[1]) for p in (out / "run" / "checkpoints").iterdir()}  # S, S2
+    assert {14, 16, 17, 18, 19, 20, 21} <= {int(p.stem.split("_")[1]) for p in (out / "run" / "checkpoints").iterdir()}
 
-    # premises: (a) and (b) on every claim, (c) on fig6 and fig7, with the numbers recomputed independently
+    # premises: (a) and (b) on every claim, (c) on fig6 and fig7, the replicates' interval last, with the numbers
+    # recomputed independently (each premise value is its worst replicate's)
     by_id = {d["id"]: d for d in data}
     for d in data:
         ids = [p["id"] for p in d["details"]["premises"]]
@@ -370,7 +390,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
                  "fig5-averaging-equals-schedule": ["schedule-effect"], "fig13-batch-size": ["batch-range"],
                  "eq13-real-sqrt-lr": ["lemma1-stationary"],
                  "posthoc-merge-equals-cooldown": ["lemma2-window", "constant-lr", "gain-resolved"]}
-        assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []), (d["id"], ids)
+        assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []) + ["replicates-resolve"], (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])
         flat = [f"{p['id']}: {c['name']}" for p in d["details"]["premises"] for c in p["conditions"]]
         assert [p["name"] for p in d["premises"]] == flat and all(set(p) == {"name", "value", "rule", "met"}
@@ -381,98 +401,109 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     plateau = by_id["fig2-single-step"]["details"]["premises"][0]
     assert plateau["conditions"][0]["value"] == pytest.approx(abs(np.mean(losses[18:]) / np.mean(losses[12:18]) - 1))
-    assert plateau["conditions"][0]["threshold"] == 0.1 and plateau["details"]["branch_step"] == 18
+    assert plateau["conditions"][0]["threshold"] == 0.1 and plateau["details"]["branch_step"] == 14
     mem = by_id["fig2-single-step"]["details"]["premises"][1]
-    assert mem["details"]["step"] == 18 and mem["details"]["n_batches"] == 3
-    with open(out / "sidetrips" / "alignment" / "alignment.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    fits = [float(rows[-1][f"fixed_loss_{k}"]) / float(rows[0][f"fixed_loss_{k}"]) for k in ("constant", "linear")]
-    gns = [max(max(float(r[f"norm_ratio_{k}"]), 1 / float(r[f"norm_ratio_{k}"])) for r in rows)
-           for k in ("constant", "linear")]
+    assert mem["details"]["step"] == 14 and mem["details"]["n_batches"] == 3
+    fits, gns = [], []
+    for r in range(3):
+        with open(out / "sidetrips" / f"alignment-r{r}" / "alignment.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        fits += [float(rows[-1][f"fixed_loss_{k}"]) / float(rows[0][f"fixed_loss_{k}"]) for k in ("constant", "linear")]
+        gns += [max(max(float(x[f"norm_ratio_{k}"]), 1 / float(x[f"norm_ratio_{k}"])) for x in rows)
+                for k in ("constant", "linear")]
     l7 = by_id["fig7-gradient-alignment"]["details"]["premises"][2]["conditions"]
     assert l7[0]["value"] == pytest.approx(min(fits)) and l7[1]["value"] == pytest.approx(max(gns))
     assert (l7[0]["comparison"], l7[0]["threshold"], l7[1]["comparison"], l7[1]["threshold"]) == (">=", 0.5, "<", 2.0)
     l6 = by_id["fig6-two-point-half-lr"]["details"]["premises"][2]
     assert set(l6["details"]["windows"]) == {"A (lr)", "B (lr, other batch order)", "H (lr/2)"}
-    with open(out / "sidetrips" / "divergence" / "divergence_fixed_batch.csv", newline="") as fh:
+    with open(out / "sidetrips" / "divergence-r0" / "divergence_fixed_batch.csv", newline="") as fh:
         fb = [r for r in csv.DictReader(fh) if r["model"] == "A"]
     ok = [float(r["cos_start"]) >= 0.5 and abs(float(r["grad_norm"]) / float(fb[0]["grad_norm"]) - 1) <= 0.05
           for r in fb]
     first_bad = next((i for i, x in enumerate(ok) if not x), None)
     window_a = int(fb[-1]["t"]) if first_bad is None else int(fb[first_bad - 1]["t"])
     assert l6["details"]["windows"]["A (lr)"]["steps"] == window_a and float(fb[0]["cos_start"]) == pytest.approx(1)
-    assert l6["conditions"][0]["value"] == min(w["steps"] for w in l6["details"]["windows"].values())
+    per_rep = [x["values"]["window_steps"] for x in l6["details"]["replicates"]]
+    assert per_rep[0] == min(w["steps"] for w in l6["details"]["windows"].values())
+    assert l6["conditions"][0]["value"] == min(per_rep)
     assert l6["conditions"][0]["threshold"] == 6  # the first loss evaluation after the branch point
 
-    # the new verdict: Lemma 1's slope from the pairs at lr, lr/2, lr/4 (recomputed from pair_distances.csv)
-    e13 = by_id["eq13-real-sqrt-lr"]
-    with open(out / "sidetrips" / "divergence" / "pair_distances.csv", newline="") as fh:
-        end = {float(r["factor"]): (float(r["lr"]), float(r["dist"])) for r in csv.DictReader(fh) if r["t"] == "6"}
-    fs = (1.0, 0.5, 0.25, 0.125, 0.0625)
-    assert sorted(end) == sorted(fs)
-    x, y = np.log([end[f][0] for f in fs]), np.log([end[f][1] for f in fs])
-    slope = np.polyfit(x, y, 1)[0]
-    resid = y - np.polyval(np.polyfit(x, y, 1), x)
+    # Lemma 1's slope of every replicate from its pairs at lr .. lr/16 (recomputed from pair_distances.csv)
     from scipy import stats
 
-    half = stats.t.ppf(0.975, 3) * math.sqrt(resid @ resid / 3 / ((x - x.mean()) @ (x - x.mean())))
-    assert e13["details"]["residual_dof"] == 3
-    assert e13["details"]["slope"] == pytest.approx(slope) and e13["uncertainty"] == pytest.approx(half, rel=1e-6)
-    assert e13["value"] == pytest.approx(abs(slope - 0.5) + half) and e13["threshold"] == 0.15
-    assert e13["details"]["lrs"] == pytest.approx([0.05 * f for f in fs]) and e13["details"]["slope_at_t"]
-    assert len(e13["details"]["function_distance_end"]) == 5
-    lv = e13["details"]["premises"][2]["conditions"][0]
-    assert lv["value"] == pytest.approx(max(e13["details"]["distance_growth_last_vs_previous_quarter"].values()))
-    # fig. 13: B_noise measured at the branch point, the batches stated in its units, drops as ratios
+    e13 = by_id["eq13-real-sqrt-lr"]
+    fs = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    for r in range(3):
+        er = e13["details"]["replicates"][r]
+        with open(out / "sidetrips" / f"divergence-r{r}" / "pair_distances.csv", newline="") as fh:
+            end = {float(x["factor"]): (float(x["lr"]), float(x["dist"])) for x in csv.DictReader(fh) if x["t"] == "6"}
+        assert sorted(end) == sorted(fs)
+        x, y = np.log([end[f][0] for f in fs]), np.log([end[f][1] for f in fs])
+        slope = np.polyfit(x, y, 1)[0]
+        resid = y - np.polyval(np.polyfit(x, y, 1), x)
+        half = stats.t.ppf(0.975, 3) * math.sqrt(resid @ resid / 3 / ((x - x.mean()) @ (x - x.mean())))
+        assert er["details"]["residual_dof"] == 3
+        assert er["details"]["slope"] == pytest.approx(slope) and er["uncertainty"] == pytest.approx(half, rel=1e-6)
+        assert er["value"] == pytest.approx(abs(slope - 0.5) + half)
+    assert e13["threshold"] == 0.15
+    e0 = rep0["eq13-real-sqrt-lr"]
+    assert e0["lrs"] == pytest.approx([0.05 * f for f in fs]) and e0["slope_at_t"]
+    assert len(e0["function_distance_end"]) == 5
+    lv = e0["premises"][2]["conditions"][0]
+    assert lv["value"] == pytest.approx(max(e0["distance_growth_last_vs_previous_quarter"].values()))
+    # fig. 13: B_noise measured at each branch point, the batches stated in its units, drops as ratios
     f13 = by_id["fig13-batch-size"]
-    bn = f13["details"]["noise_scale"]["b_noise"]
-    assert bn > 0 and f"B_noise = tr(Sigma)/|G|^2 = {bn:.3g}" in f13["statistic"]
-    assert [r["b_over_noise_scale"] for r in f13["details"]["rows"]] == pytest.approx([16 / bn, 32 / bn])
-    for r in f13["details"]["rows"]:
-        assert r["drop_ratio"] == pytest.approx(r["train_drop"] / r["heldout_drop"])
+    assert f13["details"]["interval"]["scale"] == "log"
+    for r in range(3):
+        fr = f13["details"]["replicates"][r]["details"]
+        bn = float(fr["noise_scale"]["b_noise"])  # tiny run: may be "inf" (no resolved mean gradient)
+        assert bn > 0 and json.loads((out / f"r{r}" / "noise_scale.json").read_text())["identity"]["step"] == reps[r][0]
+        assert [x["b_over_noise_scale"] for x in fr["rows"]] == pytest.approx([16 / bn, 32 / bn])
+        for x in fr["rows"]:
+            assert x["heldout_drop"] <= 0 or x["drop_ratio"] == pytest.approx(x["train_drop"] / x["heldout_drop"])
+    assert "B_noise = tr(Sigma)/|G|^2 = " in f13["statistic"]
     assert set(by_id["fig2-single-step"]["checks"]) >= {"best_lr_inside_grid_train", "best_lr_inside_grid_heldout"}
-    assert by_id["fig2-single-step"]["details"]["batch_size"] == 16
+    assert rep0["fig2-single-step"]["batch_size"] == 16
 
-    # the merge verdict: the merge window's Lemma 2 premise measured at the run's checkpoints, its cache
+    # the merge verdict: each replicate's merge window is its block (branch point to the next one), its Lemma 2
+    # premise measured at the run's checkpoints in it, its cache
     ph = by_id["posthoc-merge-equals-cooldown"]
+    for r in range(3):
+        pr = ph["details"]["replicates"][r]["details"]
+        assert (pr["S0"], pr["T"]) == (reps[r][0], reps[r][0] + 2)
+        assert (out / f"r{r}" / "posthoc-claim" / "result.json").is_file()
     win = ph["details"]["premises"][2]["details"]["windows"]["run"]
-    assert win["horizon"] == ph["details"]["T"] - ph["details"]["S0"]
-    assert (out / "posthoc-claim" / "result.json").is_file()
+    assert win["horizon"] == 2
 
     # the controls ran with the claims (tiny sizes) and the report shows them
     ctl = json.loads((out / "controls" / "controls.json").read_text())["controls"]
-    assert {(c["claim"], c["control"], c["state"]) for c in ctl} == {
-        (cid, kind, state) for cid in ("eq13-real-sqrt-lr", "fig13-batch-size", "fig2-single-step")
-        for kind, state in (("positive", "PASS"), ("negative", "FAIL"))}
+    assert {(c["claim"], c["control"]) for c in ctl} >= {
+        (cid, kind) for cid in ("eq13-real-sqrt-lr", "fig13-batch-size", "fig2-single-step")
+        for kind in ("positive", "negative")}
+    assert all(c["state"] == c["expected_state"] for c in ctl)
     assert "## Controls" in (out / "report.md").read_text()
-
-    # the merge verdict: its premises (regime first) and a state
-    ph = by_id["posthoc-merge-equals-cooldown"]
     assert [p["name"].split(":")[0] for p in ph["premises"]][:2] == ["plateau", "not-memorised"]
-    assert ph["state"] == ("NOT DECIDED" if not all(p["met"] for p in ph["premises"]) else
-                           "PASS" if ph["passed"] else "FAIL")
-    assert (out / "posthoc-claim" / "result.json").is_file()
 
-    # the report states the regime before any verdict; timings of every part
+    # the report states the regime before any verdict, the replicates of every claim; timings of every part
     report = (out / "report.md").read_text()
     assert report.index("## Regime at the branch point") < report.index("| id | statistic |")
     assert "(a) plateau" in report and "(c) Lemma 2's premise for fig7-gradient-alignment" in report
+    assert report.count("| replicate | branch step | seed |") == len(REAL_IDS) and "steps 14, 16, 18" in report
     t = json.loads((out / "timings.json").read_text())["parts"]
-    for part in ["training", "regime", "noise-scale", "sidetrip:lr-sweep-b16", "sidetrip:divergence",
-                 "sidetrip:divergence:pairs",
-                 "sidetrip:linear-fit", "claim:eq13-real-sqrt-lr"]:
+    for part in ["training", "regime", "noise-scale", "sidetrip:lr-sweep-b16-r0", "sidetrip:divergence-r2",
+                 "sidetrip:divergence-r1:pairs", "sidetrip:linear-fit-r0", "claim:eq13-real-sqrt-lr"]:
         assert t[part]["wall_s"] > 0 and t[part]["cpu_s"] > 0, part
 
-    # resume after a kill during the divergence side-trip: its claims and directory are gone, the rest is kept
+    # resume after a kill during a divergence side-trip: its claims and directory are gone, the rest is kept
     for cid in ("fig6-two-point-half-lr", "fig8-distance-saturates", "eq13-real-sqrt-lr"):
         (out / "parts" / f"{cid}.json").unlink()
-    (out / "sidetrips" / "divergence" / "summary.json").unlink()
+    (out / "sidetrips" / "divergence-r1" / "summary.json").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
     again = reproduce(out, synthetic=False, progress=False, real_config=rc)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir() if p.name in kept} == kept
     assert [_judged(v.to_dict()) for v in again] == [_judged(d) for d in data]
     t2 = json.loads((out / "timings.json").read_text())["parts"]
-    assert t2["sidetrip:lr-sweep-b16"] == t["sidetrip:lr-sweep-b16"] and "sidetrip:divergence" in t2  # kept / redone
+    assert t2["sidetrip:lr-sweep-b16-r0"] == t["sidetrip:lr-sweep-b16-r0"] and "sidetrip:divergence-r1" in t2
 
     # --run DIR validates an existing run without training (and never writes into it); a premise built to
     # fail (a memorised stream: held-out loss 3x the fresh batches' loss) is reported "not met", and the claim
@@ -494,14 +525,14 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     v2 = reproduce(out2, synthetic=False, progress=False, real_config=rc2, only=["fig2-single-step"])
     assert v2[0].error is None and not (out2 / "run").exists()
     assert sorted(p.name for p in (out / "run").rglob("*")) == before
-    assert v2[0].value == pytest.approx(by_id["fig2-single-step"]["value"])  # same claim, same number
+    assert v2[0].value == pytest.approx(by_id["fig2-single-step"]["value"])  # same replicates, same number
     d2 = json.loads((out2 / "verdicts.json").read_text())[0]
     assert d2["details"]["premises_met"] is False and d2["state"] == "NOT DECIDED" and d2["passed"] is False
     assert "not-memorised: heldout_over_fresh" in [p["name"] for p in d2["premises"] if not p["met"]]
-    assert [p["met"] for p in d2["details"]["premises"]] == [plateau["met"], False]
+    assert [p["met"] for p in d2["details"]["premises"]][:2] == [plateau["met"], False]
     assert d2["details"]["premises"][1]["conditions"][0]["value"] == 3.0
     rep2 = (out2 / "report.md").read_text()
-    assert "(premise not met: not-memorised)" in rep2 and "**not met**" in rep2
+    assert "(premise not met: not-memorised" in rep2 and "**not met**" in rep2
     assert "**NOT DECIDED**: premise `not-memorised: heldout_over_fresh` = 3" in rep2
 
 

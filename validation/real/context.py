@@ -88,30 +88,29 @@ def planned_replicates(cfg: RealConfig, n_steps: int) -> list[Replicate]:
 
 
 def existing_replicates(cfg: RealConfig, checkpoints: list[int]) -> list[Replicate]:
-    """Replicates on an existing run: ``cfg.replicates`` distinct checkpoints nearest to 60 %, 70 %, 80 %, ... of
-    its length (the first at 75 % when there is one), each with the next checkpoint as its second one and the
-    next replicate's branch point (or the last checkpoint) as its block's end. ValueError when the run has too
-    few checkpoints."""
+    """Replicates on an existing run: the plan of :func:`planned_replicates` for a run of its length, each point
+    moved to the nearest checkpoint (branch points distinct, each with a later checkpoint): a run trained by this
+    job's own plan gets exactly its replicates. ValueError when the run has too few checkpoints."""
     R = int(cfg.replicates)
     ck = sorted(int(s) for s in checkpoints)
-    if R == 1:
-        b = _existing_branch(ck)
-        return [Replicate(0, b.step, b.step2, replicate_seed(cfg.seed, 0, 1), ck[-1])]
     usable = ck[:-1]  # every branch needs a later checkpoint
-    if len(usable) < R:
+    if R < 1 or len(usable) < R:
         raise ValueError(f"run has checkpoints {ck}: {R} replicates need at least {R + 1}")
-    lo, hi = 0.6 * ck[-1], 0.6 * ck[-1] + 0.1 * (R - 1) * ck[-1]
+    n = ck[-1]
+    S0 = int(round(cfg.branch_fraction * n))
+    gap = max(1, int(round(cfg.replicate_spacing_fraction * n)))
+    off = max(1, int(round(cfg.second_offset_fraction * n)))
     chosen: list[int] = []
     for r in range(R):
-        target = lo + (hi - lo) * r / (R - 1)
         free = [s for s in usable if s not in chosen]
-        chosen.append(min(free, key=lambda s: abs(s - target)))
+        chosen.append(min(free, key=lambda s: (abs(s - (S0 + r * gap)), s)))
     chosen.sort()
     reps = []
     for r, S in enumerate(chosen):
         later = [s for s in ck if s > S]
-        end = chosen[r + 1] if r + 1 < R else ck[-1]
-        reps.append(Replicate(r, S, later[0], replicate_seed(cfg.seed, r, R), end))
+        step2 = min(later, key=lambda s: (abs(s - (S + off)), s))
+        end = min(later, key=lambda s: (abs(s - (S + gap)), s))
+        reps.append(Replicate(r, S, step2, replicate_seed(cfg.seed, r, R), end))
     return reps
 
 
