@@ -9,7 +9,10 @@ also hold the optimizer's momentum buffers) and each number of checkpoints N, it
 
 * ``floor`` -- reading the same N files once (``readinto`` a 16 MiB buffer, nothing decoded): the I/O floor;
 * ``merge`` -- ``average_checkpoints(paths, weights)`` (streaming, float64 accumulator) and ``save_state_dict`` of
-  the result to a file: disk to disk.
+  the result to a file: disk to disk;
+* ``save`` -- ``save_state_dict`` alone of a model-sized state_dict (written and fsynced: the part of ``merge``
+  that no reading can overlap, since ``average_checkpoints`` returns before it starts). Diagnostic only:
+  ``ratio_floor_plus_save`` = merge / (floor + save) per round shows how much of the ratio is the write.
 
 Two cache states: ``cold`` (every input file evicted from the page cache with ``posix_fadvise(DONTNEED)`` before
 each timed pass: the files come from the disk, the I/O floor the goal is about) and ``warm`` (the files in the page
@@ -43,7 +46,7 @@ import torch  # noqa: E402
 
 from realnet.checkpoint import save_checkpoint  # noqa: E402
 from realnet.models import create_model  # noqa: E402
-from realnet.posthoc import average_checkpoints, save_state_dict  # noqa: E402
+from realnet.posthoc import average_checkpoints, read_state_dict, save_state_dict  # noqa: E402
 from sgdtraj.files import write_json  # noqa: E402
 from sgdtraj.provenance import provenance  # noqa: E402
 
@@ -127,9 +130,10 @@ def bench(model_name: str, n: int, fmt: str, rounds: int, threads: int) -> dict:
         paths, size = _write_checkpoints(model_name, n, fmt, d)
         _floor(paths)
         _merge(paths, d / "warm.pt")
+        one = read_state_dict(paths[-1])
         out = {}
         for cache in ("cold", "warm"):
-            floors, merges, ratios = [], [], []
+            floors, merges, saves, ratios, with_save = [], [], [], [], []
             for r in range(rounds):
                 order = ("floor", "merge") if r % 2 == 0 else ("merge", "floor")
                 got = {}
@@ -137,12 +141,18 @@ def bench(model_name: str, n: int, fmt: str, rounds: int, threads: int) -> dict:
                     if cache == "cold":
                         _evict(paths)
                     got[what] = _floor(paths) if what == "floor" else _merge(paths, d / "merged.pt")
+                t0 = time.perf_counter()
+                save_state_dict(one, d / "saved.pt")
+                saves.append(time.perf_counter() - t0)
                 floors.append(got["floor"])
                 merges.append(got["merge"])
                 ratios.append(got["merge"] / got["floor"])
+                with_save.append(got["merge"] / (got["floor"] + saves[-1]))
             out[cache] = {"floor_s_median": float(np.median(floors)), "merge_s_median": float(np.median(merges)),
                           "ratio_median": float(np.median(ratios)),
-                          "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])]}
+                          "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+                          "save_s_median": float(np.median(saves)),
+                          "ratio_floor_plus_save_median": float(np.median(with_save))}
         file_bytes = sum(p.stat().st_size for p in paths)
         mem = {}
         for alloc, extra in (("default", {}), ("mmap_threshold", {"MALLOC_MMAP_THRESHOLD_": "65536"})):
@@ -180,7 +190,9 @@ def main(argv=None) -> int:
             print(f"{fmt:12s} N={n:2d}  cold: floor {c['floor_s_median']:.2f} s "
                   f"({r['cold_floor_MBps']:.0f} MB/s) merge "
                   f"{c['merge_s_median']:.2f} s ratio {c['ratio_median']:.2f} [{c['ratio_quartiles'][0]:.2f}, "
-                  f"{c['ratio_quartiles'][1]:.2f}]  warm: ratio {w['ratio_median']:.2f}  peak +{pk['default']:.2f} "
+                  f"{c['ratio_quartiles'][1]:.2f}] (save {c['save_s_median']:.2f} s; merge / (floor + save) "
+                  f"{c['ratio_floor_plus_save_median']:.2f})  warm: ratio {w['ratio_median']:.2f}  "
+                  f"peak +{pk['default']:.2f} "
                   f"(allocator retention off: +{pk['mmap_threshold']:.2f}) model sizes", flush=True)
     out = Path(a.out) / f"bench_posthoc_{dt.date.today().isoformat()}.json"
     write_json(out, {"rows": rows, "goals": {"cold_ratio_max": 1.5, "peak_model_sizes_max": 3.0},
