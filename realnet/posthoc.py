@@ -16,12 +16,15 @@ constant lr with checkpoints can therefore be "cooled down" after the fact by me
   between the realised and the requested merge over the distance between the requested merge and the last
   iterate. The realised weights' own equivalent schedule is returned with them (the merge stands for it).
 * :func:`average_checkpoints` -- :math:`\sum_i w_i\,\mathrm{state}_i` over realnet checkpoints, ``torch.save``
-  state_dict files or ``.safetensors`` files, read one file at a time into a float64 accumulator (memory: the
-  accumulator plus one checkpoint; safetensors and state_dict files are read tensor by tensor / memory-mapped).
-  Integer buffers (``num_batches_tracked``) come from the last file; every tensor is returned in that file's
-  dtype; while one file is summed the kernel reads the next one ahead (``posix_fadvise``), so I/O and arithmetic
-  overlap. :func:`save_state_dict` writes the result atomically (``.safetensors`` or ``torch.save``),
-  :func:`save_merged_checkpoint` as a realnet checkpoint (when the inputs are realnet checkpoints).
+  state_dict files or ``.safetensors`` files. Each file's index says where its tensors are (no data read); then all
+  files are read in step, a few MiB of each at a time, in a thread (``preadv``, the kernel asked to read ahead)
+  while the previous segment is summed in float64 in cache-sized blocks and rounded once into the result's own
+  tensors (memory: the result plus 64 MiB, whatever the number of files; a realnet checkpoint's optimizer state
+  is not read, its model storages are checked against their CRC-32). Integer buffers (``num_batches_tracked``)
+  come from the last file; every tensor is returned in that file's dtype. :func:`check_compatible` checks that
+  files hold the same architecture from their indexes alone. :func:`save_state_dict` writes the result
+  atomically (``.safetensors`` or ``torch.save``), :func:`save_merged_checkpoint` as a realnet checkpoint (when
+  the inputs are realnet checkpoints).
 * :func:`parse_candidate` -- a candidate spec: a quadsgd kernel spec (``twopoint:400``, ``npoint:4:200``,
   ``swa:800``, ``ema:0.002``, ``last``) or a cooldown ``cooldown:SHAPE:L[:final]`` (shapes of
   :func:`quadsgd.cooldown`: linear, 1-sqrt, cosine, exp), turned into its kernel by
