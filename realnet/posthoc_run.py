@@ -55,7 +55,14 @@ from sgdtraj.provenance import provenance
 
 from .checkpoint import checkpoint_path, list_checkpoints
 from .config import ConfigError, check_int
-from .posthoc import GridRealisation, average_checkpoints, parse_candidate, realise, save_merged_checkpoint
+from .posthoc import (
+    GridRealisation,
+    average_checkpoints,
+    check_compatible,
+    parse_candidate,
+    realise,
+    save_merged_checkpoint,
+)
 from .sidetrips import ResumeState, RunContext, SideTripOptions
 from .trainer import build_model, deterministic_mode, load_config
 
@@ -221,7 +228,8 @@ def _linear_fit(run: Path, T: int, out: Path, opts: MergeOptions):
 def evaluate_merges(run_dir, at_step: int, out_dir, options: MergeOptions | None = None, **overrides) -> MergeResult:
     """Every candidate merge of the run's checkpoints at ``at_step``, evaluated (module docstring). ConfigError /
     ValueError naming the option for bad input (``--at-step`` without a checkpoint, an unknown kernel spec, a
-    grid too coarse for a kernel beyond ``--max-residual``), before anything is written."""
+    grid too coarse for a kernel beyond ``--max-residual``, checkpoints to merge of different architectures or
+    corrupt), before anything is written."""
     from .sidetrips import prepare_out, resolve_options
 
     opts = resolve_options(MergeOptions, options, overrides)
@@ -243,6 +251,11 @@ def evaluate_merges(run_dir, at_step: int, out_dir, options: MergeOptions | None
         except ValueError as e:
             raise ConfigError(f"--kernels: {e}") from None
     plan = _plan(specs, T, steps, opts.max_residual, explicit)
+    merged = sorted({int(s) for r in plan.values() for s in r.steps[r.weights != 0]} - {T})
+    try:
+        check_compatible([checkpoint_path(run, s) for s in [T, *merged]])
+    except ValueError as e:
+        raise ConfigError(f"--run: {e}") from None
     prepare_out(run, out_dir)
     ident = {"posthoc": str(run.resolve()), "at_step": T,
              "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in _RUNTIME}}

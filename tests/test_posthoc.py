@@ -227,11 +227,148 @@ def test_merge_errors(tmp_path):
         average_checkpoints([a, tmp_path / "junk.pt"], [0.5, 0.5])
 
 
-def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch):
-    p = save_state_dict(_sds(1)[0], tmp_path / "x.safetensors")
+def _bytes(t):
+    return t.reshape(-1).view(torch.uint8)
+
+
+MANY_DTYPES = {"f32": torch.randn(3, 4), "bf16": torch.randn(5).bfloat16(), "scalar": torch.tensor(7),
+               "empty": torch.zeros(0, 3), "f64": torch.randn(2, dtype=torch.float64),
+               "mask": torch.tensor([True, False]), "f16": torch.randn(3).half(),
+               "f8": torch.randn(4).to(torch.float8_e4m3fn), "i32": torch.arange(3, dtype=torch.int32)}
+
+
+def test_safetensors_are_read_and_written_without_the_package(tmp_path, monkeypatch):
+    sds = _sds(2)
     monkeypatch.setitem(sys.modules, "safetensors", None)
-    with pytest.raises(ImportError, match=r"needs the safetensors package: pip install"):
+    paths = _write(sds, tmp_path, "safetensors")
+    back = read_state_dict(paths[0])
+    assert all(torch.equal(back[k], sds[0][k]) and back[k].shape == sds[0][k].shape for k in sds[0])
+    out = average_checkpoints(paths, [0.25, 0.75])
+    assert torch.equal(out["fc.weight"], (0.25 * sds[0]["fc.weight"].double() + 0.75 * sds[1]["fc.weight"].double())
+                       .float())
+    with pytest.raises(ValueError, match=r"tensor 'z' has dtype torch.complex128, which a .safetensors file cannot"):
+        save_state_dict({"z": torch.zeros(2, dtype=torch.complex128)}, tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_safetensors_files_agree_with_the_safetensors_package(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    save_state_dict(MANY_DTYPES, tmp_path / "ours.safetensors")
+    theirs = st.load_file(str(tmp_path / "ours.safetensors"))
+    st.save_file(MANY_DTYPES, str(tmp_path / "theirs.safetensors"))
+    ours = read_state_dict(tmp_path / "theirs.safetensors")
+    for got in (theirs, ours):
+        assert set(got) == set(MANY_DTYPES)
+        for k, v in MANY_DTYPES.items():
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape and torch.equal(_bytes(got[k]), _bytes(v)), k
+
+
+def test_many_dtypes_round_trip_through_torch_save(tmp_path):
+    sd = {**MANY_DTYPES, "c64": torch.randn(3, dtype=torch.complex64)}
+    back = read_state_dict(save_state_dict(sd, tmp_path / "a.pt"))
+    assert all(back[k].dtype == v.dtype and torch.equal(_bytes(back[k]), _bytes(v)) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("how", ["segments", "torch-reader"])
+def test_sum_cut_into_segments_and_blocks_is_the_in_memory_sum(tmp_path, monkeypatch, how):
+    """Tensors cut across segments and cache blocks (tiny sizes), files of different dtypes for the same tensor,
+    complex tensors, a tensor whose storage is not its own (torch's reader): the in-memory float64 sum, rounded once
+    to the last file's dtype (within half a unit in its last place: sums of half-precision inputs often lie on a
+    tie, where the float64 sum's last bit, fused or not, decides)."""
+    from realnet import posthoc
+
+    monkeypatch.setattr(posthoc, "_IN_FLIGHT", 6 * 1000)
+    monkeypatch.setattr(posthoc, "_BLOCK", 64)
+    g = torch.Generator().manual_seed(3)
+    dtypes = [torch.bfloat16, torch.float64, torch.float16, torch.float32]
+    sds = [{"a": (torch.randn(37, 11, generator=g) * 3).to(dt), "b": torch.randn(1000, generator=g).to(dt),
+            "z": torch.randn(129, generator=g, dtype=torch.complex64), "n": torch.tensor(i)}
+           for i, dt in enumerate(dtypes)]
+    if how == "torch-reader":  # a transposed view: no dense storage of its own, read by torch.load(mmap=True)
+        for sd in sds:
+            sd["t"] = torch.randn(13, 7, generator=g).t()
+    fmts = ["pt", "safetensors", "realnet", "pt"]
+    paths = [_write([sd], tmp_path / f"{i}", f)[0] for i, (sd, f) in enumerate(zip(sds, fmts))]
+    w = [0.1, 0.2, 0.3, 0.4]
+    out = average_checkpoints(paths, w)
+    for k in sds[0]:
+        if k == "n":
+            assert int(out[k]) == 3
+            continue
+        ref = sum(wi * sd[k].to(torch.complex128 if sd[k].is_complex() else torch.float64) for wi, sd in zip(w, sds))
+        assert out[k].dtype == sds[-1][k].dtype and out[k].shape == sds[-1][k].shape
+        same = (out[k] == ref.to(out[k].dtype)).double().mean()
+        got, ref = (torch.view_as_real(x) if x.is_complex() else x for x in (out[k].to(ref.dtype), ref))
+        half_ulp = torch.finfo(out[k].dtype).eps / 2 * ref.abs() * (1 + 1e-9)
+        assert bool(((got - ref).abs() <= half_ulp).all()), k
+        assert same > 0.98, k  # and mostly the very same rounding
+
+
+def test_zero_weight_files_are_not_read(tmp_path):
+    a, b = _write(_sds(2), tmp_path, "pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    out = average_checkpoints([a, tmp_path / "junk.pt", b], [0.5, 0.0, 0.5])
+    assert int(out["bn.num_batches_tracked"]) == 200
+
+
+def _model_entry(path, name):
+    from realnet.posthoc import _index
+
+    return next(e for e in _index(path) if e.name == name)
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        x = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([x[0] ^ 1]))
+
+
+def test_realnet_checkpoints_are_checked_where_they_are_read(tmp_path, monkeypatch):
+    """A flipped bit in a model tensor fails its CRC-32 naming the file and tensor; the optimizer's state is not
+    read (a flipped bit there does not matter to the merge); a truncated file is refused from its header; a file
+    written without CRCs has the SHA-256 of its payload checked instead."""
+    from realnet.checkpoint import CheckpointError
+
+    sds = _sds(2)
+    for sd in sds:
+        sd["opt"] = torch.zeros(1)  # a marker: the model's last tensor
+    paths = []
+    for i, sd in enumerate(sds):
+        mom = {"state": {0: {"momentum_buffer": torch.full((4096,), float(i))}}}
+        paths.append(save_checkpoint(tmp_path / f"step_{i:09d}.pt", {"model": sd, "step": i, "optimizer": mom}))
+    ref = average_checkpoints(paths, [0.5, 0.5])
+    e = _model_entry(paths[1], "fc.weight")
+    _flip(paths[1], paths[1].stat().st_size - 4096)  # inside the momentum buffer, the payload's last storage
+    assert torch.equal(average_checkpoints(paths, [0.5, 0.5])["fc.weight"], ref["fc.weight"])
+    _flip(paths[1], e.offset + 17)
+    with pytest.raises(CheckpointError, match=r"corrupt checkpoint '.*step_000000001.pt': tensor 'fc.weight' does "
+                                              r"not match the CRC-32"):
+        average_checkpoints(paths, [0.5, 0.5])
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt checkpoint .*step_000000000.pt"):
+        average_checkpoints(paths, [0.5, 0.5])
+    from torch.utils.serialization import config
+
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    p = save_checkpoint(tmp_path / "nocrc.pt", {"model": sds[0], "step": 0})
+    assert torch.equal(read_state_dict(p)["fc.weight"], sds[0]["fc.weight"])
+    _flip(p, p.read_bytes().index(sds[0]["fc.weight"].numpy().tobytes()))
+    with pytest.raises(CheckpointError, match="SHA-256 of the payload does not match"):
+        average_checkpoints([p], [1.0])
+
+
+def test_truncated_or_malformed_safetensors_are_named(tmp_path):
+    p = save_state_dict(_sds(1)[0], tmp_path / "a.safetensors")
+    data = p.read_bytes()
+    p.write_bytes(data[:-8])
+    with pytest.raises(ValueError, match=r"as a .safetensors file: tensor 'fc.weight'.*\(truncated\?\)"):
         read_state_dict(p)
+    p.write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match=r"cannot read '.*a.safetensors' as a .safetensors file: no valid header"):
+        average_checkpoints([p], [1.0])
 
 
 # ============================================================================ the posthoc command
@@ -357,10 +494,13 @@ def test_command_errors_are_one_line_and_write_nothing(tiny_run, tmp_path, capsy
     assert not out.exists()
 
 
-def test_mixed_architectures_are_refused_naming_the_file(tiny_run, tmp_path):
+def test_mixed_architectures_are_refused_naming_the_file(tiny_run, tmp_path, capsys):
+    """A checkpoint of another architecture among those a candidate merges: one line naming --run, the file and
+    the tensor, before anything is written; a candidate that does not merge it is not refused."""
     import shutil
 
     from realnet import TrainConfig, train
+    from realnet.cli import main
     from realnet.posthoc_run import evaluate_merges
 
     run = tmp_path / "run"
@@ -368,8 +508,17 @@ def test_mixed_architectures_are_refused_naming_the_file(tiny_run, tmp_path):
     other = tmp_path / "other"
     train(TrainConfig(**{**TINY, "width": 8, "steps": 5, "checkpoint_every": 5}), other)
     shutil.copy(other / "checkpoints" / "step_000000005.pt", run / "checkpoints" / "step_000000020.pt")
-    with pytest.raises(ValueError, match=r"shape .* in '.*step_000000020.pt'.*different architectures"):
+    with pytest.raises(ValueError, match=r"--run: tensor .* has shape .* in '.*step_000000020.pt'.*different "
+                                         r"architectures"):
         evaluate_merges(run, 30, tmp_path / "o", kernels=["twopoint:10"], **MERGE)
+    out = tmp_path / "o2"
+    rc = main(["posthoc", "--run", str(run), "--out", str(out), "--at-step", "30", "--kernels", "twopoint:10",
+               "--progress", "false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "step_000000020.pt" in err and "--run" in err, err
+    assert not out.exists() and not (tmp_path / "o").exists()
+    res = evaluate_merges(run, 30, tmp_path / "o3", kernels=["twopoint:5"], **MERGE)
+    assert res.row("twopoint:5")["weights"] == "25:0.5;30:0.5"
 
 
 def test_killed_command_keeps_finished_candidates(merged, tiny_run, tmp_path):
