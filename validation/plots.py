@@ -302,3 +302,76 @@ def draw_batch_size(ax, rows, b_noise: float = float("nan")):
     ax.set_ylabel("maximum single-step loss drop")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _band(ax, x, ys, color, label, style="-", marker=None):
+    """Mean over replicates (rows of ``ys``) as a line, their range as a band."""
+    ys = np.asarray(ys, dtype=float)
+    ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.18, lw=0)
+    ax.plot(x, np.nanmean(ys, axis=0), style, color=color, lw=1.3, marker=marker, ms=4, mfc="none",
+            label=f"{label} (mean; band: range over {ys.shape[0]} replicates)" if label else None)
+
+
+def draw_averaging_replicates(axes, results):
+    """Fig. 5 over replicates: validation accuracy and loss of each average (dashed) and its equivalent side-trip
+    (markers) against k (log axis), mean with the replicates' range as a band; the branch points' mean (k = 0) as
+    a dotted line. ``results``: one averaging result per replicate (same kernels and report steps)."""
+    first = results[0]
+    for ax, key, label in zip(axes, ("val_acc", "val_loss"), ("validation accuracy", "validation loss")):
+        ks = [t.k for t in first.trajectory if t.k > 0]
+        traj = [[getattr(t, key) for t in r.trajectory if t.k > 0] for r in results]
+        _band(ax, ks, traj, "k", "trajectory")
+        step0_marker(ax, float(np.mean([next(getattr(t, key) for t in r.trajectory if t.k == 0) for r in results])),
+                     "at the branch points (step 0, mean)")
+        for i, spec in enumerate(first.kernels):
+            c = COLORS[i % len(COLORS)]
+            kk = [x.k for x in first.kernels[spec].results if x.k > 0]
+            avg = [[getattr(x.average, key) for x in r.kernels[spec].results if x.k > 0] for r in results]
+            side = [[getattr(x.sidetrip, key) for x in r.kernels[spec].results if x.k > 0] for r in results]
+            _band(ax, kk, avg, c, f"{spec}: average", "--")
+            _band(ax, kk, side, c, f"{spec}: equivalent side-trip", "", marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("steps after the branch point")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=5)
+
+
+def draw_divergence_replicates(axes, results, window: int | None = None):
+    """Fig. 6 over replicates: distances between side-trips (left) and validation losses of A, lr/2, the two-point
+    average and B (right) against t (log axis), mean with the replicates' range as a band; step 0 as a dotted line;
+    ``window``: the shortest Lemma 2 window over the replicates (steps), the steps beyond it shaded."""
+    first = results[0]
+    t = first.distances.t.astype(float)
+    pos = t > 0
+    if window is not None:
+        for ax in axes[:2]:
+            ax.axvspan(max(window, 0.5), max(t.max(), 1.0) * 1.05, color="gray", alpha=0.12,
+                       label=f"outside Lemma 2's window ({window} steps, shortest replicate)")
+    ax = axes[0]
+    for i, (key, label) in enumerate((("dist_A_B", "|theta - theta'| (other batch order)"),
+                                      ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
+                                      ("dist_A_H", "|theta at lr - theta at lr/2|"),
+                                      ("dist_A_start", "|theta - theta_S|"))):
+        _band(ax, t[pos], [getattr(r.distances, key)[pos] for r in results], COLORS[i], label)
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the branch point")
+    ax.set_ylabel("L2 distance in weight space")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    ev0 = first.evaluations
+    for i, model in enumerate(("A", "H", "twopoint", "B")):
+        sel0 = (ev0.model == model) & (ev0.t > 0)
+        ts = ev0.t[sel0].astype(float)
+        ys = [r.evaluations.val_loss[(r.evaluations.model == model) & (r.evaluations.t > 0)] for r in results]
+        name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
+        _band(ax, ts, ys, COLORS[i], name, "-", marker="o")
+    at0 = [r.evaluations.val_loss[(r.evaluations.t == 0) & (r.evaluations.model == "A")] for r in results]
+    at0 = [float(a[0]) for a in at0 if a.size]
+    step0_marker(ax, float(np.mean(at0)) if at0 else None, "at the branch points (step 0, mean)")
+    ax.set_xscale("log")
+    ax.set_xlabel("steps after the branch point")
+    ax.set_ylabel("validation loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)

@@ -62,7 +62,10 @@ def replicated(claim: RealClaim) -> RealClaim:
                 if v.error is not None:
                     v.claim, v.statistic, v.comparison, v.threshold = (ref.claim, ref.statistic, ref.comparison,
                                                                        ref.threshold)
-        return combine(reps, verdicts, scale=claim.scale)
+        v = combine(reps, verdicts, scale=claim.scale)
+        if claim.figure is not None and ok:
+            v.figure = claim.figure(ctx, [ctx.replica(rep) for rep in reps], verdicts) or v.figure
+        return v
 
     def requests(ctx: RealContext) -> list:
         return [ctx.replica(rep).request(*q) for rep in ctx.replicates for q in claim.requests(ctx.replica(rep))]

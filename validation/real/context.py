@@ -336,9 +336,12 @@ class RealClaim:
     """A real-network claim: ``evaluate(ctx) -> Verdict`` and the side-trips it reads,
     ``requests(ctx) -> [(name, key, options), ...]`` (:mod:`.requests`; the prefetch computes them first).
     ``scale``: how its replicate values combine (:func:`.replication.combine`): ``"linear"`` (mean) or ``"log"``
-    (geometric mean: ratios spanning orders of magnitude)."""
+    (geometric mean: ratios spanning orders of magnitude). ``figure``: optional ``figure(ctx, replicas, verdicts)
+    -> file name`` drawing one figure over every replicate into ``ctx.out`` (the combined verdict's figure; None:
+    replicate 0's own figure)."""
 
     id: str
     evaluate: Callable[[RealContext], object]
     requests: Callable[[RealContext], list]
     scale: str = "linear"
+    figure: Callable | None = None

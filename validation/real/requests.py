@@ -10,7 +10,7 @@ from .config import RealConfig
 from .context import RealContext
 
 __all__ = ["lr_sweep_request", "fixed_batch_request", "averaging_request", "divergence_request",
-           "alignment_request", "linear_fit_request"]
+           "alignment_request", "linear_fit_request", "divergence_eval_steps"]
 
 
 def lr_sweep_request(cfg: RealConfig, batch_size: int, key: str | None = None) -> tuple[str, str, dict]:
@@ -27,7 +27,7 @@ def fixed_batch_request(ctx: RealContext) -> tuple[str, str, dict]:
 
 def averaging_request(cfg: RealConfig) -> tuple[str, str, dict]:
     K = cfg.averaging_steps
-    report = sorted({k for k in (1, 10, 100, 1000) if k < K} | {K})
+    report = sorted({k for k in (1, 3, 10, 30, 100, 300, 1000) if k < K} | {K})  # log-spaced: curves in figures
     return "averaging", "averaging", dict(steps=K, report_steps=report, kernels=list(cfg.averaging_kernels),
                                           train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples,
                                           bn_batches=cfg.bn_batches)
@@ -36,11 +36,17 @@ def averaging_request(cfg: RealConfig) -> tuple[str, str, dict]:
 def divergence_request(cfg: RealConfig) -> tuple[str, str, dict]:
     """The divergence side-trip shared by fig. 6, fig. 8 and eq. 13 (A, B, H, the lr pairs, the fixed batch)."""
     return "divergence", "divergence", dict(
-        steps=cfg.divergence_steps, eval_steps=sorted({0, cfg.divergence_steps // 10, cfg.divergence_steps}),
+        steps=cfg.divergence_steps, eval_steps=divergence_eval_steps(cfg.divergence_steps),
         train_eval_samples=cfg.eval_samples, val_samples=cfg.eval_samples, record_every=cfg.divergence_record_every,
         fixed_batch_every=cfg.divergence_record_every, bn_batches=cfg.bn_batches,
         pair_factors=[float(f) for f in cfg.eq13_factors], function_points=cfg.eq13_function_points,
         function_samples=cfg.eq13_function_samples)
+
+
+def divergence_eval_steps(K: int) -> list[int]:
+    """Steps with loss evaluations along the divergence side-trip: 0 and five log-spaced ones ending at K (K = 300:
+    3, 9, 30, 95, 300)."""
+    return sorted({0} | {max(1, int(round(K * 10 ** (-j / 2)))) for j in range(5)})
 
 
 def alignment_request(cfg: RealConfig) -> tuple[str, str, dict]:
