@@ -365,15 +365,16 @@ class DataBundle:
         seeds = [[int(v) for v in _seed_words(seed, 2, i, n=batch_size) >> np.uint64(1)] for i in range(n_batches)]
         return list(s.iterate(zip(idx, seeds), train=augment, device=device, num_workers=self.num_workers))
 
-    def eval_batches(self, split: str, max_samples: int, batch_size: int, device):
-        """Batches covering a fixed subset of at most ``max_samples`` examples of ``split`` (no augmentation)."""
+    def eval_batches(self, split: str, max_samples: int, batch_size: int, device, rank: int = 0, world: int = 1):
+        """Batches covering a fixed subset of at most ``max_samples`` examples of ``split`` (no augmentation);
+        with ``world`` ranks, rank ``rank``'s share: batches ``rank, rank + world, ...`` of that cover."""
         s = self.split(split)
         n = len(s)
         if max_samples >= n:
             idx = torch.arange(n)
         else:
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples].sort().values
-        chunks = [(idx[i:i + batch_size], None) for i in range(0, len(idx), batch_size)]
+        chunks = [(idx[i:i + batch_size], None) for i in range(0, len(idx), batch_size)][rank::world]
         return s.iterate(chunks, train=False, device=device, num_workers=self.num_workers)
 
 

@@ -16,11 +16,19 @@ r"""Hessian-vector products of a network's training loss and Lanczos for its top
 
 ``bn_mode``: ``"batch"`` (default) -- each chunk is normalised by its own statistics as in training, running
 statistics neither read nor changed; the chunk is the BatchNorm batch (set ``chunk_size`` to the run's per-device
-batch size), and the Hessian estimates :math:`E_B[\nabla^2L_B]`, the drift matrix A of eq. 14. ``"eval"`` --
+batch size, or to the run's batch with a ``plan`` that cuts it into the per-rank groups), and the Hessian estimates
+:math:`E_B[\nabla^2L_B]`, the drift matrix A of eq. 14. ``"eval"`` --
 eval-mode BN with the running statistics (PyHessian's convention; for comparison only). Dropout is in eval mode.
 HVPs are of L only: the curvature the optimizer feels is eigenvalue + weight decay
 (:func:`quadsgd.fitting.curvatures`). Autocast is always disabled; ``dtype`` casts the copy (float64 in tests).
 ``method``: ``"double_backward"`` (two reverse passes) or ``"func"`` (forward-over-reverse); same vector.
+
+``plan`` (optional, of :class:`FlatModel` and :class:`SampleLoss`): an object whose ``parts(x, y, batch_stats)``
+returns ``[(x_k, y_k, w_k)]``, a partition of the batch into the parts evaluated one forward pass each (``w_k`` =
+part size / batch size; ``batch_stats``: True with ``bn_mode="batch"``, where each part is one BatchNorm group),
+e.g. :class:`realnet.sidetrips._losses.BatchPlan` (a DDP run's per-rank groups and a memory bound). The loss,
+gradient and HVP of a batch are then the sums over its parts' summed losses times the batch's scale: with eval-mode
+BatchNorm the one-shot values to float rounding, with batch statistics the mean over the groups, as DDP's.
 
 Why train-mode BN, and the numerics: ``docs/hessian-and-lanczos.md``.
 """
@@ -131,14 +139,15 @@ class FlatModel:
     model: the network (not modified: it is deep-copied). bn_mode: ``"batch"`` | ``"eval"`` (module
     docstring). dtype: None (the model's) or a torch floating dtype (float64 for tests). device: None
     (the model's) or a device. loss_fn: ``loss_fn(output, target) -> sum of per-example losses``
-    (default: cross-entropy with ``label_smoothing``, summed).
+    (default: cross-entropy with ``label_smoothing``, summed). plan: None (each batch in one pass) or how a
+    batch is cut into passes (module docstring).
 
     Attributes: ``layout`` (:class:`ParamLayout`), ``size`` (P), ``theta0`` (the model's parameters,
-    flat, in ``dtype``), ``dtype``, ``device``, ``bn_mode``.
+    flat, in ``dtype``), ``dtype``, ``device``, ``bn_mode``, ``plan``.
     """
 
     def __init__(self, model: nn.Module, *, bn_mode: str = "batch", dtype: torch.dtype | None = None,
-                 device=None, loss_fn: Callable | None = None, label_smoothing: float = 0.0):
+                 device=None, loss_fn: Callable | None = None, label_smoothing: float = 0.0, plan=None):
         self.bn_mode = check_choice("bn_mode", bn_mode, BN_MODES)
         label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         self.layout = ParamLayout.of(model)
@@ -163,6 +172,9 @@ class FlatModel:
         self.size = self.layout.size
         self.theta0 = self.layout.flatten(model, self.dtype).to(self.device)
         self._loss_fn = loss_fn if loss_fn is not None else _cross_entropy_sum(label_smoothing)
+        if plan is not None and not callable(getattr(plan, "parts", None)):
+            raise ValueError(f"plan must be None or have a parts(x, y, batch_stats) method; got {type(plan).__name__}")
+        self.plan = plan
 
     # ------------------------------------------------------------------ helpers
     def _theta(self, theta) -> torch.Tensor:
@@ -185,6 +197,12 @@ class FlatModel:
             x = x.to(self.dtype)
         return x, y.to(self.device)
 
+    def parts(self, x, y) -> list:
+        """``[(x_k, y_k)]`` on the device: the passes batch (x, y) is evaluated in (one without a ``plan``)."""
+        if self.plan is None:
+            return [self._inputs(x, y)]
+        return [self._inputs(xk, yk) for xk, yk, _ in self.plan.parts(x, y, self.bn_mode == "batch")]
+
     def summed_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:math:`\\sum_{x\\in\\text{batch}}\\ell` at flat ``theta`` (differentiable in theta); x, y on the device."""
         out = functional_call(self._model, self.layout.unflatten(theta), (x,))
@@ -193,31 +211,38 @@ class FlatModel:
     # ------------------------------------------------------------------ one batch
     def loss(self, x, y, theta=None, scale: float | None = None) -> torch.Tensor:
         """Mean loss on batch (x, y) (BN per ``bn_mode``); ``scale`` replaces 1/len(x). Scalar tensor."""
-        x, y = self._inputs(x, y)
         s = 1.0 / len(x) if scale is None else scale
+        th = self._theta(theta)
         with torch.no_grad(), _no_autocast(self.device):
-            return self.summed_loss(self._theta(theta), x, y) * s
+            return sum(self.summed_loss(th, xk, yk) * s for xk, yk in self.parts(x, y))
 
     def grad(self, x, y, theta=None, scale: float | None = None) -> torch.Tensor:
         """Gradient of the mean loss on batch (x, y); shape (P,). ``scale`` replaces 1/len(x)."""
-        x, y = self._inputs(x, y)
         s = 1.0 / len(x) if scale is None else scale
         th = self._theta(theta).detach().requires_grad_(True)
-        with torch.enable_grad(), _no_autocast(self.device):
-            loss = self.summed_loss(th, x, y) * s
-            (g,) = torch.autograd.grad(loss, th)
-        return g
+        acc = None
+        for xk, yk in self.parts(x, y):
+            with torch.enable_grad(), _no_autocast(self.device):
+                (g,) = torch.autograd.grad(self.summed_loss(th, xk, yk) * s, th)
+            acc = g if acc is None else acc + g
+        return acc
 
     def hvp(self, x, y, v, theta=None, method: str = "double_backward", scale: float | None = None) -> torch.Tensor:
         r""":math:`\nabla^2 L_{batch}(\theta)\,v` of the mean loss on batch (x, y); shape (P,)."""
         check_choice("method", method, HVP_METHODS)
-        x, y = self._inputs(x, y)
         s = 1.0 / len(x) if scale is None else scale
         v = self._vector(v)
         th = self._theta(theta).detach()
+        acc = None
+        for xk, yk in self.parts(x, y):  # one pass (and its graph) per part
+            hv = self._hvp_part(xk, yk, v, th, method, s)
+            acc = hv if acc is None else acc + hv
+        return acc
+
+    def _hvp_part(self, x, y, v, th, method: str, s: float) -> torch.Tensor:
         with _no_autocast(self.device):
             if method == "double_backward":
-                th = th.requires_grad_(True)
+                th = th.detach().requires_grad_(True)
                 with torch.enable_grad():
                     loss = self.summed_loss(th, x, y) * s
                     (g,) = torch.autograd.grad(loss, th, create_graph=True)
@@ -237,7 +262,9 @@ class SampleLoss:
 
     model: the network (deep-copied; untouched). inputs: (n, ...) tensor; targets: (n,) tensor (kept on
     their device; each chunk is moved to the compute device). chunk_size: examples per chunk (memory
-    bound; with ``bn_mode="batch"`` also the BatchNorm batch, and n must be a multiple of it).
+    bound; with ``bn_mode="batch"`` also the BatchNorm batch, and n must be a multiple of it). With a ``plan``
+    each chunk is cut into the plan's parts (with ``bn_mode="batch"`` its BatchNorm groups), one pass each: the
+    chunk is then the unit the plan cuts (the run's global batch) and the part bounds the memory.
     method: default HVP method (``"double_backward"`` | ``"func"``). Other keywords: :class:`FlatModel`.
 
     Attributes: ``flat`` (the :class:`FlatModel`), ``size`` (P), ``n`` (sample size), ``chunk_size``,
@@ -246,7 +273,7 @@ class SampleLoss:
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, chunk_size: int = 256,
                  bn_mode: str = "batch", method: str = "double_backward", dtype: torch.dtype | None = None,
-                 device=None, loss_fn: Callable | None = None, label_smoothing: float = 0.0):
+                 device=None, loss_fn: Callable | None = None, label_smoothing: float = 0.0, plan=None):
         if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
             raise ValueError("inputs and targets must be tensors")
         n = len(inputs)
@@ -262,7 +289,7 @@ class SampleLoss:
         if bn_mode == "batch" and self.chunk_size == 1:
             raise ValueError("chunk_size must be >= 2 with bn_mode='batch' (BatchNorm needs > 1 example per batch)")
         self.flat = FlatModel(model, bn_mode=bn_mode, dtype=dtype, device=device, loss_fn=loss_fn,
-                              label_smoothing=label_smoothing)
+                              label_smoothing=label_smoothing, plan=plan)
         self.inputs, self.targets, self.n = inputs, targets, n
         self.size = self.flat.size
         self.theta0 = self.flat.theta0

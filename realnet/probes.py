@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from .data import BatchOrder
 from .regime import Memorisation, NoiseScale, noise_scale_from_gradients
 from .sidetrips import RunContext, SideTripOptions, batch_grad, functional_model, grad_vector
 from .trainer import deterministic_mode, evaluate
@@ -32,6 +33,15 @@ def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, c
                  device: str = "cpu", threads: int = 0, deterministic: bool | None = None) -> Memorisation:
     """Measure :class:`Memorisation` at checkpoint ``step`` of ``run_dir`` (nothing is written).
 
+    Like with like: both sides are seen through the same views, recorded in ``views``. ``"augmented"`` where the
+    data set augments its fixed batches (digits with augmentation: the held-out batches get the training
+    augmentation with fixed seeds, the fresh batches the run's); ``"clean"`` elsewhere (ImageFolder and CIFAR
+    data sets, whose held-out examples are always evaluated through the evaluation transform -- the centre crop):
+    the fresh batches hold the examples of updates ``step ..`` through that same evaluation transform, not the
+    RandomResizedCrop + flip views the run trained on, so a clean ``fresh_train_loss`` is not the logged loss.
+    With batch-statistics BatchNorm every batch is normalised in the run's per-rank groups (a DDP run without
+    SyncBN: each rank's share), so the augmented fresh loss of update S is the one training logged.
+
     n_batches: held-out and fresh batches (10 each). batch_size: 0 = the run's (held-out batches capped at the
     held-out split's size). clean_samples: examples of the clean training / validation evaluation (0 = skip).
     """
@@ -39,8 +49,12 @@ def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, c
         raise ValueError(f"n_batches must be an integer >= 1; got {n_batches}")
     with _at_checkpoint(run_dir, step, device, threads, deterministic) as (ctx, br, opts):
         B = int(batch_size) or ctx.cfg.batch_size
+        augmented = bool(ctx.data.augment_fixed)
         held = ctx.heldout(n_batches, min(B, len(ctx.data.heldout)))
-        fresh = [ctx.batch_at(int(step) + i, B) for i in range(n_batches)]
+        order = ctx.order if B == ctx.cfg.batch_size else BatchOrder(len(ctx.data.train), B, ctx.cfg.data_seed)
+        fresh = [ctx.data.batch_at(order, int(step) + i, ctx.rt.device, augment=ctx.cfg.augment and augmented)
+                 for i in range(n_batches)]
+        held, fresh = ctx.ghost_groups(held), ctx.ghost_groups(fresh)
         out = {}
         for key, tm in (("", True), ("_eval_bn", False)):
             h = evaluate(br.model, held, ctx.rt, train_mode_bn=tm)["loss"]
@@ -54,23 +68,23 @@ def memorisation(run_dir, step: int, n_batches: int = 10, batch_size: int = 0, c
             out.update(clean_train_loss=tr["loss"], clean_train_acc=tr["acc"], clean_val_loss=va["loss"],
                        clean_val_acc=va["acc"])
     return Memorisation(step=int(step), n_batches=int(n_batches), batch_size=B,
-                        heldout_augmented=bool(ctx.data.augment_fixed), **out)
+                        heldout_augmented=augmented, views="augmented" if augmented else "clean", **out)
 
 
 def gradient_noise_scale(run_dir, step: int, n_batches: int = 16, batch_size: int = 0, device: str = "cpu",
                          threads: int = 0, deterministic: bool | None = None) -> NoiseScale:
     """Measure :class:`NoiseScale` at checkpoint ``step`` of ``run_dir`` from the loss gradients of the fresh
-    training batches of updates ``step .. step + n_batches - 1`` (batch-statistics BatchNorm, as in training;
-    batch_size 0 = the run's). Nothing is written."""
+    training batches of updates ``step .. step + n_batches - 1`` (batch-statistics BatchNorm in the run's per-rank
+    groups, as in training; batch_size 0 = the run's). Nothing is written."""
     if n_batches < 2:
         raise ValueError(f"n_batches must be an integer >= 2; got {n_batches}")
-    with _at_checkpoint(run_dir, step, device, threads, deterministic) as (ctx, br, _opts):
+    with _at_checkpoint(run_dir, step, device, threads, deterministic) as (ctx, br, opts):
         B = int(batch_size) or ctx.cfg.batch_size
         fmodel, _ = functional_model(br.model, "batch")
         params = dict(br.model.named_parameters())
         rows = []
         for i in range(n_batches):
             x, y = ctx.batch_at(int(step) + i, B)
-            _, g = batch_grad(fmodel, params, x, y, ctx.rt)
+            _, g = batch_grad(fmodel, params, x, y, ctx.rt, plan=ctx.batch_plan(opts))
             rows.append(grad_vector(g).double().cpu().numpy())
     return noise_scale_from_gradients(np.stack(rows), B, step)

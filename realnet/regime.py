@@ -8,9 +8,10 @@ whether a claim's premise holds are in :mod:`validation.real.premises`.
   steps of a longer one, so ``length`` evaluates a prefix.
 * :class:`Memorisation` (measured by :func:`realnet.probes.memorisation`) -- at checkpoint S: mean loss of
   ``n_batches`` fixed held-out batches (seed
-  :data:`realnet.sidetrips.HELDOUT_SEED`, the side-trips' held-out batches, augmented like the stream when the
-  data set augments fixed batches) over the mean loss of the ``n_batches`` fresh training batches of updates
-  S .. S + n_batches - 1, both with batch-statistics BatchNorm (as in training, running statistics untouched)
+  :data:`realnet.sidetrips.HELDOUT_SEED`, the side-trips' held-out batches) over the mean loss of the
+  ``n_batches`` fresh training batches of updates S .. S + n_batches - 1, both seen through the same views
+  (``views``: both augmented like the stream when the data set augments fixed batches, else both through the
+  evaluation transform), both with batch-statistics BatchNorm (as in training, running statistics untouched)
   at the checkpoint's parameters (eval-mode BN numbers and clean train/validation losses beside it).
 * :func:`fixed_batch_change` -- a fixed batch's loss and gradient norm along a side-trip summarised as
   Lemma 2's premise reads them: loss at the end / at the start and the largest change of the gradient norm
@@ -75,8 +76,10 @@ class Memorisation:
     """Held-out vs fresh training-batch loss at checkpoint ``step`` (see the module docstring).
 
     ratio = heldout_loss / fresh_train_loss (batch-statistics BN); ``*_eval_bn``: the same with eval-mode BN
-    (the checkpoint's running statistics). clean_*: unaugmented training subset / validation split in eval
-    mode (NaN when not measured).
+    (the checkpoint's running statistics). views: what both sides were seen through -- ``"augmented"`` (the
+    training augmentation on held-out and fresh batches) or ``"clean"`` (the evaluation transform on both);
+    ``""`` in records written before it was recorded. clean_*: unaugmented training subset / validation split in
+    eval mode (NaN when not measured).
     """
 
     step: int
@@ -89,6 +92,7 @@ class Memorisation:
     fresh_train_loss_eval_bn: float
     ratio_eval_bn: float
     heldout_augmented: bool
+    views: str = ""
     clean_train_loss: float = math.nan
     clean_train_acc: float = math.nan
     clean_val_loss: float = math.nan

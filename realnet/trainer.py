@@ -29,7 +29,8 @@ parameters (checked before every checkpoint): metrics up to the bad step are kep
 the last good one is written. A damaged latest checkpoint is reported with the previous good step.
 
 Multi-GPU: launch with ``torchrun --nproc_per_node=N -m realnet train ...`` (env:// rendezvous,
-DistributedDataParallel, each rank takes an equal share of the global batch, rank 0 writes). A single
+DistributedDataParallel, each rank takes an equal share of the global batch and of the evaluation batches,
+rank 0 writes). A single
 GPU trains with bf16 autocast and channels_last by default; otherwise the CPU is used (fp32).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ from .models import create_model
 
 __all__ = [
     "Runtime", "make_runtime", "lr_at", "lr_schedule_array", "build_model", "build_optimizer",
-    "train_step", "evaluate", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
+    "train_step", "evaluate", "batch_sums", "train", "load_config", "restore_checkpoint", "checkpoint_payload",
     "deterministic_mode", "METRICS_COLUMNS", "EVAL_COLUMNS", "DivergenceError", "run_identity", "all_finite",
     "retention_rule", "checkpoint_size_estimate",
 ]
@@ -263,16 +264,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rt: Runtime | None = None,
-             train_mode_bn: bool = False) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy over ``batches`` (eval-mode BatchNorm unless ``train_mode_bn``).
-
-    Returns ``{"loss", "acc", "n"}``. ``train_mode_bn`` normalises with each batch's own statistics
-    without touching the running statistics.
-    """
+def batch_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rt: Runtime | None = None,
+               train_mode_bn: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Per batch: summed cross-entropy (float32 0-d tensor), correct predictions (0-d tensor) and examples, with
+    eval-mode BatchNorm unless ``train_mode_bn`` (each batch's own statistics, running statistics untouched)."""
     was = model.training
     ctx = rt.autocast() if rt is not None else contextlib.nullcontext()
-    total = correct = n = None
     saved = [(b, b.clone()) for b in model.buffers()] if train_mode_bn else None
     model.train(train_mode_bn)
     try:
@@ -281,16 +278,26 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
                 x = rt.prep(x)
             with ctx:
                 out = model(x)
-            l = F.cross_entropy(out.float(), y, reduction="sum")
-            c = (out.argmax(1) == y).sum()
-            total = l if total is None else total + l
-            correct = c if correct is None else correct + c
-            n = len(y) if n is None else n + len(y)
+            yield F.cross_entropy(out.float(), y, reduction="sum"), (out.argmax(1) == y).sum(), len(y)
     finally:
         model.train(was)
         if saved is not None:
             for b, v in saved:
                 b.copy_(v)
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rt: Runtime | None = None,
+             train_mode_bn: bool = False) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy over ``batches`` (eval-mode BatchNorm unless ``train_mode_bn``).
+
+    Returns ``{"loss", "acc", "n"}``. ``train_mode_bn`` normalises with each batch's own statistics
+    without touching the running statistics.
+    """
+    total = correct = n = None
+    for l, c, k in batch_sums(model, batches, rt, train_mode_bn):
+        total = l if total is None else total + l  # float32, in batch order (as _run_eval adds the ranks' shares)
+        correct = c if correct is None else correct + c
+        n = k if n is None else n + k
     if not n:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
     return {"loss": float(total) / n, "acc": float(correct) / n, "n": int(n)}
@@ -627,15 +634,40 @@ def _open_session(s: _Session, claim) -> None:
 
 
 def _run_eval(s: _Session, step: int) -> dict[str, float] | None:
-    """Validation loss/accuracy after ``step`` updates (rank 0 evaluates and appends to evals.csv)."""
-    res = None
-    if s.rt.is_main:
-        cfg = s.cfg
-        res = evaluate(s.model, s.data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, s.rt.device), s.rt)
+    """Validation loss/accuracy after ``step`` updates; rank 0 appends them to evals.csv.
+
+    With several ranks every rank takes rank 0's BatchNorm buffers, the evaluation batches are dealt out (rank r
+    takes batches r, r + world, ...), their
+    per-batch sums are gathered by one all_reduce and added in batch order in float32 as :func:`evaluate` adds
+    them: the numbers of one process evaluating everything, bit for bit where the batches' forward passes are.
+    """
+    cfg, rt = s.cfg, s.rt
+    if rt.world == 1:
+        res = evaluate(s.model, s.data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, rt.device), rt)
+    else:
+        import torch.distributed as dist
+
+        for b in s.model.buffers():  # rank 0's BatchNorm statistics (what it checkpoints; DDP's next forward
+            dist.broadcast(b, 0)  # broadcasts them too): without SyncBN each rank's own differ
+        n_val = min(cfg.eval_samples, len(s.data.val))
+        table = torch.zeros(-(-n_val // cfg.eval_batch_size), 3, dtype=torch.float64, device=rt.device)
+        mine = s.data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, rt.device, rank=rt.rank,
+                                   world=rt.world)
+        for (l, c, n), k in zip(batch_sums(s.model, mine, rt), range(rt.rank, len(table), rt.world)):
+            table[k, 0], table[k, 1], table[k, 2] = l.double(), c.double(), float(n)
+        dist.all_reduce(table)
+        table = table.cpu()
+        total = None
+        for v in table[:, 0].float():
+            total = v if total is None else total + v
+        n = int(table[:, 2].sum())
+        res = ({"loss": float(total) / n, "acc": float(table[:, 1].sum()) / n, "n": n} if n else
+               {"loss": float("nan"), "acc": float("nan"), "n": 0})
+    if rt.is_main:
         with open(s.evals_path, "a", encoding="utf-8") as fh:
             fh.write(f"{step},{res['loss']!r},{res['acc']!r}\n")
-    _barrier(s.rt)
-    return res
+    _barrier(rt)
+    return res if rt.is_main else None
 
 
 class _MetricsLog:

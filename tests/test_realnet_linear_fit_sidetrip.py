@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 import realnet
 from quadsgd import fitting as lf
+from realnet.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from realnet.config import ConfigError, TrainConfig
 from realnet.sidetrips.linear_fit import LinearFitOptions, LinearFitResult, build_result, fit_model
 
@@ -287,3 +289,36 @@ def test_synthetic_quadratic_through_the_sidetrip_path(tmp_path):
     assert bad.variance_statistic.value == pytest.approx(math.log(4.0), abs=0.3)
     br = where_it_breaks(bad, lf.FIT_THRESHOLD)["breaks"]
     assert br["variance_too_small"] == list(range(6)) and br["ratio_off"] == []
+
+
+def test_memory_bound_and_the_runs_ranks(tiny_run, tmp_path):
+    """Eval-mode BatchNorm with micro_batch=5 (passes of 5, 5, 5, 1 per batch of 16; the Hessian sample in host
+    memory) gives the one-shot fit to float32 rounding: eigenvalues and Rayleigh quotients within 1e-6 relative
+    (measured ~1e-7), noise within 1e-5 (~3e-7), projections within 1e-5 of their largest value (~2e-7 absolute).
+    On a run whose checkpoints say 2 ranks (no SyncBN) the Hessian, curvature and noise normalise each rank's share
+    of 8 -- different numbers from the one-process run -- and a bound of one share per pass changes nothing; a
+    bound below the share is refused naming micro_batch before anything is written."""
+    kw = dict(TINY, bn_mode="eval")
+    one = realnet.fit_linear_model(tiny_run, 20, tmp_path / "e0", **kw)
+    bounded = realnet.fit_linear_model(tiny_run, 20, tmp_path / "e5", micro_batch=5, **kw)
+    np.testing.assert_allclose(bounded.eigenvalues, one.eigenvalues, rtol=1e-6)
+    np.testing.assert_allclose(bounded.rayleigh, one.rayleigh, rtol=1e-6)
+    np.testing.assert_allclose(bounded.noise_std, one.noise_std, rtol=1e-5)
+    np.testing.assert_allclose(bounded.projections, one.projections, atol=1e-5 * np.abs(one.projections).max())
+
+    two = tmp_path / "two"
+    shutil.copytree(tiny_run, two)
+    for s in list_checkpoints(two):
+        ck = load_checkpoint(checkpoint_path(two, s))
+        ck["world_size"] = 2
+        save_checkpoint(checkpoint_path(two, s), ck)
+    whole = realnet.fit_linear_model(tiny_run, 20, tmp_path / "b1", **TINY)
+    ghost = realnet.fit_linear_model(two, 20, tmp_path / "b2", **TINY)
+    ghost_bounded = realnet.fit_linear_model(two, 20, tmp_path / "b2m", micro_batch=8, **TINY)
+    assert np.all(np.abs(ghost.eigenvalues / whole.eigenvalues - 1) > 1e-3)
+    assert np.all(np.abs(ghost.noise_std / whole.noise_std - 1) > 1e-3)
+    for name in ("eigenvalues", "rayleigh", "noise_std", "projections"):
+        np.testing.assert_array_equal(getattr(ghost_bounded, name), getattr(ghost, name), err_msg=name)
+    with pytest.raises(ConfigError, match="micro_batch=4 is smaller than the BatchNorm group of 8 examples"):
+        realnet.fit_linear_model(two, 20, tmp_path / "bad", micro_batch=4, **TINY)
+    assert not (tmp_path / "bad").exists()

@@ -122,3 +122,28 @@ def test_worker_count_comes_from_the_cores():
     assert pipeline.auto_workers(1, cores=16) == 15 and pipeline.auto_workers(8, cores=16) == 1
     assert pipeline.auto_workers(1, cores=1) == 1
     assert realnet.resolve_config(TrainConfig()).num_workers == pipeline.auto_workers(1)
+
+
+def test_bad_data_is_one_line_naming_the_option(folder, tmp_path, capsys):
+    """Through ``realnet train``: a data dir without train/ and val/ and a truncated training JPEG (refused, never
+    skipped, with a loader worker) each end with exit code 2 and one line on stderr naming the option or the file,
+    no traceback."""
+    import shutil
+
+    from realnet.cli import main as cli_main
+
+    args = ["train", "--dataset=imagenet", "--model=resnet20", "--width=4", "--image-size=32", "--heldout-size=4",
+            "--batch-size=4", "--steps=2", "--eval-every=0", "--progress=false", "--num-workers=1"]
+    (tmp_path / "empty").mkdir()
+    assert cli_main(args + [f"--data-dir={tmp_path / 'empty'}", f"--out={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "imagenet data_dir" in err[0] and "has no 'train' folder" in err[0], err
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    victims = sorted((bad / "train").rglob("*.jpg"))
+    for v in victims:  # every training image truncated: the first batch hits one, whatever the order
+        v.write_bytes(v.read_bytes()[:200])
+    assert cli_main(args + [f"--data-dir={bad}", f"--out={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot decode image" in err[0] and "refused, never skipped" in err[0], err
+    assert "Traceback" not in "\n".join(err)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import realnet
 from realnet.config import TrainConfig
@@ -138,3 +139,77 @@ def test_gradient_noise_scale_on_a_run(aug_run):
     ref = noise_scale_from_gradients(np.stack(rows), 16, 30)
     assert ns.mean_pair_cosine == pytest.approx(ref.mean_pair_cosine, abs=1e-4)
     assert ns.trace_sigma == pytest.approx(ref.trace_sigma, rel=1e-3) and ns.batch_size == 16
+
+
+@pytest.fixture(scope="module")
+def jpeg_run(tmp_path_factory):
+    """ResNet-20 (width 4) trained 4 steps at 32 px on a generated JPEG ImageFolder (2 classes, 16 training and 4
+    held-out examples, RandomResizedCrop + flip), batch 4; as if by 2 ranks from a copy of it."""
+    from realnet.synthetic_images import write_image_folder
+
+    root = tmp_path_factory.mktemp("jpeg-regime")
+    write_image_folder(root / "data", classes=2, train_per_class=10, val_per_class=3, size=(96, 72), gray=0.2,
+                       cmyk=0.1, seed=2)
+    run = root / "run"
+    realnet.train(TrainConfig(dataset="imagenet", data_dir=str(root / "data"), model="resnet20", width=4,
+                              image_size=32, heldout_size=4, batch_size=4, lr=0.02, steps=4, checkpoint_every=2,
+                              eval_every=2, eval_samples=6, eval_batch_size=4, progress=False, threads=1), run)
+    return run
+
+
+def _restored(run, step):
+    from realnet.checkpoint import find_checkpoint
+    from realnet.trainer import build_model, load_config, restore_checkpoint
+
+    cfg = load_config(run)
+    data = realnet.build_data(cfg)
+    model = build_model(cfg, data.num_classes)
+    restore_checkpoint(realnet.load_checkpoint(find_checkpoint(run, step)), model, rng=False)
+    return cfg, data, model
+
+
+def test_memorisation_on_an_image_folder_compares_clean_with_clean(jpeg_run):
+    """On an ImageFolder the held-out batches are centre crops, so the fresh training batches are too: the fresh
+    loss equals the loss of updates 2, 3's examples through the evaluation transform (recomputed here), not the
+    augmented loss training logged; the record says ``views == "clean"``."""
+    from realnet.sidetrips import HELDOUT_SEED
+    from realnet.trainer import evaluate
+
+    m = memorisation(jpeg_run, 2, n_batches=2, threads=1)
+    assert m.views == "clean" and not m.heldout_augmented and m.batch_size == 4
+    cfg, data, model = _restored(jpeg_run, 2)
+    order = realnet.BatchOrder(len(data.train), 4, cfg.data_seed)
+    clean = [next(data.train.iterate([(order.indices(t), None)], train=False, device="cpu")) for t in (2, 3)]
+    augmented = [data.batch_at(order, t, "cpu") for t in (2, 3)]
+    assert not torch.equal(clean[0][0], augmented[0][0]) and torch.equal(clean[0][1], augmented[0][1])
+    assert m.fresh_train_loss == pytest.approx(evaluate(model, clean, train_mode_bn=True)["loss"], rel=1e-5)
+    assert m.fresh_train_loss_eval_bn == pytest.approx(evaluate(model, clean)["loss"], rel=1e-5)
+    logged = np.mean(_train_losses(jpeg_run)[2:4])  # the augmented views the run trained on
+    assert abs(m.fresh_train_loss / logged - 1) > 1e-3
+    held = data.fixed_batches("heldout", 2, 4, HELDOUT_SEED, "cpu")
+    assert m.heldout_loss == pytest.approx(evaluate(model, held, train_mode_bn=True)["loss"], rel=1e-5)
+    assert m.ratio == pytest.approx(m.heldout_loss / m.fresh_train_loss)
+
+
+def test_memorisation_normalises_per_rank(jpeg_run, tmp_path):
+    """On a run whose checkpoints say 2 ranks (no SyncBN), each batch of 4 is normalised as the ranks' shares of
+    2 (rank r took positions r, r + 2): the fresh loss is the mean over the shares, not BatchNorm over the 4."""
+    import shutil
+
+    from realnet.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+    from realnet.trainer import evaluate
+
+    two = tmp_path / "two"
+    shutil.copytree(jpeg_run, two)
+    for s in list_checkpoints(two):
+        ck = load_checkpoint(checkpoint_path(two, s))
+        ck["world_size"] = 2
+        save_checkpoint(checkpoint_path(two, s), ck)
+    m = memorisation(two, 2, n_batches=1, threads=1)
+    cfg, data, model = _restored(two, 2)
+    order = realnet.BatchOrder(len(data.train), 4, cfg.data_seed)
+    x, y = next(data.train.iterate([(order.indices(2), None)], train=False, device="cpu"))
+    shares = evaluate(model, [(x[0::2], y[0::2]), (x[1::2], y[1::2])], train_mode_bn=True)["loss"]
+    assert m.fresh_train_loss == pytest.approx(shares, rel=1e-6)
+    whole = evaluate(model, [(x, y)], train_mode_bn=True)["loss"]
+    assert abs(whole / m.fresh_train_loss - 1) > 1e-3

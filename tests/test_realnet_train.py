@@ -253,7 +253,8 @@ def test_ddp_two_cpu_ranks_with_torchrun(tmp_path):
 def test_ddp_two_gloo_ranks_on_jpegs_and_sync_bn_refused_on_cpu(jpeg_folder, tmp_path):
     """torchrun, 2 gloo ranks on the JPEG folder: the step-0 loss is the mean over the ranks' shares of the
     single-process global batch, each normalised separately (what side-trips reproduce with ``bn_groups``);
-    rank 0 writes everything; a DDP run resumes; SyncBN on CPU is refused (torch runs it on GPUs only)."""
+    rank 0 writes everything; evaluation spread over the ranks gives one process's numbers; a DDP run resumes;
+    SyncBN on CPU is refused (torch runs it on GPUs only)."""
     import copy
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -290,3 +291,9 @@ def test_ddp_two_gloo_ranks_on_jpegs_and_sync_bn_refused_on_cpu(jpeg_folder, tmp
     assert sessions[-1]["resumed_from"] == 2
     # the global batch of each step is the single-process one, normalised per rank's share
     assert float(rows[0]["train_loss"]) == pytest.approx(expected[2], rel=1e-5)
+    # evaluation dealt out to the ranks (6 examples in batches of 4 and 2, one per rank) gives one process's numbers
+    for row in _rows(out / "evals.csv"):
+        m = trainer.build_model(cfg, data.num_classes)
+        trainer.restore_checkpoint(load_checkpoint(checkpoint_path(out, int(row["step"]))), m, rng=False)
+        one = trainer.evaluate(m, data.eval_batches("val", cfg.eval_samples, cfg.eval_batch_size, "cpu"))
+        assert float(row["val_loss"]) == pytest.approx(one["loss"], rel=1e-6) and float(row["val_acc"]) == one["acc"]

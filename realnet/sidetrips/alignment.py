@@ -123,9 +123,10 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
     base = ctx.branch(S)
     fb = ctx.data.fixed_batches(opts.fixed_batch, 1, B, ctx.seeded(FIXED_BATCH_SEED), rt.device)[0]
     fmodel, _ = functional_model(base.model, "batch")
+    plan = ctx.batch_plan(opts)  # the run's per-rank BatchNorm groups and the memory bound
 
     def fixed_grad(br: Branch, batch=fb):
-        loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *batch, rt)
+        loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *batch, rt, plan=plan)
         return float(loss), grad_vector(g)
 
     # reference: gradients of different training batches at S
@@ -159,9 +160,9 @@ def _compute(ctx: RunContext, S: int, opts: AlignmentOptions) -> AlignmentResult
             tl_l = float(bl.sgd_step(x, y, lr_l))
             tg_l = bl.grad_flat() if t in rec else None
         elif t in rec:
-            l_, g_ = batch_grad(fmodel, dict(bc.model.named_parameters()), x, y, rt)
+            l_, g_ = batch_grad(fmodel, dict(bc.model.named_parameters()), x, y, rt, plan=plan)
             tl_c, tg_c = float(l_), grad_vector(g_)
-            l_, g_ = batch_grad(fmodel, dict(bl.model.named_parameters()), x, y, rt)
+            l_, g_ = batch_grad(fmodel, dict(bl.model.named_parameters()), x, y, rt, plan=plan)
             tl_l, tg_l = float(l_), grad_vector(g_)
         if t in rec:
             rows.append({

@@ -251,7 +251,9 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
     if fb_rec:
         fixed = ctx.data.fixed_batches("heldout", 1, fb_size, ctx.seeded(opts.fixed_batch_seed), rt.device)[0]
         fmodel, _ = functional_model(base.model, "batch")
-        g_start = grad_vector(batch_grad(fmodel, dict(base.model.named_parameters()), *fixed, rt)[1]).double()
+        plan = ctx.batch_plan(opts)  # the run's per-rank BatchNorm groups and the memory bound
+        g_start = grad_vector(batch_grad(fmodel, dict(base.model.named_parameters()), *fixed, rt, plan=plan)[1])
+        g_start = g_start.double()
 
     # lr pairs (eq. 13): (main order, other order) at lr * f; f = 1 is (A, B), f = 0.5 reuses H as the main member
     pairs: dict[float, tuple] = {}
@@ -318,7 +320,7 @@ def _compute(ctx: RunContext, S: int, opts: DivergenceOptions) -> DivergenceResu
         if t in fb_rec:
             with sw.phase("fixed_batch"):
                 for name, br in (("A", A), ("B", Bb), ("H", H)):
-                    loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt)
+                    loss, g = batch_grad(fmodel, dict(br.model.named_parameters()), *fixed, rt, plan=plan)
                     gv = grad_vector(g).double()
                     cos = float(gv @ g_start / (gv.norm() * g_start.norm()))
                     fb_rows.append([t, name, float(loss), float(gv.norm()), cos])

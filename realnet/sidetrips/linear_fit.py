@@ -8,8 +8,12 @@ Steps: top-``k`` Hessian eigenpairs at :math:`\theta_S` (:func:`realnet.hessian.
 curvature :math:`\kappa_i` (Rayleigh quotient on fresh batches, or the eigenvalue, + weight decay), noise
 :math:`\sigma_i`, predictions (:func:`quadsgd.fitting.predict`), a constant-lr continuation of ``burn_in + steps``
 updates recording :math:`p_{i,t} = v_i^\top(\theta_{S+t} - \theta_S)`, measurement and comparison
-(:mod:`quadsgd.fitting`). ``steps`` must be >= ``quadsgd.fitting.min_steps(lags, kernels, n_blocks)`` (ConfigError
-naming ``steps``); ``steps = 0`` means that minimum. Method and reasoning: ``docs/linear-model-fit.md``.
+(:mod:`quadsgd.fitting`). Every batch of the run's size (the sample's chunks, the curvature and noise batches) is
+evaluated as the run normalised it: BatchNorm over each rank's share of a DDP run without SyncBN (the checkpoint's
+``world_size``), one pass per share, and at most ``micro_batch`` examples per pass (a share is never split: a smaller
+bound is refused; with ``micro_batch`` the Hessian sample is kept in host memory and moved a part at a time).
+``steps`` must be >= ``quadsgd.fitting.min_steps(lags, kernels, n_blocks)`` (ConfigError naming ``steps``);
+``steps = 0`` means that minimum. Method and reasoning: ``docs/linear-model-fit.md``.
 
 Outputs (:class:`LinearFitResult`; column meanings in each table class):
 
@@ -454,13 +458,14 @@ class _Continuation(NamedTuple):
 
 
 def _spectrum(model, sample, curvature_batches, noise_batches, o: LinearFitOptions, sw: Stopwatch, bar, *,
-              batch_size, loss_fn, label_smoothing, device, dtype) -> _Spectrum:
-    """Lanczos on the fixed sample, Rayleigh quotients and projected gradients on fresh batches."""
+              batch_size, loss_fn, label_smoothing, device, dtype, plan) -> _Spectrum:
+    """Lanczos on the fixed sample, Rayleigh quotients and projected gradients on fresh batches (every batch of
+    ``batch_size`` evaluated in the parts of ``plan``)."""
     x_s, y_s = sample
     with sw.phase("sample"):
         L = SampleLoss(model, x_s, y_s, chunk_size=batch_size if o.bn_mode == "batch" else min(batch_size, len(x_s)),
                        bn_mode=o.bn_mode, method=o.hvp_method, dtype=dtype, device=device, loss_fn=loss_fn,
-                       label_smoothing=label_smoothing)
+                       label_smoothing=label_smoothing, plan=plan)
     if o.k > L.size:
         raise ConfigError(f"k = {o.k} exceeds the number of trainable parameters ({L.size}); k must be in "
                           f"[1, {L.size}]")
@@ -522,7 +527,7 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
               noise_batches: Iterable, continuation: Iterable, update: Callable[[Any, Any], Any], *, lr: float,
               momentum: float, weight_decay: float, batch_size: int, options: LinearFitOptions | None = None,
               loss_fn: Callable | None = None, label_smoothing: float = 0.0, device=None,
-              dtype: torch.dtype | None = None, bar: Callable | None = None) -> LinearFit:
+              dtype: torch.dtype | None = None, bar: Callable | None = None, plan=None) -> LinearFit:
     r"""Fit the linear model at ``model``'s current parameters, run the continuation, measure and compare.
 
     model: the network at :math:`\theta_S` (its parameters are changed only by ``update``, after the
@@ -535,6 +540,9 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
     lr, momentum, weight_decay: of that optimizer (PyTorch heavy-ball convention, coupled weight decay).
     options: :class:`LinearFitOptions` (sizes and choices; device options are ignored here). loss_fn,
     label_smoothing, device, dtype: of :class:`realnet.hessian.SampleLoss` (default: cross-entropy).
+    plan: None (every sample chunk, curvature and noise batch in one pass) or how each is cut into passes
+    (:mod:`realnet.hessian`'s ``plan``, e.g. :class:`realnet.sidetrips._losses.BatchPlan`: BatchNorm over the run's
+    per-rank groups and a memory bound; the HVP, gradient and loss of a batch are sums over its parts).
     bar: ``bar(total, desc)`` -> a tqdm-like progress bar (None: silent).
     Returns :class:`LinearFit` (its ``timing``: :class:`sgdtraj.timing.Stopwatch` of the phases sample,
     lanczos, curvature, noise, continuation, analysis).
@@ -545,7 +553,7 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
     lr = float(lr)
     sw = Stopwatch()
     sp = _spectrum(model, sample, curvature_batches, noise_batches, o, sw, bar, batch_size=batch_size,
-                   loss_fn=loss_fn, label_smoothing=label_smoothing, device=device, dtype=dtype)
+                   loss_fn=loss_fn, label_smoothing=label_smoothing, device=device, dtype=dtype, plan=plan)
     with sw.phase("continuation"):
         cont = _continue(model, sp.layout, sp.lanczos.eigenvectors, continuation, update, int(o.burn_in),
                          o.resolved_steps(), lr, bar)
@@ -705,11 +713,14 @@ def _seeds(*entropy: int, n: int) -> list[int]:
             >> np.uint64(1)]
 
 
-def _examples(ctx: RunContext, idx: torch.Tensor, seed: int, tag: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training examples ``idx`` (augmented as in the run, with fixed seeds), as one (x, y) pair on the device."""
+def _examples(ctx: RunContext, idx: torch.Tensor, seed: int, tag: int,
+              host: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training examples ``idx`` (augmented as in the run, with fixed seeds), as one (x, y) pair on the device,
+    or in host memory with ``host`` (built one batch at a time on the device)."""
     B = ctx.cfg.batch_size
     keys = [(idx[i:i + B], _seeds(seed, tag, i, n=len(idx[i:i + B]))) for i in range(0, len(idx), B)]
-    xs, ys = zip(*ctx.data.train.iterate(keys, train=ctx.cfg.augment, device=ctx.rt.device))
+    batches = ctx.data.train.iterate(keys, train=ctx.cfg.augment, device=ctx.rt.device)
+    xs, ys = zip(*(((x.cpu(), y.cpu()) if host else (x, y)) for x, y in batches))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -738,6 +749,8 @@ def _compute(ctx: RunContext, S: int, opts: LinearFitOptions) -> LinearFitResult
                           f"got {size}")
     lr = ctx.lr(S, opts.lr)
     branch = ctx.branch(S)
+    plan = ctx.batch_plan(opts)  # the run's per-rank BatchNorm groups (known from the checkpoint) and the bound
+    plan.part_size(B, opts.bn_mode == "batch")  # ConfigError naming micro_batch or the ranks before any work
     P = sum(p.numel() for p in branch.model.parameters() if p.requires_grad)
     if opts.k > P:
         raise ConfigError(f"k = {opts.k} exceeds the number of trainable parameters ({P}); k must be in [1, {P}]")
@@ -746,13 +759,13 @@ def _compute(ctx: RunContext, S: int, opts: LinearFitOptions) -> LinearFitResult
     sample_idx, rest = perm[:size], perm[size:]
     independent = len(rest) >= B
     pool = rest if independent else perm
-    sample = _examples(ctx, sample_idx, seed, 0)
+    sample = _examples(ctx, sample_idx, seed, 0, host=bool(opts.micro_batch))  # bounded: in host memory
     N = opts.resolved_steps()
     fit = fit_model(branch.model, sample, _fresh(ctx, pool, opts.curvature_batches, seed, _CURVATURE),
                     _fresh(ctx, pool, opts.noise_batches, seed, _NOISE), ctx.batches(S, S + opts.burn_in + N),
                     lambda x, y: branch.sgd_step(x, y, lr), lr=lr, momentum=cfg.momentum,
                     weight_decay=cfg.weight_decay, batch_size=B, options=opts, label_smoothing=cfg.label_smoothing,
-                    device=ctx.rt.device, bar=ctx.bar)
+                    device=ctx.rt.device, bar=ctx.bar, plan=plan)
     prov = _provenance(seed=cfg.seed, config={"sidetrip": LinearFitResult.NAME, "run": str(ctx.run_dir.resolve()),
                                               "step": int(S), "options": dataclasses.asdict(opts)},
                        data_seed=cfg.data_seed, device=str(ctx.rt.device),
