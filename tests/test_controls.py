@@ -54,7 +54,7 @@ def test_a_premise_built_to_fail_gives_not_decided(tmp_path, cid):
     assert rec.state == rec.expected_state == "NOT DECIDED", rec
     premise = {"fig6-two-point-half-lr": "lemma2-fig6: window_steps",
                "posthoc-merge-equals-cooldown": "lemma2-window: window_steps"}[cid]
-    assert all(x["unmet_premises"] == [premise] for x in rec.replicates), rec.replicates
+    assert all(premise in x["unmet_premises"] for x in rec.replicates), rec.replicates
     assert premise in rec.unmet_premises
 
 
