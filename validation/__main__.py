@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     c = sub.add_parser("controls", help="run every real-network claim on its positive and negative control; write "
                                         "OUT/controls.json and OUT/controls.md")
     c.add_argument("--out", required=True, help="output directory (created)")
-    c.add_argument("--replicates", type=_positive_int, default=3, metavar="N", help="replicates per control (>= 3)")
+    c.add_argument("--replicates", type=_positive_int, default=None, metavar="N",
+                   help="replicates per control (>= 3; default 5)")
     c.add_argument("--seed", type=int, default=0, help="seed of the controls' replicates")
     c.add_argument("--tiny", action="store_true", help="small sizes (tests)")
     args = ap.parse_args(argv)
@@ -87,10 +88,11 @@ def _controls(args) -> int:
 
     from .real.controls import CONTROLS_KIND, ControlSizes, run_controls
 
-    if args.replicates < 3:
+    if args.replicates is not None and args.replicates < 3:
         print(f"error: --replicates must be an integer >= 3, got {args.replicates}", file=sys.stderr)
         return EXIT_USAGE
-    sizes = replace(ControlSizes.tiny() if args.tiny else ControlSizes(), replicates=args.replicates, seed=args.seed)
+    sizes = ControlSizes.tiny() if args.tiny else ControlSizes()
+    sizes = replace(sizes, replicates=args.replicates or sizes.replicates, seed=args.seed)
     records: list = []
 
     def body() -> int:
