@@ -10,7 +10,7 @@ import math
 import pytest
 
 from validation.real import controls as C
-from validation.real.claims import REAL_CLAIMS
+from validation.real.claims import REAL_CLAIMS, REPLICATE_CLAIMS
 
 TINY = C.ControlSizes.tiny()
 NEW = ["fig3-same-basin", "fig5-averaging-equals-schedule", "fig6-two-point-half-lr", "fig7-gradient-alignment",
@@ -82,5 +82,5 @@ def test_fig6_rule_cannot_fail_on_a_stationary_quadratic(tmp_path):
     h = rng.uniform(0.5, 1.0, size=500)
     view = C.divergence_linear(h, 0.1, 1.0, C._stationary(h, 0.1, 1.0, rng), cfg.divergence_steps,
                                o["record_every"], o["eval_steps"], rng)
-    v = REAL_CLAIMS["fig6-two-point-half-lr"].evaluate(C.ControlContext(cfg, tmp_path, {"divergence": view}))
+    v = REPLICATE_CLAIMS["fig6-two-point-half-lr"].evaluate(C.ControlContext(cfg, tmp_path, {"divergence": view}))
     assert v.state == "PASS" and v.value == pytest.approx(math.sqrt(1 / 6), abs=0.03), v.value

@@ -20,7 +20,7 @@ from .schedule_equivalence import FIG5, FIG6
 from .single_step import FIG2, FIG13
 from .stationary_radius import EQ13_REAL
 
-__all__ = ["REAL_CLAIMS", "with_regime", "replicated"]
+__all__ = ["REAL_CLAIMS", "REPLICATE_CLAIMS", "with_regime", "replicated"]
 
 
 def with_regime(claim: RealClaim) -> RealClaim:
@@ -73,5 +73,8 @@ def replicated(claim: RealClaim) -> RealClaim:
     return replace(claim, evaluate=evaluate, requests=requests)
 
 
-REAL_CLAIMS: dict[str, RealClaim] = {c.id: replicated(with_regime(c)) for c in (
+#: each claim on one replicate's context, with the regime premises (what the controls run, and each replicate)
+REPLICATE_CLAIMS: dict[str, RealClaim] = {c.id: with_regime(c) for c in (
     FIG2, FIG3, FIG5, FIG6, FIG7, FIG8, FIG13, LINEAR_MODEL_FIT, EQ13_REAL, POSTHOC_MERGE)}
+#: each claim on every replicate of the job's context, combined (what ``reproduce`` runs)
+REAL_CLAIMS: dict[str, RealClaim] = {cid: replicated(c) for cid, c in REPLICATE_CLAIMS.items()}

@@ -1034,10 +1034,11 @@ def controls_table(records) -> list[str]:
 
 
 def _claim(cid: str):
-    """The claim as the real job runs it (:data:`.claims.REAL_CLAIMS`)."""
-    from .claims import REAL_CLAIMS
+    """The claim as the real job runs it on one replicate (:data:`.claims.REPLICATE_CLAIMS`; the controls combine
+    their own replicates)."""
+    from .claims import REPLICATE_CLAIMS
 
-    return REAL_CLAIMS[cid]
+    return REPLICATE_CLAIMS[cid]
 
 
 def _fmt(x) -> str:
