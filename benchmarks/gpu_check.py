@@ -223,17 +223,18 @@ def sidetrips_stage(device: torch.device, tiny: bool, tmp: Path, run: Path) -> d
     S, S2 = ck[len(ck) // 2], ck[len(ck) // 2 + 1]
     common = dict(device=str(device), progress=False)
     n = 1 if tiny else 20  # side-trip length
+    bound = 4 if tiny else 64  # micro_batch: every batch evaluation in passes of at most this many images
     tiny_opts = {
-        "lr-sweep": dict(num_lrs=5, heldout_batches=2, batched="batches", micro_batch=4 if tiny else 64),
+        "lr-sweep": dict(num_lrs=5, heldout_batches=2, batched="batches", micro_batch=bound),
         "fixed-batch": dict(step2=S2, gd_steps=1, num_alphas=3, heldout_batches=2, lr=0.02),
         "averaging": dict(steps=n, report_steps=[n], kernels=["swa"], bn_batches=1, train_eval_samples=8,
                           val_samples=8),
-        "alignment": dict(steps=n, record_every=1, batch_pairs=1),
+        "alignment": dict(steps=n, record_every=1, batch_pairs=1, micro_batch=bound),
         "divergence": dict(steps=n, record_every=1, eval_steps=[0, n], snapshots=2, max_checkpoints=2, bn_batches=1,
                            train_eval_samples=8, val_samples=8, fixed_batch_every=1, function_points=1,
-                           function_samples=8),
+                           function_samples=8, micro_batch=bound),
         "linear-fit": dict(k=2, curvature_batches=2, noise_batches=4, steps=0, lags=1, kernels=["swa:2"],
-                           n_blocks=5, n_boot=50),
+                           n_blocks=5, n_boot=50, micro_batch=bound),
     }
     res = {"step": S}
     for name, trip in SIDETRIPS.items():
