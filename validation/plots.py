@@ -2,6 +2,7 @@
 the real-network ones take the typed side-trip results and tables of :mod:`realnet.sidetrips`."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -16,8 +17,25 @@ from sgdtraj.files import atomic_output  # noqa: E402
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def disabled():
+    """``with plots.disabled(): ...``: :func:`save` draws nothing inside the block (the caller needs only the
+    numbers, e.g. the controls' replicates after the first)."""
+    _ENABLED.append(False)
+    try:
+        yield
+    finally:
+        _ENABLED.pop()
+
+
 def save(draw, path: Path, title: str = "", figsize=(6.4, 4.4), ncols=1):
-    """Create a figure with ``ncols`` axes, call ``draw(ax)`` (or ``draw(axes)``), write PNG atomically."""
+    """Create a figure with ``ncols`` axes, call ``draw(ax)`` (or ``draw(axes)``), write PNG atomically (nothing
+    inside :func:`disabled`)."""
+    if not _ENABLED[-1]:
+        return Path(path)
     fig, axes = plt.subplots(1, ncols, figsize=(figsize[0] * ncols, figsize[1]), squeeze=False)
     draw(axes[0, 0] if ncols == 1 else axes[0])
     if title:
@@ -308,7 +326,7 @@ def _band(ax, x, ys, color, label, style="-", marker=None):
     """Mean over replicates (rows of ``ys``) as a line, their range as a band."""
     ys = np.asarray(ys, dtype=float)
     ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.18, lw=0)
-    ax.plot(x, np.nanmean(ys, axis=0), style, color=color, lw=1.3, marker=marker, ms=4, mfc="none",
+    ax.plot(x, np.nanmean(ys, axis=0), ls=style or "none", color=color, lw=1.3, marker=marker, ms=4, mfc="none",
             label=f"{label} (mean; band: range over {ys.shape[0]} replicates)" if label else None)
 
 
@@ -321,8 +339,9 @@ def draw_averaging_replicates(axes, results):
         ks = [t.k for t in first.trajectory if t.k > 0]
         traj = [[getattr(t, key) for t in r.trajectory if t.k > 0] for r in results]
         _band(ax, ks, traj, "k", "trajectory")
-        step0_marker(ax, float(np.mean([next(getattr(t, key) for t in r.trajectory if t.k == 0) for r in results])),
-                     "at the branch points (step 0, mean)")
+        at0 = [next((getattr(t, key) for t in r.trajectory if t.k == 0), None) for r in results]
+        at0 = [float(x) for x in at0 if x is not None]
+        step0_marker(ax, float(np.mean(at0)) if at0 else None, "at the branch points (step 0, mean)")
         for i, spec in enumerate(first.kernels):
             c = COLORS[i % len(COLORS)]
             kk = [x.k for x in first.kernels[spec].results if x.k > 0]

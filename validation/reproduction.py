@@ -228,9 +228,19 @@ def _reproduce(job: Job, claim) -> list[Verdict]:
     previous, config = _write_config(job, claim.resumed)
     timings.reset()
     tasks = _plan(job)
-    evaluated = _evaluate(job, tasks, claim)
+    controls = None
     if job.real and any(t.family == "real" for t in tasks):
-        _run_controls(job)
+        controls = _ControlsProcess.start(job)  # on the core training leaves free
+    try:
+        evaluated = _evaluate(job, tasks, claim)
+    except BaseException:
+        if controls is not None:
+            controls.stop()  # interrupted: the controls resume with the next run
+        raise
+    if controls is not None:
+        controls.finish()
+    if controls is not None:
+        _run_controls(job)  # read back (or computed here when the background process failed)
     order = {cid: i for i, cid in enumerate(CLAIM_IDS)}
     mine = {v.id for v in evaluated.verdicts}  # this run's verdicts replace earlier ones of the same id
     kept = [v for v in previous if v.id not in mine]
@@ -240,11 +250,76 @@ def _reproduce(job: Job, claim) -> list[Verdict]:
     return evaluated.verdicts
 
 
+def _control_sizes(job: Job):
+    from .real.controls import ControlSizes
+
+    return ControlSizes.tiny() if job.real_config.controls == "tiny" else ControlSizes()
+
+
+class _ControlsProcess:
+    """The controls (:func:`validation.real.controls.run_controls` into ``OUT/controls``) computed by a child
+    process while this one trains and evaluates the claims (one torch / BLAS thread: training and the side-trip
+    workers keep theirs); :meth:`finish` waits for it and records its wall and CPU seconds. Its result is read back
+    by :func:`_run_controls`, which computes the controls itself if the child failed."""
+
+    _CODE = ("import json, sys, time\n"
+             "from validation.real.controls import ControlSizes, run_controls\n"
+             "t, c = time.perf_counter(), time.process_time()\n"
+             "run_controls(sys.argv[1], ControlSizes(**json.loads(sys.argv[2])))\n"
+             "print(json.dumps(dict(wall_s=time.perf_counter() - t, cpu_s=time.process_time() - c)))\n")
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    @classmethod
+    def start(cls, job: Job) -> "_ControlsProcess | None":
+        import os
+        import subprocess
+
+        from .real.controls import read_controls
+
+        sizes = _control_sizes(job)
+        if read_controls(job.out / "controls", sizes) is not None:
+            return None  # finished earlier
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "NUMBA_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        cmd = [sys.executable, "-c", cls._CODE, str(job.out / "controls"), json.dumps(asdict(sizes))]
+        return cls(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+
+    def stop(self) -> None:
+        """Terminate the child (it leaves nothing half-written: its files are written atomically)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.communicate()
+
+    def finish(self) -> None:
+        import subprocess
+
+        try:
+            out, err = self.proc.communicate(timeout=3600)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        if self.proc.returncode == 0 and out.strip():
+            try:
+                t = json.loads(out.strip().splitlines()[-1])
+                timings.record("controls", t["wall_s"], t["cpu_s"], process="child")
+                return
+            except (ValueError, KeyError):
+                pass
+        print(f"warning: the controls' process exited with {self.proc.returncode}; they run here\n"
+              f"{(err or '')[-800:]}", file=sys.stderr)
+
+
 def _run_controls(job: Job) -> None:
     """The real-network claims' positive and negative controls into ``OUT/controls`` (read back when done)."""
-    from .real.controls import ControlSizes, run_controls
+    from .real.controls import read_controls, run_controls
 
-    sizes = ControlSizes.tiny() if job.real_config.controls == "tiny" else ControlSizes()
+    sizes = _control_sizes(job)
+    if read_controls(job.out / "controls", sizes) is not None:
+        return
     with timings.timed("controls"):
         run_controls(job.out / "controls", sizes)
 

@@ -64,7 +64,10 @@ def replicated(claim: RealClaim) -> RealClaim:
                                                                        ref.threshold)
         v = combine(reps, verdicts, scale=claim.scale)
         if claim.figure is not None and ok:
-            v.figure = claim.figure(ctx, [ctx.replica(rep) for rep in reps], verdicts) or v.figure
+            try:
+                v.figure = claim.figure(ctx, [ctx.replica(rep) for rep in reps], verdicts) or v.figure
+            except Exception as exc:  # noqa: BLE001 - the verdict stands; replicate 0's figure is shown
+                v.details["figure_error"] = f"{type(exc).__name__}: {exc}"
         return v
 
     def requests(ctx: RealContext) -> list:

@@ -53,6 +53,7 @@ records :class:`ControlRecord`) and ``DIR/controls.md`` (a table); ``reproduce``
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ from sgdtraj.files import atomic_write_text, read_json, write_json
 from sgdtraj.outputs import register_kind
 from sgdtraj.provenance import environment
 
+from .. import plots
 from ..verdict import FAIL, NOT_DECIDED, PASS, Verdict
 from .config import RealConfig
 from .context import Branch
@@ -952,7 +954,8 @@ PREMISE_CONTROLS = {
 
 
 def run_controls(out, sizes: ControlSizes | None = None, only=None) -> list[ControlRecord]:
-    """Run every control (``only``: claim ids) into ``out`` (figures under ``out/<claim>/<control>-<seed>/``) and
+    """Run every control (``only``: claim ids) into ``out`` (figures of each control's first replicate under
+    ``out/<claim>/<control>-<seed>/``) and
     write ``out/controls.json`` and ``out/controls.md``; returns the records. Controls already in
     ``out/controls.json`` with the same sizes are read back, not rerun."""
     sizes = sizes or ControlSizes()
@@ -985,7 +988,8 @@ def _replicated(cid: str, kind: str, expected: str, text: str, sizes: ControlSiz
     reps, verdicts, reps_info = [], [], []
     for r in range(sizes.replicates):
         seed = sizes.seed * 1000 + r
-        v = evaluate(seed, out / cid / f"{kind}-{seed}")
+        with contextlib.nullcontext() if r == 0 else plots.disabled():  # figures of the first replicate only
+            v = evaluate(seed, out / cid / f"{kind}-{seed}")
         reps.append(Replicate(index=r, step=0, step2=0, seed=seed))
         verdicts.append(v)
         reps_info.append(dict(seed=seed, state=v.state, value=v.value,
