@@ -3,8 +3,9 @@
     python benchmarks/replicate_design.py --out DIR [--seeds 0 1 2] [--claims fig2-single-step fig13-batch-size]
         [--reuse SEED=REPORT_DIR ...]
 
-For every trajectory seed s it runs ``python -m validation reproduce --quick --seed s --only CLAIMS`` into
-``DIR/seed-s`` (resumable; ``--reuse 0=OUT`` takes seed 0's finished report from an earlier quick job) and reads
+For every trajectory seed s it runs ``validation reproduce --quick --seed s --only CLAIMS`` into ``DIR/seed-s``
+(in this process, without the controls, which do not depend on the seed; resumable; ``--reuse 0=OUT`` takes seed
+0's finished report from an earlier quick job) and reads
 each claim's per-replicate values (one trajectory, R branch points with their own side-trip seeds). With the
 values y[s, r] (trajectory s, branch point r) it prints a one-way analysis of variance per claim: the mean square
 between trajectories, MS_b = R var_s(mean_r y), and within a trajectory, MS_w = mean_s var_r(y) (each with its
@@ -20,7 +21,6 @@ import argparse
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -65,15 +65,18 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     reuse = dict(x.split("=", 1) for x in a.reuse)
     reports = {}
+    import validation.reproduction as reproduction
+
+    # the controls do not depend on the trajectory seed: not rerun for every seed here
+    reproduction._run_controls = lambda job: None
+    reproduction._ControlsProcess.start = classmethod(lambda cls, job: None)
     for s in a.seeds:
         if str(s) in reuse:
             reports[s] = Path(reuse[str(s)])
             continue
         d = out / f"seed-{s}"
-        cmd = [sys.executable, "-m", "validation", "reproduce", "--quick", "--seed", str(s), "--out", str(d),
-               "--no-progress", "--only", *a.claims]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=REPO, check=False)
+        print(f"validation reproduce --quick --seed {s} --only {' '.join(a.claims)} --out {d}", flush=True)
+        reproduction.reproduce(d, mode="quick", only=list(a.claims), synthetic=False, progress=False, seed=s)
         reports[s] = d
     from validation.real import REAL_CLAIMS
 
