@@ -6,17 +6,17 @@ Layout of ``OUT``::
     OUT/parts/<id>.json      one finished verdict per claim (the resume state)
     OUT/<id>.png             figures
     OUT/run/                 the realnet trajectory trained for --quick/--full (unless --run is given)
-    OUT/sidetrips/<name>/    realnet side-trip outputs
-    OUT/premises.json        the regime premises (a), (b) measured at the branch point (resume state)
+    OUT/sidetrips/<name>-r<i>/  realnet side-trip outputs of replicate i
+    OUT/r<i>/                replicate i's figures, regime premises (a), (b) at its branch point
+                             (premises.json), noise_scale.json, the post-hoc merge's cache (resume state)
     OUT/timings.json         wall and process-CPU seconds per claim, training and side-trip (validation.timings)
-    OUT/noise_scale.json     the gradient noise scale at the branch point (resume state)
     OUT/controls/            the real-network claims' positive and negative controls (validation.real.controls)
     OUT/report.md, OUT/verdicts.json
     OUT/.sgd-trajectories.json, OUT/.lock   ownership marker (kind "report") and lock
 
 Before any work, :func:`reproduce` checks the real-network arguments (``--run`` must be a realnet run with
-at least 3 checkpoints and may not contain ``--out``; ``--dataset`` must be known and, unless it is
-``digits``, come with an existing ``--data-dir``) and claims ``OUT`` (:func:`sgdtraj.outputs.claim_output`,
+one checkpoint more than the replicates (4) and may not contain ``--out``; ``--dataset`` must be known and,
+unless it is ``digits``, come with an existing ``--data-dir``) and claims ``OUT`` (:func:`sgdtraj.outputs.claim_output`,
 identity = mode, run, data_dir, dataset): a file, a path under a file, an unwritable path, a directory
 another process writes, a realnet run, a side-trip, a sweep or a report of other arguments is refused
 before anything is written. The report always covers every claim evaluated in ``OUT`` so far: a run with
@@ -64,8 +64,9 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_real_arguments(out, run=None, data_dir=None, dataset=None) -> None:
-    """The real-network arguments, checked before any work: ValueError / FileNotFoundError naming the option."""
+def check_real_arguments(out, run=None, data_dir=None, dataset=None, replicates: int = 3) -> None:
+    """The real-network arguments, checked before any work: ValueError / FileNotFoundError naming the option
+    (``--run`` needs ``replicates + 1`` checkpoints: a branch point per replicate and a later one)."""
     if dataset is not None and dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -81,8 +82,10 @@ def check_real_arguments(out, run=None, data_dir=None, dataset=None) -> None:
         raise ValueError(f"--run {str(run)!r} is not a realnet run directory (no config.json)")
     ck = r / "checkpoints"
     steps = sorted(int(p.stem[5:]) for p in ck.glob("step_*.pt")) if ck.is_dir() else []
-    if len(steps) < 3:
-        raise ValueError(f"--run {str(run)!r} needs at least 3 checkpoints, has {steps}")
+    need = max(3, int(replicates) + 1)
+    if len(steps) < need:
+        raise ValueError(f"--run {str(run)!r} needs at least {need} checkpoints ({replicates} replicates), has "
+                         f"{steps}")
     o, rr = Path(out).resolve(), r.resolve()
     if o == rr or rr in o.parents:
         raise ValueError(f"--out {str(out)!r} lies inside --run {str(run)!r}: the run is never modified; choose an "
@@ -126,8 +129,9 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     of ``mode`` (e.g. tiny sizes for tests). ``workers``: side-trips computed at once in worker processes
     (:func:`validation.real.prefetch`; None: up to 2 on a CPU with 2 cores, 1 on a GPU; 1: in this process,
     one after the other). The verdicts do not depend on it. ``seed``: replaces the seed of the synthetic claims
-    and of the real-network trajectory (its initialisation and batch order, and with it the side-trips' other batch
-    order); None keeps the configs' own.
+    and of the real-network job: the trajectory's (initialisation and batch order, and with it the side-trips' other
+    batch order) and every replicate's side-trip seed (:func:`validation.real.context.replicate_seed`); None keeps
+    the configs' own.
     """
     if mode not in ("quick", "full"):
         raise ValueError(f"mode must be 'quick' or 'full', got {mode!r}")
@@ -140,12 +144,13 @@ def reproduce(out, mode: str = "quick", run=None, data_dir=None, dataset=None, o
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be an integer >= 0 (or None: the configs' own), got {seed!r}")
     run = run if run is not None else (real_config.run if real_config is not None else None)
-    check_real_arguments(out, run=run, data_dir=data_dir, dataset=dataset)
+    from .real.config import RealConfig
+
+    reps = real_config.replicates if real_config is not None else RealConfig().replicates
+    check_real_arguments(out, run=run, data_dir=data_dir, dataset=dataset, replicates=reps)
     syn_cfg = synthetic_config or (SyntheticConfig.quick() if mode == "quick" else SyntheticConfig.full())
     real_cfg = None
     if real:
-        from .real import RealConfig
-
         real_cfg = real_config or RealConfig.for_mode(mode, run=run, data_dir=data_dir, dataset=dataset)
     if seed is not None:
         from dataclasses import replace

@@ -169,7 +169,8 @@ def combine(replicates: list[Replicate], verdicts: list[Verdict], *, scale: str 
     out = Verdict(id=first.id, claim=first.claim,
                   statistic=first.statistic + f"; mean over {n} replicates ({'geometric' if scale == 'log' else ''}"
                                               f"{' ' if scale == 'log' else ''}mean, {CONFIDENCE:.0%} t interval, "
-                                              f"{dof} degrees of freedom)",
+                                              f"{dof} degrees of freedom; steps and sizes named above are replicate "
+                                              f"{replicates[0].index}'s)",
                   value=value, comparison=first.comparison, threshold=first.threshold, uncertainty=half if
                   scale == "linear" else (hi - lo) / 2.0, figure=first.figure, checks=checks, details=details,
                   source=first.source, error="; ".join(errors) or None)
