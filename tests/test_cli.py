@@ -665,11 +665,12 @@ def test_validation_shows_one_progress_bar_per_sidetrip(tmp_path, capfd):
 
     rc = RealConfig(steps=9, batch_size=16, lr=0.05, width=4, alignment_steps=3, eval_samples=32, threads=1,
                     device="cpu")
-    v = reproduce(tmp_path / "out", synthetic=False, real_config=rc, only=["fig7-gradient-alignment"])
+    v = reproduce(tmp_path / "out", synthetic=False, real_config=rc, only=["fig7-gradient-alignment"], workers=1)
     assert v[0].error is None, v[0].error
     err = capfd.readouterr().err
-    step = round(rc.branch_fraction * rc.steps)  # the side-trips branch at 75 % of the run
-    assert "train run" in err and f"alignment step {step}" in err and "claims" in err
+    steps = [r["step"] for r in v[0].details["replicates"]]  # every replicate's side-trip, one bar each
+    assert steps == [5, 6, 7] and "train run" in err and "claims" in err
+    assert all(f"alignment step {s}" in err for s in steps)
 
 
 @pytest.mark.parametrize("name,kw", [

@@ -322,3 +322,39 @@ def test_memory_bound_and_the_runs_ranks(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="micro_batch=4 is smaller than the BatchNorm group of 8 examples"):
         realnet.fit_linear_model(two, 20, tmp_path / "bad", micro_batch=4, **TINY)
     assert not (tmp_path / "bad").exists()
+
+
+def test_subspace_stability_measures_the_rotation_of_the_top_subspace():
+    """Principal-angle cosines between the top-k directions and H_end V: 1 for the same Hessian, cos(phi) when the
+    end point's Hessian is the start's rotated by phi in a plane mixing a top direction with a low one."""
+    import math
+
+    import torch
+
+    from realnet.sidetrips.linear_fit import subspace_stability
+
+    class _Loss:
+        def __init__(self, H):
+            self.H = H
+
+        def hvp(self, v, theta):
+            return self.H @ v
+
+    P, k = 12, 3
+    g = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    lam = torch.tensor([10.0, 7.0, 5.0] + [0.1 * (i + 1) for i in range(P - k)], dtype=torch.float64)
+    H = Q @ torch.diag(lam) @ Q.T
+    V = Q[:, :k].T.contiguous()
+    theta = torch.zeros(P, dtype=torch.float64)
+    assert subspace_stability(V, _Loss(H), theta) == pytest.approx([1.0] * k, abs=1e-12)
+    phi = 0.6
+    R = torch.eye(P, dtype=torch.float64)
+    a, b = Q[:, 0], Q[:, k]  # rotate the top direction towards a low one
+    R = R + (math.cos(phi) - 1) * (torch.outer(a, a) + torch.outer(b, b)) + math.sin(phi) * (torch.outer(b, a) -
+                                                                                              torch.outer(a, b))
+    cos = subspace_stability(V, _Loss(R @ H @ R.T), theta)
+    # H_end v1 = (10 cos^2 + 0.1 sin^2) v1 + (10 - 0.1) cos sin b: its angle with span(V) (~ phi for a wide gap)
+    along, off = 10 * math.cos(phi) ** 2 + 0.1 * math.sin(phi) ** 2, 9.9 * math.cos(phi) * math.sin(phi)
+    assert sorted(cos) == pytest.approx(sorted([along / math.hypot(along, off), 1.0, 1.0]), abs=1e-9)
+    assert abs(math.acos(min(cos)) - phi) < 0.01

@@ -368,6 +368,11 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
     rep0 = {d["id"]: d["details"]["replicates"][0]["details"] for d in data}
 
     lfv = data[REAL_IDS.index("linear-model-fit")]
+    for r in range(3):  # the subspace premise: recomputed from the saved cosines of each replicate
+        cos = json.loads((out / "sidetrips" / f"linear-fit-r{r}" / "summary.json").read_text())["subspace_cos"]
+        assert len(cos) == 2 and all(0 <= c <= 1 for c in cos)
+        sub = lfv["details"]["premises"][2]["details"]["replicates"][r]["values"]["min_principal_cos"]
+        assert sub == pytest.approx(min(cos))
     lf0 = lfv["details"]["replicates"][0]
     assert lfv["id"] == "linear-model-fit" and lfv["threshold"] == pytest.approx(math.log(1.5))
     assert "variance" in lfv["checks"] and lfv["uncertainty"] is not None
@@ -391,7 +396,7 @@ def test_reproduce_real_claims_tiny_end_to_end(tmp_path, monkeypatch):
         ids = [p["id"] for p in d["details"]["premises"]]
         extra = {"fig6-two-point-half-lr": ["lemma2-fig6"], "fig7-gradient-alignment": ["lemma2-fig7"],
                  "fig5-averaging-equals-schedule": ["schedule-effect"], "fig13-batch-size": ["batch-range"],
-                 "eq13-real-sqrt-lr": ["lemma1-stationary"],
+                 "eq13-real-sqrt-lr": ["lemma1-stationary"], "linear-model-fit": ["subspace-stable"],
                  "posthoc-merge-equals-cooldown": ["lemma2-window", "constant-lr", "gain-resolved"]}
         assert ids == ["plateau", "not-memorised"] + extra.get(d["id"], []) + ["replicates-resolve"], (d["id"], ids)
         assert d["details"]["premises_met"] == all(p["met"] for p in d["details"]["premises"])

@@ -322,6 +322,9 @@ class LinearFitResult(SideTripResult):
     spectrum: SpectrumTable
     projection_table: ProjectionTable
     continuation: ContinuationTable
+    # cosines of the principal angles between the top-k directions at S and the end point's Hessian applied to them
+    # (subspace_stability; empty for results saved before it was measured)
+    subspace_cos: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def projections(self) -> np.ndarray:
@@ -388,6 +391,7 @@ class LinearFit(NamedTuple):
     weight_decay: float
     sample_size: int
     parameters: int
+    subspace_cos: np.ndarray | None = None  # (k,) subspace_stability at the continuation's end
 
 
 def _no_bar(total=None, desc=""):
@@ -448,6 +452,7 @@ class _Spectrum(NamedTuple):
     rayleigh: np.ndarray  # (n_curv, k) per-batch Rayleigh quotients v_i^T H_B v_i
     noise: lf.NoiseEstimate  # sigma_i from the projected gradients of fresh batches
     layout: Any  # the flat parameter layout (realnet.hessian)
+    loss: Any  # the sample's realnet.hessian.SampleLoss (HVPs at any theta: the subspace check at the end)
 
 
 class _Continuation(NamedTuple):
@@ -493,7 +498,7 @@ def _spectrum(model, sample, curvature_batches, noise_batches, o: LinearFitOptio
                                 progress=lambda i: b.update(1))
         b.close()
         noise = lf.noise_estimate(G)
-    return _Spectrum(lanczos=lz, rayleigh=R, noise=noise, layout=flat.layout)
+    return _Spectrum(lanczos=lz, rayleigh=R, noise=noise, layout=flat.layout, loss=L)
 
 
 def _continue(model, layout, V: torch.Tensor, continuation: Iterable, update, burn: int, N: int, lr: float,
@@ -557,9 +562,24 @@ def fit_model(model: nn.Module, sample: tuple[torch.Tensor, torch.Tensor], curva
     with sw.phase("continuation"):
         cont = _continue(model, sp.layout, sp.lanczos.eigenvectors, continuation, update, int(o.burn_in),
                          o.resolved_steps(), lr, bar)
+    with sw.phase("stability"):
+        cos = subspace_stability(sp.lanczos.eigenvectors, sp.loss, sp.layout.flatten(model, sp.loss.flat.dtype))
     with sw.phase("analysis"):
         fit = _analyse(sp, cont, o, lr=lr, momentum=float(momentum), weight_decay=float(weight_decay))
-    return fit._replace(timing=sw, sample_size=int(len(sample[0])))
+    return fit._replace(timing=sw, sample_size=int(len(sample[0])), subspace_cos=cos)
+
+
+def subspace_stability(V: torch.Tensor, loss, theta: torch.Tensor) -> np.ndarray:
+    r"""Cosines of the principal angles between span(V) (the top-k directions at :math:`\theta_S`, rows of ``V``,
+    shape (k, P)) and span(:math:`H(\theta) V^T`), the sample's Hessian at ``theta`` (the continuation's end)
+    applied to them: all 1 when the directions still span an invariant subspace of the Hessian there (the top-k
+    subspace did not rotate); a cosine c says the subspace has turned by about arccos c (exactly so for a Hessian
+    whose top-k eigenvalues lie far above the rest). Shape (k,), descending; ``loss``: a
+    :class:`realnet.hessian.SampleLoss` (k HVPs)."""
+    theta = theta.to(device=V.device, dtype=V.dtype)
+    W = torch.stack([loss.hvp(V[i], theta) for i in range(V.shape[0])], dim=1).to(torch.float64)
+    Q, _ = torch.linalg.qr(W)
+    return torch.linalg.svdvals(V.to(torch.float64) @ Q).clamp(max=1.0).cpu().numpy()
 
 
 def _analyse(sp: _Spectrum, cont: _Continuation, o: LinearFitOptions, *, lr: float, momentum: float,
@@ -693,7 +713,8 @@ def build_result(fit: LinearFit, options: LinearFitOptions, *, run: str, step: i
         alternative_variance_statistic=alt.variance_statistic, subspace_loss_reduction=sub,
         timing=fit.timing.as_dict(), provenance=provenance, directions=directions, kernel_table=kernel_table,
         autocorrelation=autocorrelation, spectrum=spectrum, projection_table=projection_table,
-        continuation=continuation)
+        continuation=continuation,
+        subspace_cos=np.asarray(fit.subspace_cos if fit.subspace_cos is not None else [], dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ Statistic and rule (fixed in code before any measurement; :data:`quadsgd.fitting
   factor the ratios are allowed does not "match the trajectory", and the absolute loss it predicts (and
   the loss reduction by averaging) would be off by the same factor.
 
+Premise ``subspace-stable`` (besides the regime premises of every real-network claim): the model lives in the top-k
+subspace fitted at S, so that subspace must still be the one the trajectory moves in at the end of the
+continuation: the principal angles between the directions at S and the end point's Hessian applied to them
+(:func:`realnet.sidetrips.linear_fit.subspace_stability`, k HVPs on the same Hessian sample) are all <= 45 degrees
+(:data:`SUBSPACE_COS_MIN`); otherwise the verdict is NOT DECIDED.
+
 The report's details show where the model breaks, with numbers: every direction's :math:`\lambda\kappa_i`, its
 distance to the heavy-ball stability edge :math:`\lambda\kappa = 2(1+\beta)`, the log ratios per kernel, the log
 variance ratio, the measured and predicted integrated times, the blocks' adequacy, the drift of the
@@ -54,6 +60,7 @@ import numpy as np
 
 from .. import plots
 from ..verdict import Verdict
+from . import premises
 from .context import RealClaim, RealContext
 from .requests import linear_fit_request
 
@@ -62,6 +69,9 @@ __all__ = ["claim_linear_fit", "draw_predicted_vs_measured", "draw_spectrum", "d
            "NEAR_EDGE_FRACTION", "TREND_MAX"]
 
 #: directions with lr kappa above this fraction of the stability edge 2 (1 + beta) are listed as "near the edge"
+# the subspace premise: no modelled direction turns by more than 45 degrees over the continuation (beyond it a
+# direction lies more outside the fitted subspace than inside it: cos^2 < 1/2)
+SUBSPACE_COS_MIN = math.sqrt(0.5)
 NEAR_EDGE_FRACTION = 0.5
 #: directions whose projection drifted by more than this many standard deviations over the continuation are
 #: listed as "drifting" (a stationary series drifts by O(sqrt(tau / N)) of its sd)
@@ -278,7 +288,24 @@ def claim_linear_fit(ctx: RealContext) -> Verdict:
             **info))
     v.check("variance", vs.value, "<", FIT_THRESHOLD,
             "median over directions of |log(measured / predicted Var(v_i^T theta))| (the noise model sigma_i)")
-    return v
+    return premises.attach(v, [subspace_premise(s)])
+
+
+def subspace_premise(s) -> "premises.Premise":
+    """The model's premise: the top-k subspace fitted at S is the one the continuation moves in until its end (the
+    smallest cosine of the principal angles between the directions at S and the end point's Hessian applied to
+    them, :func:`realnet.sidetrips.linear_fit.subspace_stability`, >= :data:`SUBSPACE_COS_MIN`). NaN (not
+    measured) is not met."""
+    cos = np.asarray(getattr(s, "subspace_cos", []), dtype=float)
+    worst = float(cos.min()) if cos.size else math.nan
+    return premises.Premise(
+        id="subspace-stable", title="the top-k subspace fitted at S holds over the continuation",
+        applies_to="linear-model-fit",
+        conditions=(premises.Condition(
+            "min_principal_cos", f"smallest cosine of the principal angles between the {s.k} directions at step "
+            f"{s.step} and the Hessian at the end of the {s.steps}-step continuation applied to them", worst, ">=",
+            SUBSPACE_COS_MIN),),
+        details=dict(cosines=[float(c) for c in cos]))
 
 
 LINEAR_MODEL_FIT = RealClaim("linear-model-fit", claim_linear_fit, lambda ctx: [linear_fit_request(ctx)])
