@@ -553,13 +553,14 @@ def test_prefetch_in_worker_processes_gives_the_same_verdicts(tmp_path):
     from validation import timings
     from validation.real import RealConfig
 
-    rc = RealConfig(**TINY_REAL)
+    rc = RealConfig(**{**TINY_REAL, "replicates": 2})
     two = reproduce(tmp_path / "w2", synthetic=False, progress=False, real_config=rc, workers=2)
     one = reproduce(tmp_path / "w1", synthetic=False, progress=False, real_config=rc, workers=1)
     assert [_judged(v.to_dict()) for v in two] == [_judged(v.to_dict()) for v in one]
     parts = timings.read(tmp_path / "w2")
     by = {k: rec.get("worker") for k, rec in parts.items() if k.count(":") == 1 and k.startswith("sidetrip:")}
-    assert len(by) == 7 and len(set(by.values())) == 2 and None not in by.values()  # both workers, not the claims
+    # 7 side-trips per replicate, all in the two workers (none in the claims)
+    assert len(by) == 14 and len(set(by.values())) == 2 and None not in by.values()
     assert all(rec.get("worker") is None for k, rec in timings.read(tmp_path / "w1").items())
 
     def tables(d):
@@ -677,9 +678,9 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
                 break
             time.sleep(0.05)
         assert len(workers) == 2, "the job never started its two workers"
-        while time.monotonic() < deadline and not (out / "sidetrips" / "linear-fit" / "config.json").exists():
-            time.sleep(0.05)  # the long side-trip has begun in a worker
-        assert (out / "sidetrips" / "linear-fit").is_dir()
+        while time.monotonic() < deadline and not list((out / "sidetrips").glob("linear-fit-r*/config.json")):
+            time.sleep(0.05)  # a long side-trip has begun in a worker
+        assert list((out / "sidetrips").glob("linear-fit-r*"))
         time.sleep(0.5)
         proc.send_signal(getattr(signal, sig))
         proc.wait(timeout=120)

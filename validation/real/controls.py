@@ -493,7 +493,7 @@ def averaging_landscape(land: _Landscape, x_S, lr: float, K: int, specs, report,
     average (:func:`_kernel_average`) and the side-trip from ``x_S`` with its equivalent schedule (Table 1,
     :func:`realnet.averaging.equivalent_multipliers`) on the same noise (the same batches)."""
     from realnet.averaging import equivalent_multipliers
-    from realnet.sidetrips._results import Metrics
+    from realnet.sidetrips import Metrics
     from realnet.sidetrips.kernel_averages import KernelPoint, KernelResults, TrajectoryPoint, kernel_at
 
     nan = math.nan
