@@ -216,59 +216,14 @@ def step0_marker(ax, value: float, label: str = "at the branch point (step 0)") 
 
 
 def draw_averaging(axes, result):
-    """Fig. 5: validation accuracy and loss of each average (dashed) and its equivalent side-trip (markers) at the
-    reported steps k > 0 (log axis); the branch point (k = 0) as a dotted line."""
-    traj = result.trajectory
-    for ax, key, label in zip(axes, ("val_acc", "val_loss"), ("validation accuracy", "validation loss")):
-        if traj:
-            pos = [t for t in traj if t.k > 0]
-            ax.plot([t.k for t in pos], [getattr(t, key) for t in pos], "k-", lw=1.2, label="trajectory")
-            step0_marker(ax, next((getattr(t, key) for t in traj if t.k == 0), None))
-        for i, (spec, kres) in enumerate(result.kernels.items()):
-            c = COLORS[i % len(COLORS)]
-            pts = [r for r in kres.results if r.k > 0]
-            ks = [r.k for r in pts]
-            ax.plot(ks, [getattr(r.average, key) for r in pts], "--", color=c, lw=1.2, label=f"{spec}: average")
-            ax.plot(ks, [getattr(r.sidetrip, key) for r in pts], "o", color=c, ms=5, mfc="none",
-                    label=f"{spec}: equivalent side-trip")
-        ax.set_xscale("log")
-        ax.set_xlabel("steps after the checkpoint")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+    """Fig. 5 of one averaging side-trip: :func:`draw_averaging_replicates` of one replicate."""
+    draw_averaging_replicates(axes, [result])
 
 
 def draw_divergence(axes, distances, evaluations, window: int | None = None):
-    """Fig. 6: distances between side-trips (left) and losses of A, lr/2 and the two-point average (right)
-    (a divergence result's ``distances`` and ``evaluations`` tables); ``window``: Lemma 2's window in steps,
-    the steps beyond it shaded on both panels."""
-    t = distances.t.astype(float)
-    if window is not None:
-        for ax in axes[:2]:
-            ax.axvspan(max(window, 0.5), max(t.max(), 1.0) * 1.05, color="gray", alpha=0.12,
-                       label=f"outside Lemma 2's window ({window} steps)")
-    ax = axes[0]
-    for key, label in (("dist_A_B", "|theta - theta'| (other batch order)"),
-                       ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
-                       ("dist_A_H", "|theta at lr - theta at lr/2|"), ("dist_A_start", "|theta - theta_S|")):
-        ax.plot(t[t > 0], getattr(distances, key)[t > 0], lw=1.2, label=label)  # 0 at t = 0: off a log axis
-    ax.set_xscale("log")
-    ax.set_xlabel("steps after the checkpoint")
-    ax.set_ylabel("L2 distance in weight space")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for i, model in enumerate(("A", "H", "twopoint", "B")):
-        sel = (evaluations.model == model) & (evaluations.t > 0)
-        name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
-        ax.plot(evaluations.t[sel].astype(float), evaluations.val_loss[sel], "-o", ms=4, color=COLORS[i], label=name)
-    at0 = evaluations.val_loss[(evaluations.t == 0) & (evaluations.model == "A")]
-    step0_marker(ax, float(at0[0]) if at0.size else None)
-    ax.set_xscale("log")
-    ax.set_xlabel("steps after the checkpoint")
-    ax.set_ylabel("validation loss")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    """Fig. 6 of one divergence side-trip (its ``distances`` and ``evaluations`` tables):
+    :func:`draw_divergence_replicates` of one replicate."""
+    draw_divergence_replicates(axes, [(distances, evaluations)], window)
 
 
 def draw_alignment(axes, records, different):
@@ -325,9 +280,11 @@ def draw_batch_size(ax, rows, b_noise: float = float("nan")):
 def _band(ax, x, ys, color, label, style="-", marker=None):
     """Mean over replicates (rows of ``ys``) as a line, their range as a band."""
     ys = np.asarray(ys, dtype=float)
-    ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.18, lw=0)
+    many = ys.shape[0] > 1
+    if many:
+        ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.18, lw=0)
     ax.plot(x, np.nanmean(ys, axis=0), ls=style or "none", color=color, lw=1.3, marker=marker, ms=4, mfc="none",
-            label=f"{label} (mean; band: range over {ys.shape[0]} replicates)" if label else None)
+            label=(f"{label} (mean; band: range over {ys.shape[0]} replicates)" if many else label) if label else None)
 
 
 def draw_averaging_replicates(axes, results):
@@ -359,9 +316,11 @@ def draw_averaging_replicates(axes, results):
 def draw_divergence_replicates(axes, results, window: int | None = None):
     """Fig. 6 over replicates: distances between side-trips (left) and validation losses of A, lr/2, the two-point
     average and B (right) against t (log axis), mean with the replicates' range as a band; step 0 as a dotted line;
-    ``window``: the shortest Lemma 2 window over the replicates (steps), the steps beyond it shaded."""
-    first = results[0]
-    t = first.distances.t.astype(float)
+    ``window``: the shortest Lemma 2 window over the replicates (steps), the steps beyond it shaded. ``results``:
+    divergence results, or (distances, evaluations) table pairs."""
+    results = [r if isinstance(r, tuple) else (r.distances, r.evaluations) for r in results]
+    dists, evals = [d for d, _ in results], [e for _, e in results]
+    t = dists[0].t.astype(float)
     pos = t > 0
     if window is not None:
         for ax in axes[:2]:
@@ -372,21 +331,21 @@ def draw_divergence_replicates(axes, results, window: int | None = None):
                                       ("dist_twopoint_H", "|two-point avg at lr - theta at lr/2|"),
                                       ("dist_A_H", "|theta at lr - theta at lr/2|"),
                                       ("dist_A_start", "|theta - theta_S|"))):
-        _band(ax, t[pos], [getattr(r.distances, key)[pos] for r in results], COLORS[i], label)
+        _band(ax, t[pos], [getattr(d, key)[pos] for d in dists], COLORS[i], label)
     ax.set_xscale("log")
     ax.set_xlabel("steps after the branch point")
     ax.set_ylabel("L2 distance in weight space")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6)
     ax = axes[1]
-    ev0 = first.evaluations
+    ev0 = evals[0]
     for i, model in enumerate(("A", "H", "twopoint", "B")):
         sel0 = (ev0.model == model) & (ev0.t > 0)
         ts = ev0.t[sel0].astype(float)
-        ys = [r.evaluations.val_loss[(r.evaluations.model == model) & (r.evaluations.t > 0)] for r in results]
+        ys = [e.val_loss[(e.model == model) & (e.t > 0)] for e in evals]
         name = {"A": "lr", "H": "lr/2", "twopoint": "two-point average at lr", "B": "lr, other batch order"}[model]
         _band(ax, ts, ys, COLORS[i], name, "-", marker="o")
-    at0 = [r.evaluations.val_loss[(r.evaluations.t == 0) & (r.evaluations.model == "A")] for r in results]
+    at0 = [e.val_loss[(e.t == 0) & (e.model == "A")] for e in evals]
     at0 = [float(a[0]) for a in at0 if a.size]
     step0_marker(ax, float(np.mean(at0)) if at0 else None, "at the branch points (step 0, mean)")
     ax.set_xscale("log")
