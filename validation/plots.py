@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -280,10 +281,15 @@ def draw_batch_size(ax, rows, b_noise: float = float("nan")):
 def _band(ax, x, ys, color, label, style="-", marker=None):
     """Mean over replicates (rows of ``ys``) as a line, their range as a band."""
     ys = np.asarray(ys, dtype=float)
+    if ys.ndim != 2 or ys.shape[1] == 0:
+        return  # nothing recorded (e.g. a trajectory without points after the branch)
     many = ys.shape[0] > 1
+    with warnings.catch_warnings():  # an all-NaN column (a quantity not measured there) stays NaN, not drawn
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi, mean = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), np.nanmean(ys, axis=0)
     if many:
-        ax.fill_between(x, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=color, alpha=0.18, lw=0)
-    ax.plot(x, np.nanmean(ys, axis=0), ls=style or "none", color=color, lw=1.3, marker=marker, ms=4, mfc="none",
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    ax.plot(x, mean, ls=style or "none", color=color, lw=1.3, marker=marker, ms=4, mfc="none",
             label=(f"{label} (mean; band: range over {ys.shape[0]} replicates)" if many else label) if label else None)
 
 
