@@ -263,11 +263,12 @@ def _control_sizes(job: Job):
 
 class _ControlsProcess:
     """The controls (:func:`validation.real.controls.run_controls` into ``OUT/controls``) computed by a child
-    process while this one trains and evaluates the claims (one torch / BLAS thread: training and the side-trip
-    workers keep theirs); :meth:`finish` waits for it and records its wall and CPU seconds. Its result is read back
-    by :func:`_run_controls`, which computes the controls itself if the child failed."""
+    process while this one trains and evaluates the claims (one torch / BLAS thread, nice 10: training and the
+    side-trip workers come first); :meth:`finish` waits for it and records its wall and CPU seconds. Its result
+    is read back by :func:`_run_controls`, which computes the controls itself if the child failed."""
 
-    _CODE = ("import json, sys, time\n"
+    _CODE = ("import json, os, sys, time\n"
+             "os.nice(10)\n"  # background work: training and the side-trip workers come first
              "from validation.real.controls import ControlSizes, run_controls\n"
              "t, c = time.perf_counter(), time.process_time()\n"
              "run_controls(sys.argv[1], ControlSizes(**json.loads(sys.argv[2])))\n"
@@ -295,9 +296,15 @@ class _ControlsProcess:
 
     def stop(self) -> None:
         """Terminate the child (it leaves nothing half-written: its files are written atomically)."""
+        import subprocess
+
         if self.proc.poll() is None:
             self.proc.terminate()
-        self.proc.communicate()
+        try:
+            self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
 
     def finish(self) -> None:
         import subprocess
