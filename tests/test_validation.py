@@ -673,7 +673,7 @@ def test_prefetch_workers_end_with_an_interrupted_or_killed_job(tmp_path, sig):
         deadline = time.monotonic() + 240
         workers = []
         while time.monotonic() < deadline and proc.poll() is None:
-            workers = [p for p in _children(proc.pid) if "_prefetch_worker" in _cmdline(p)]
+            workers = [p for p in _children(proc.pid) if "validation.real._prefetch_worker" in _cmdline(p)]
             if len(workers) == 2:
                 break
             time.sleep(0.05)

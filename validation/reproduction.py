@@ -268,6 +268,8 @@ class _ControlsProcess:
     is read back by :func:`_run_controls`, which computes the controls itself if the child failed."""
 
     _CODE = ("import json, os, sys, time\n"
+             "from sgdtraj.workers import exit_with_parent\n"
+             "exit_with_parent(int(sys.argv[3]))\n"  # never outlives the job (even a SIGKILLed one)
              "os.nice(10)\n"  # background work: training and the side-trip workers come first
              "from validation.real.controls import ControlSizes, run_controls\n"
              "t, c = time.perf_counter(), time.process_time()\n"
@@ -291,7 +293,7 @@ class _ControlsProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "NUMBA_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-        cmd = [sys.executable, "-c", cls._CODE, str(job.out / "controls"), json.dumps(asdict(sizes))]
+        cmd = [sys.executable, "-c", cls._CODE, str(job.out / "controls"), json.dumps(asdict(sizes)), str(os.getpid())]
         return cls(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
 
     def stop(self) -> None:
